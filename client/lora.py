@@ -1,7 +1,9 @@
 """The ClientApp's federated-LoRA train handler: decode, call :mod:`fedtune.lora.client`, encode.
 
 Phase 1 (every rule): the message carries the global adapter; the client trains and
-replies with its adapter (the rule's uplink tensors). Phase 2 (LoRA-FAIR with
+replies with its update (trained minus global, the rule's uplink tensors), compressed as
+``[compress]`` says, with the error-feedback residual kept in ``context.state`` from one
+round of this node to its next. Phase 2 (LoRA-FAIR with
 ``lora.two_phase``): the message carries ``Ā``; the client replies with ``B_k A_k Āᵀ`` per
 module, from the factors it kept in ``context.state`` since phase 1 (node state that
 Flower keeps between messages, in simulation and deployment alike).
@@ -9,13 +11,16 @@ Flower keeps between messages, in simulation and deployment alike).
 
 from __future__ import annotations
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from fedtune import wire
 from fedtune.config import RunConfig
 from fedtune.lora.client import LoraClient, client_for
 from fedtune.lora.factors import is_factor_a
-from fedtune.lora.payload import decode_arrays
+from fedtune.lora.payload import compress_update, pack, pack_compressed, unpack
+from fedtune.rng import generator
 
 __all__ = ["train_lora"]
 
@@ -39,19 +44,23 @@ def train_lora(cfg: RunConfig, msg: Message, context: Context) -> Message:
     if int(config.get(wire.PHASE, 1)) == 2:
         return _phase_two(client, msg, context, server_round)
 
-    global_state = decode_arrays(msg.content[wire.ADAPTER], client.uplink_shapes, "the server's adapter")
-    report = client.train(
-        server_round,
-        int(context.node_config["partition-id"]),
-        int(context.node_config["num-partitions"]),
-        global_state,
+    global_state = unpack(msg.content[wire.ADAPTER], client.uplink_shapes, "the server's adapter")
+    partition_id = int(context.node_config["partition-id"])
+    report = client.train(server_round, partition_id, int(context.node_config["num-partitions"]), global_state)
+    residual = context.state.get(wire.RESIDUAL)
+    rng = generator(cfg.seed, "compress", server_round, partition_id)
+    sent, kept = compress_update(
+        report.state, global_state, cfg.compress, _arrays(residual) if residual is not None else None, rng
     )
-    if cfg.lora.two_phase:
-        context.state[wire.PENDING] = ArrayRecord(torch_state_dict=report.state)
+    if kept is not None:
+        context.state[wire.RESIDUAL] = ArrayRecord({n: Array(v) for n, v in kept.items()})
+    if cfg.lora.two_phase:  # keep the factors as the server will rebuild them
+        seen = {n: global_state[n] + torch.from_numpy(sent[n].decompress()) for n in global_state}
+        context.state[wire.PENDING] = pack(seen)
         context.state[wire.PENDING_ROUND] = ConfigRecord({wire.ROUND: server_round})
     reply = RecordDict(
         {
-            wire.ADAPTER: ArrayRecord(torch_state_dict=report.state),
+            wire.ADAPTER: pack_compressed(sent),
             wire.METRICS: MetricRecord(
                 {
                     wire.NUM_EXAMPLES: report.num_examples,
@@ -71,10 +80,14 @@ def _phase_two(client: LoraClient, msg: Message, context: Context, server_round:
         raise ValueError(
             f"phase 2 of round {server_round}, but this node holds the factors of round {pending_round}"
         )
-    trained = decode_arrays(context.state[wire.PENDING], client.uplink_shapes, "this node's pending factors")
+    trained = unpack(context.state[wire.PENDING], client.uplink_shapes, "this node's pending factors")
     a_names = {n: s for n, s in client.uplink_shapes.items() if is_factor_a(n)}
-    a_mean = decode_arrays(msg.content[wire.A_MEAN], a_names, "the server's Ā")
+    a_mean = unpack(msg.content[wire.A_MEAN], a_names, "the server's Ā")
     projections = client.project(trained, a_mean)
     del context.state[wire.PENDING]
     del context.state[wire.PENDING_ROUND]
-    return Message(RecordDict({wire.PROJECTIONS: ArrayRecord(torch_state_dict=projections)}), reply_to=msg)
+    return Message(RecordDict({wire.PROJECTIONS: pack(projections)}), reply_to=msg)
+
+
+def _arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
+    return {n: np.asarray(a.numpy(), np.float32) for n, a in record.items()}

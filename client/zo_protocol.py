@@ -52,13 +52,14 @@ def answer_train(msg: Message, context: Context, cfg: RunConfig, client: Any) ->
     probabilities = None
     if wire.SEED_IMPORTANCE in config:  # FedKSeed-Pro
         a = cfg.algorithm
-        probabilities = probabilities_from_bytes(config[wire.SEED_IMPORTANCE], a.num_candidates, a.pro_temperature)
+        levels = wire.decode_importance(config[wire.SEED_IMPORTANCE], a.num_candidates)
+        probabilities = probabilities_from_bytes(levels, a.num_candidates, a.pro_temperature)
     partition_id = int(context.node_config["partition-id"])
     num_partitions = int(context.node_config["num-partitions"])
     report = client.train(server_round, partition_id, num_partitions, probabilities)
     reply = RecordDict(
         {
-            wire.STEPS: ConfigRecord({wire.STEP_LIST: wire.encode_steps(report.keys, report.scalars, client.kind)}),
+            wire.STEPS: ConfigRecord({wire.STEP_LIST: wire.encode_steps(report.keys, report.scalars, client.universe)}),
             wire.STATE: ConfigRecord({wire.ROUND: report.state_round, wire.DIGEST: report.digest}),
             wire.METRICS: MetricRecord(
                 {

@@ -21,6 +21,7 @@ import tomllib
 
 __all__ = [
     "AlgorithmConfig",
+    "CompressConfig",
     "ConfigError",
     "DataConfig",
     "EvalConfig",
@@ -84,6 +85,7 @@ class FederationConfig:
     sync_window: int = 1  # log entries sent up front to a client whose state the server does not know
     checkpoint_every: int = 5  # rounds between checkpoints of the global weights (0 = never)
     bandwidth_mbps: float = 100.0  # assumed link speed, for choosing log replay vs full weights
+    max_payload_mb: float = 1024.0  # a payload larger than this is refused before it is decoded
 
 
 @dataclass(frozen=True)
@@ -119,6 +121,17 @@ class LoraConfig:
     fair_lambda: float = 0.01  # LoRA-FAIR: weight of the ||dB||_F^2 regulariser
     fair_steps: int = 0  # LoRA-FAIR: 0 = exact closed-form solve; N = N gradient-descent steps
     two_phase: bool = False  # LoRA-FAIR from weighted sums only (secure-aggregation ready); 2 messages/round
+
+
+@dataclass(frozen=True)
+class CompressConfig:
+    """Compression of the dense updates clients upload (federated LoRA's adapter updates)."""
+
+    method: Literal["none", "topk", "quantize", "topk-quantize", "ternary"] = "none"
+    topk: float = 0.05  # fraction of entries kept by topk, topk-quantize and ternary
+    bits: int = 8  # bits per value for quantize and topk-quantize: 8, 4 or 2
+    stochastic: bool = False  # stochastic (unbiased) rounding instead of round-to-nearest
+    error_feedback: bool = True  # clients carry what compression dropped into their next update
 
 
 @dataclass(frozen=True)
@@ -165,6 +178,7 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
+    compress: CompressConfig = field(default_factory=CompressConfig)
     ondevice: OnDeviceConfig = field(default_factory=OnDeviceConfig)
 
 
@@ -239,6 +253,13 @@ def _check_values(cfg: RunConfig) -> list[str]:
     need(a.name not in LORA_ALGORITHMS or not m.trainable,
          f"`model.trainable` selects tensors for the zeroth-order algorithms; {a.name!r} trains "
          "`lora.target_modules` (and a seq-cls head): leave model.trainable empty")
+    c = cfg.compress
+    need(0 < c.topk <= 1, f"`compress.topk` must be in (0, 1], got {c.topk}")
+    need(c.bits in (2, 4, 8), f"`compress.bits` must be 8, 4 or 2, got {c.bits}")
+    need(c.method == "none" or a.name in LORA_ALGORITHMS,
+         f"`compress.method` applies to the dense updates of the LoRA rules ({', '.join(LORA_ALGORITHMS)}); "
+         f"{a.name!r} uploads (seed, scalar) pairs, already a few bytes a step: leave it 'none'")
+    need(f.max_payload_mb > 0, f"`federation.max_payload_mb` must be > 0, got {f.max_payload_mb}")
     need(cfg.eval.every >= 1, f"`eval.every` must be >= 1, got {cfg.eval.every}")
     need(cfg.eval.batch_size >= 1, f"`eval.batch_size` must be >= 1, got {cfg.eval.batch_size}")
     s = cfg.simulation

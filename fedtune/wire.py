@@ -1,52 +1,72 @@
-"""fedtune's payloads inside Flower messages: record keys and the binary seed format.
+"""fedtune's payloads inside Flower messages: record keys, the protobuf format, and byte counts.
 
-The only module that knows how updates look on the wire. Seed payloads are compact
-little-endian byte strings carried as ``bytes`` values of a Flower ``ConfigRecord``:
+The only module that knows how updates look on the wire. Payloads are the protobuf messages
+of ``proto/fedtune_wire.proto`` (Python code generated into ``fedtune/_proto``), serialised
+to ``bytes`` and carried as values of a Flower ``ConfigRecord``:
 
-Seed update (server -> client, one per round of the seed log)::
+- :func:`encode_steps` / :func:`decode_steps`: a client's ``(key, g)`` step list (up). A
+  FedKSeed key is a candidate index packed in ``ceil(log2 K)`` bits (10 bits at K = 1024);
+  a MeZO key is a raw 64-bit seed.
+- :func:`encode_update` / :func:`decode_update`: one round of the seed log (down): the
+  aggregated scalar per key, keys as an ascending set (Elias-Fano or a bitmap over K,
+  whichever is smaller).
+- :func:`encode_importance` / :func:`decode_importance`: FedKSeed-Pro's per-candidate levels.
+- :func:`encode_bundle` / :func:`decode_bundle`: named tensors, dense or compressed by
+  :mod:`fedtune.compress` (sparse positions, quantised codes, ternary signs).
 
-    u8  version (=1)   u8 key kind (0: u16 indices, 1: u32 indices, 2: u64 raw seeds)
-    u32 round          u32 n        f64 lr
-    n x key            n x f32 scalar G_k (IEEE-754)
+Decoding is the server's front door. Every malformed payload (truncated, random, oversized,
+another version, a shape other than expected, a non-finite value, an index out of range)
+raises :class:`WireError` naming the problem, and no decoder allocates more than a small
+multiple of the payload's size or the element count the caller allows.
 
-Step list (client -> server)::
-
-    u8  version (=1)   u8 key kind   u32 n
-    n x key            n x f32 projected gradient g
-
-A FedKSeed key is a candidate index (2 bytes for K <= 65536), so a step costs 6 bytes.
-Decoding is the server's front door: every malformed payload raises :class:`WireError`
-naming the problem, and nothing is allocated beyond what the payload's length allows.
+:func:`message_bytes` counts what a Flower message costs on the Fleet API (the messages,
+their object trees and every object, as Flower's own protobufs carry them), never an
+estimate from tensor sizes.
 """
 
 from __future__ import annotations
 
 import math
-import struct
+import uuid
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+from google.protobuf.message import DecodeError
+
+from fedtune._proto import fedtune_wire_pb2 as pb
+from fedtune.compress import BITS, Compressed, Quantized, Ternary
 
 __all__ = [
     "ADAPTER",
     "A_MEAN",
+    "BUNDLE",
     "CONFIG",
+    "MAX_PAYLOAD_BYTES",
     "METRICS",
     "PENDING",
     "PHASE",
     "PROJECTIONS",
+    "RESIDUAL",
     "STEPS",
     "SYNC",
+    "VERSION",
     "WEIGHTS",
     "WireError",
+    "decode_bundle",
+    "decode_importance",
     "decode_steps",
     "decode_update",
+    "encode_bundle",
+    "encode_importance",
     "encode_steps",
     "encode_update",
-    "key_kind",
+    "key_universe",
+    "message_bytes",
 ]
 
-VERSION = 1
+VERSION = 2  # of every payload below; version 1 was fedtune 0.1's struct format
+MAX_PAYLOAD_BYTES = 1 << 30  # a payload larger than this is refused before it is parsed
 
 # Record keys of fedtune's messages (server <-> client).
 CONFIG = "fedtune.config"  # ConfigRecord: round-level instructions (see the keys below)
@@ -56,13 +76,16 @@ METRICS = "fedtune.metrics"  # MetricRecord: the client's numbers (num-examples,
 WEIGHTS = "fedtune.weights"  # ArrayRecord: full weights, only to resynchronise a client
 STATE = "fedtune.state"  # ConfigRecord: the client's synced state {"round", "digest"}
 
-# Federated LoRA (fedtune.lora): adapter tensors travel as ArrayRecords keyed by their PEFT
-# file names (e.g. "base_model.model.bert.encoder.layer.0.attention.self.query.lora_A.weight").
-ADAPTER = "fedtune.adapter"  # ArrayRecord: the global adapter (down) or the trained one (up)
-A_MEAN = "fedtune.a-mean"  # ArrayRecord (LoRA-FAIR phase 2, down): the averaged lora_A tensors
-PROJECTIONS = "fedtune.projections"  # ArrayRecord (phase 2, up): B_k A_k Ā^T (d x r) per LoRA module
+# Federated LoRA (fedtune.lora): tensors travel as a TensorBundle in a ConfigRecord
+# {"bundle": bytes}, keyed by their PEFT names (e.g.
+# "base_model.model.bert.encoder.layer.0.attention.self.query.lora_A.weight").
+ADAPTER = "fedtune.adapter"  # the global adapter (down, dense) or the client's update (up)
+A_MEAN = "fedtune.a-mean"  # LoRA-FAIR phase 2, down: the averaged lora_A tensors
+PROJECTIONS = "fedtune.projections"  # phase 2, up: B_k A_k Ā^T (d x r) per LoRA module
+BUNDLE = "bundle"  # bytes inside the records above
 PENDING = "fedtune.pending"  # ArrayRecord in the client's context.state: its factors between phases
 PENDING_ROUND = "fedtune.pending-round"  # ConfigRecord in context.state: {"round": r} of PENDING
+RESIDUAL = "fedtune.residual"  # ArrayRecord in context.state: the error-feedback residual
 PHASE = "phase"  # int in CONFIG (LoRA): 1 = train and send the adapter, 2 = send projections
 
 # Keys inside CONFIG.
@@ -75,7 +98,7 @@ NEED_STATE = "need-state"  # int in STATE of a reply: the client's state; it cou
 DIGEST = "digest"  # str in STATE of a reply: SHA-256 of the client's synced weights ("" if unchecked)
 
 PARTITION = "partition-id"  # int in STATE of a query reply: the node's data partition
-SEED_IMPORTANCE = "seed-importance"  # bytes in CONFIG (FedKSeed-Pro): uint8 importance per candidate
+SEED_IMPORTANCE = "seed-importance"  # bytes in CONFIG (FedKSeed-Pro): encode_importance's payload
 
 # Keys of METRICS in a reply.
 NUM_EXAMPLES = "num-examples"  # int, size of the client's partition (the aggregation weight)
@@ -83,112 +106,442 @@ TRAIN_LOSS = "train-loss"  # float, mean loss over the client's local steps
 SKIPPED_STEPS = "skipped-steps"  # int, local steps skipped for a non-finite loss
 REPLAY_RATE = "replay-elements-per-s"  # float, the client's measured replay speed (0: none measured)
 
-KIND_U16, KIND_U32, KIND_U64 = 0, 1, 2
-_KEY_DTYPES: dict[int, np.dtype[Any]] = {
-    KIND_U16: np.dtype("<u2"), KIND_U32: np.dtype("<u4"), KIND_U64: np.dtype("<u8")
-}
-_UPDATE_HEADER = struct.Struct("<BBIId")
-_STEPS_HEADER = struct.Struct("<BBI")
-_F32 = np.dtype("<f4")
+_F32, _F16 = np.dtype("<f4"), np.dtype("<f2")
+_F32_MAX = float(np.finfo(np.float32).max)
+_U64 = 1 << 64
 
 
 class WireError(ValueError):
     """A payload that does not decode: truncated, wrong version, out-of-range or non-finite."""
 
 
-def key_kind(algorithm: str, num_candidates: int) -> int:
-    """The narrowest key encoding for an algorithm's keys."""
-    if algorithm == "mezo":
-        return KIND_U64
-    return KIND_U16 if num_candidates <= 1 << 16 else KIND_U32
+# --- bit packing -------------------------------------------------------------------------
 
 
-def _encode_keys(keys: np.ndarray, kind: int) -> bytes:
-    dtype = _KEY_DTYPES[kind]
-    keys = np.asarray(keys, dtype=np.uint64)
-    if kind != KIND_U64 and keys.size and int(keys.max()) >= 1 << (8 * dtype.itemsize):
-        raise ValueError(f"key {int(keys.max())} does not fit key kind {kind}")
-    return keys.astype(dtype).tobytes()
+def _packed_size(count: int, width: int) -> int:
+    return (count * width + 7) // 8
 
 
-def _check_scalars(scalars: np.ndarray, what: str) -> None:
-    if not np.all(np.isfinite(scalars)):
-        bad = int(np.flatnonzero(~np.isfinite(scalars))[0])
-        raise WireError(f"{what}: non-finite scalar {scalars[bad]!r} at position {bad}")
+def pack_bits(values: np.ndarray, width: int) -> bytes:
+    """``values`` (non-negative, each < 2**width) in ``width`` bits each, LSB first."""
+    values = np.asarray(values).ravel()
+    if width == 0 or values.size == 0:
+        return b""
+    if width in (8, 16, 32, 64):
+        return values.astype(f"<u{width // 8}").tobytes()
+    if width in (1, 2, 4):
+        per_byte = 8 // width
+        v = np.zeros(-(-values.size // per_byte) * per_byte, np.uint8)
+        v[: values.size] = values
+        rows = v.reshape(-1, per_byte)
+        out = np.zeros(rows.shape[0], np.uint8)
+        for i in range(per_byte):
+            out |= rows[:, i] << np.uint8(i * width)
+        return out.tobytes()
+    shifts = np.arange(width, dtype=np.uint64)
+    bits = ((values.astype(np.uint64)[:, None] >> shifts) & np.uint64(1)).astype(np.uint8)
+    return np.packbits(bits.ravel(), bitorder="little").tobytes()
 
 
-def encode_update(round: int, keys: np.ndarray, scalars: np.ndarray, lr: float, kind: int) -> bytes:
-    """Encode one round's aggregated ``(key, G)`` pairs (the broadcast)."""
+def unpack_bits(data: bytes, count: int, width: int) -> np.ndarray:
+    """Inverse of :func:`pack_bits` (``data`` must be exactly ``ceil(count*width/8)`` bytes)."""
+    if width == 0 or count == 0:
+        return np.zeros(count, np.uint64)
+    raw = np.frombuffer(data, np.uint8)
+    if width in (8, 16, 32, 64):
+        return np.frombuffer(data, f"<u{width // 8}", count=count).astype(np.uint64)
+    if width in (1, 2, 4):
+        per_byte = 8 // width
+        mask = np.uint8((1 << width) - 1)
+        parts = np.stack([(raw >> np.uint8(i * width)) & mask for i in range(per_byte)], axis=1)
+        return parts.ravel()[:count].astype(np.uint64)
+    bits = np.unpackbits(raw, count=count * width, bitorder="little").reshape(count, width).astype(np.uint64)
+    return (bits << np.arange(width, dtype=np.uint64)).sum(axis=1, dtype=np.uint64)
+
+
+def _bit_length(n: int) -> int:
+    return max(1, int(n).bit_length())
+
+
+# --- index sets and lists ------------------------------------------------------------------
+
+
+def _elias_fano_width(count: int, universe: int) -> int:
+    if count == 0:
+        return (universe - 1).bit_length() if universe else 0  # the upper part is then a single bit
+    return max(0, (universe // count).bit_length() - 1)  # floor(log2(universe / count))
+
+
+def _elias_fano_upper_bits(count: int, universe: int, width: int) -> int:
+    return count + ((universe - 1) >> width) + 1 if universe else count
+
+
+def _encode_set(indices: np.ndarray, universe: int) -> pb.Indices:
+    """Strictly ascending ``indices`` in ``[0, universe)``: Elias-Fano or a bitmap, the smaller."""
+    idx = np.asarray(indices, np.uint64)
+    count = int(idx.size)
+    width = _elias_fano_width(count, universe)
+    upper_bits = _elias_fano_upper_bits(count, universe, width)
+    ef_size = _packed_size(count, width) + (upper_bits + 7) // 8
+    bitmap_size = (universe + 7) // 8
+    if bitmap_size <= ef_size:
+        bits = np.zeros(universe, np.uint8)
+        bits[idx.astype(np.int64)] = 1
+        data = np.packbits(bits, bitorder="little").tobytes()
+        return pb.Indices(coding=pb.BITMAP, count=count, universe=universe, data=data)
+    low = idx & np.uint64((1 << width) - 1)
+    upper = np.zeros(upper_bits, np.uint8)
+    upper[(idx >> np.uint64(width)).astype(np.int64) + np.arange(count)] = 1
+    data = pack_bits(low, width) + np.packbits(upper, bitorder="little").tobytes()
+    return pb.Indices(coding=pb.ELIAS_FANO, count=count, universe=universe, width=width, data=data)
+
+
+def _encode_list(values: np.ndarray, universe: int) -> pb.Indices:
+    """Integers in ``[0, universe)`` (0: 2**64) in any order, ``log2(universe)`` bits each."""
+    values = np.asarray(values, np.uint64)
+    width = 64 if universe == 0 else _bit_length(universe - 1)
+    if values.size and universe and int(values.max()) >= universe:
+        raise ValueError(f"key {int(values.max())} is outside [0, {universe})")
+    return pb.Indices(coding=pb.PACKED, count=values.size, universe=universe, width=width,
+                      data=pack_bits(values, width))
+
+
+def _decode_indices(msg: pb.Indices, what: str, *, max_count: int, ascending: bool) -> np.ndarray:
+    """The integers of an ``Indices``, checked against its own declared sizes and ``max_count``."""
+    count, universe, width, data = int(msg.count), int(msg.universe), int(msg.width), msg.data
+    if count > max_count:
+        raise WireError(f"{what}: {count} indices, more than the {max_count} allowed")
+    if msg.coding == pb.PACKED:
+        if ascending:
+            raise WireError(f"{what}: an ascending index set cannot use the PACKED coding")
+        need = 64 if universe == 0 else _bit_length(universe - 1)
+        if width != need:
+            raise WireError(f"{what}: {width}-bit keys for a universe of {universe or '2^64'}, expected {need}")
+        _expect_len(data, _packed_size(count, width), what)
+        values = unpack_bits(data, count, width)
+        if universe and count and int(values.max()) >= universe:
+            raise WireError(f"{what}: index {int(values.max())} is outside [0, {universe})")
+        return values
+    if universe == 0:
+        raise WireError(f"{what}: an index set needs a universe")
+    if count > universe:
+        raise WireError(f"{what}: {count} distinct indices cannot lie in [0, {universe})")
+    if msg.coding == pb.BITMAP:
+        _expect_len(data, (universe + 7) // 8, what)
+        bits = np.unpackbits(np.frombuffer(data, np.uint8), bitorder="little")
+        if bits[universe:].any():
+            raise WireError(f"{what}: bitmap has bits set past its universe of {universe}")
+        values = np.flatnonzero(bits).astype(np.uint64)
+        if values.size != count:
+            raise WireError(f"{what}: bitmap holds {values.size} indices, its header says {count}")
+        return values
+    if msg.coding == pb.ELIAS_FANO:
+        if width != _elias_fano_width(count, universe):
+            raise WireError(f"{what}: Elias-Fano low width {width} does not match {count} of {universe}")
+        low_size = _packed_size(count, width)
+        upper_bits = _elias_fano_upper_bits(count, universe, width)
+        _expect_len(data, low_size + (upper_bits + 7) // 8, what)
+        upper = np.unpackbits(np.frombuffer(data, np.uint8, offset=low_size), count=upper_bits, bitorder="little")
+        ones = np.flatnonzero(upper)
+        if ones.size != count:
+            raise WireError(f"{what}: Elias-Fano upper part holds {ones.size} indices, header says {count}")
+        high = (ones - np.arange(count)).astype(np.uint64)
+        values = (high << np.uint64(width)) | unpack_bits(data[:low_size], count, width)
+        if count and int(values[-1]) >= universe:
+            raise WireError(f"{what}: index {int(values[-1])} is outside [0, {universe})")
+        if count > 1 and not np.all(values[1:] > values[:-1]):
+            raise WireError(f"{what}: indices are not strictly ascending")
+        return values
+    raise WireError(f"{what}: unknown index coding {msg.coding}")
+
+
+def _expect_len(data: bytes, size: int, what: str) -> None:
+    if len(data) != size:
+        raise WireError(f"{what}: {len(data)} bytes where {size} are expected (truncated or padded)")
+
+
+def _parse(message: Any, payload: object, what: str, max_bytes: int) -> None:
+    if not isinstance(payload, bytes):
+        raise WireError(f"{what}: expected bytes, got {type(payload).__name__}")
+    if len(payload) > max_bytes:
+        raise WireError(f"{what}: {len(payload)} bytes, more than the {max_bytes} allowed")
+    try:
+        message.ParseFromString(payload)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise WireError(f"{what}: not a fedtune payload ({exc})") from None
+    if message.version != VERSION:
+        raise WireError(f"{what}: version {message.version}, this fedtune reads version {VERSION}")
+
+
+def _floats(data: bytes, count: int, what: str) -> np.ndarray:
+    _expect_len(data, 4 * count, what)
+    values = np.frombuffer(data, _F32, count=count).astype(np.float32)
+    if not np.all(np.isfinite(values)):
+        bad = int(np.flatnonzero(~np.isfinite(values))[0])
+        raise WireError(f"{what}: non-finite value {float(values[bad])} at position {bad}")
+    return values
+
+
+# --- seeds ---------------------------------------------------------------------------------
+
+
+def key_universe(algorithm: str, num_candidates: int) -> int:
+    """The range of an algorithm's keys: K candidate indices, or 0 (2**64 raw seeds) for MeZO."""
+    return 0 if algorithm == "mezo" else num_candidates
+
+
+def encode_steps(keys: np.ndarray, scalars: np.ndarray, universe: int) -> bytes:
+    """Encode a client's per-step ``(key, g)`` list (the upload), in the order taken."""
     scalars = np.asarray(scalars, dtype=np.float32)
     if len(keys) != len(scalars):
         raise ValueError(f"keys and scalars differ in length: {len(keys)} vs {len(scalars)}")
-    header = _UPDATE_HEADER.pack(VERSION, kind, round, len(keys), float(lr))
-    return header + _encode_keys(keys, kind) + scalars.astype(_F32).tobytes()
+    msg = pb.SeedSteps(version=VERSION, keys=_encode_list(keys, universe), scalars=scalars.astype(_F32).tobytes())
+    return msg.SerializeToString()
 
 
-def _decode_body(
-    payload: bytes, offset: int, n: int, kind: int, max_key: int | None, what: str
+def decode_steps(
+    payload: object, *, max_key: int | None, max_steps: int, max_bytes: int = MAX_PAYLOAD_BYTES
 ) -> tuple[np.ndarray, np.ndarray]:
-    if kind not in _KEY_DTYPES:
-        raise WireError(f"{what}: unknown key kind {kind}")
-    width = _KEY_DTYPES[kind].itemsize
-    expected = offset + n * (width + 4)
-    if len(payload) != expected:
-        raise WireError(
-            f"{what}: {len(payload)} bytes for {n} entries, expected {expected} (truncated or padded)"
-        )
-    keys = np.frombuffer(payload, dtype=_KEY_DTYPES[kind], count=n, offset=offset).astype(np.uint64)
-    scalars = np.frombuffer(payload, dtype=_F32, count=n, offset=offset + n * width).astype(np.float32)
-    if max_key is not None and n and int(keys.max()) >= max_key:
+    """Decode a client's step list into ``(keys uint64, scalars float32)``.
+
+    Raises:
+        WireError: on any malformed payload, a key ``>= max_key``, or more than ``max_steps``.
+    """
+    what = "step list"
+    msg = pb.SeedSteps()
+    _parse(msg, payload, what, max_bytes)
+    if msg.keys.count > max_steps:
+        raise WireError(f"{what}: {msg.keys.count} steps, more than the {max_steps} configured")
+    keys = _decode_indices(msg.keys, what, max_count=max_steps, ascending=False)
+    if max_key is not None and keys.size and int(keys.max()) >= max_key:
         raise WireError(f"{what}: key {int(keys.max())} is outside the pool of {max_key} candidates")
-    _check_scalars(scalars, what)
-    return keys, scalars
+    return keys, _floats(msg.scalars, keys.size, what)
 
 
-def decode_update(payload: bytes, *, max_key: int | None) -> tuple[int, np.ndarray, np.ndarray, float]:
+def encode_update(round: int, keys: np.ndarray, scalars: np.ndarray, lr: float, universe: int) -> bytes:
+    """Encode one round's aggregated ``(key, G)`` pairs (the broadcast); keys strictly ascending."""
+    scalars = np.asarray(scalars, dtype=np.float32)
+    keys = np.asarray(keys, np.uint64)
+    if len(keys) != len(scalars):
+        raise ValueError(f"keys and scalars differ in length: {len(keys)} vs {len(scalars)}")
+    coded = _encode_list(keys, 0) if universe == 0 else _encode_set(keys, universe)
+    msg = pb.SeedUpdate(version=VERSION, round=round, lr=float(lr), keys=coded, scalars=scalars.tobytes())
+    return msg.SerializeToString()
+
+
+def decode_update(
+    payload: object, *, max_key: int | None, max_bytes: int = MAX_PAYLOAD_BYTES
+) -> tuple[int, np.ndarray, np.ndarray, float]:
     """Decode a broadcast update into ``(round, keys, scalars, lr)``.
 
     Raises:
         WireError: on any malformed payload.
     """
     what = "seed update"
-    if not isinstance(payload, bytes):
-        raise WireError(f"{what}: expected bytes, got {type(payload).__name__}")
-    if len(payload) < _UPDATE_HEADER.size:
-        raise WireError(f"{what}: {len(payload)} bytes is shorter than its {_UPDATE_HEADER.size}-byte header")
-    version, kind, round, n, lr = _UPDATE_HEADER.unpack_from(payload)
-    if version != VERSION:
-        raise WireError(f"{what}: version {version}, this fedtune reads version {VERSION}")
-    if not math.isfinite(lr):
-        raise WireError(f"{what}: non-finite lr {lr}")
-    keys, scalars = _decode_body(payload, _UPDATE_HEADER.size, n, kind, max_key, what)
-    if n > 1 and not np.all(keys[1:] > keys[:-1]):
+    msg = pb.SeedUpdate()
+    _parse(msg, payload, what, max_bytes)
+    if not math.isfinite(msg.lr):
+        raise WireError(f"{what}: non-finite lr {msg.lr}")
+    # Every key carries a 4-byte scalar: the payload's length bounds the count.
+    keys = _decode_indices(msg.keys, what, max_count=len(msg.scalars) // 4, ascending=msg.keys.coding != pb.PACKED)
+    if msg.keys.coding == pb.PACKED and keys.size > 1 and not np.all(keys[1:] > keys[:-1]):
         raise WireError(f"{what}: keys are not strictly ascending (the canonical replay order)")
-    return round, keys, scalars, lr
+    if max_key is not None and keys.size and int(keys.max()) >= max_key:
+        raise WireError(f"{what}: key {int(keys.max())} is outside the pool of {max_key} candidates")
+    return int(msg.round), keys, _floats(msg.scalars, keys.size, what), float(msg.lr)
 
 
-def encode_steps(keys: np.ndarray, scalars: np.ndarray, kind: int) -> bytes:
-    """Encode a client's per-step ``(key, g)`` list (the upload)."""
-    scalars = np.asarray(scalars, dtype=np.float32)
-    if len(keys) != len(scalars):
-        raise ValueError(f"keys and scalars differ in length: {len(keys)} vs {len(scalars)}")
-    return _STEPS_HEADER.pack(VERSION, kind, len(keys)) + _encode_keys(keys, kind) + scalars.tobytes()
+def encode_importance(levels: bytes) -> bytes:
+    """FedKSeed-Pro's importance levels (one byte per candidate), for the broadcast."""
+    return pb.SeedImportance(version=VERSION, levels=levels).SerializeToString()
 
 
-def decode_steps(payload: bytes, *, max_key: int | None, max_steps: int) -> tuple[np.ndarray, np.ndarray]:
-    """Decode a client's step list into ``(keys, scalars)``.
+def decode_importance(payload: object, num_candidates: int) -> bytes:
+    """The levels of :func:`encode_importance`'s payload, one byte per candidate."""
+    what = "seed importance"
+    msg = pb.SeedImportance()
+    _parse(msg, payload, what, MAX_PAYLOAD_BYTES)
+    _expect_len(msg.levels, num_candidates, what)
+    return bytes(msg.levels)
+
+
+# --- tensors -------------------------------------------------------------------------------
+
+
+def _encode_tensor(msg: pb.Tensor, name: str, tensor: Compressed | np.ndarray) -> None:
+    if not isinstance(tensor, Compressed):
+        array = np.asarray(tensor, np.float32)
+        tensor = Compressed(tuple(array.shape), array.ravel())
+    msg.name = name
+    msg.shape.extend(tensor.shape)
+    if tensor.indices is not None:
+        msg.indices.CopyFrom(_encode_set(tensor.indices, tensor.numel))
+    values = tensor.values
+    if isinstance(values, Quantized):
+        q = msg.quantized
+        q.bits, q.offset, q.step, q.codes = values.bits, values.offset, values.step, pack_bits(values.codes, values.bits)
+    elif isinstance(values, Ternary):
+        msg.ternary.scale, msg.ternary.negative = values.scale, pack_bits(values.negative, 1)
+    else:
+        msg.dense.dtype, msg.dense.data = pb.FLOAT32, np.asarray(values, _F32).tobytes()
+
+
+def encode_bundle(tensors: Mapping[str, Compressed | np.ndarray]) -> bytes:
+    """Named tensors (float32 arrays, or :class:`fedtune.compress.Compressed`) as one payload."""
+    msg = pb.TensorBundle(version=VERSION)
+    for name, tensor in tensors.items():
+        _encode_tensor(msg.tensors.add(), name, tensor)
+    return msg.SerializeToString()
+
+
+def _decode_tensor(msg: pb.Tensor, shape: tuple[int, ...], what: str) -> Compressed:
+    numel = math.prod(shape)
+    count = numel
+    indices = None
+    if msg.HasField("indices"):
+        if msg.indices.universe != numel:
+            raise WireError(f"{what}: positions span {msg.indices.universe} elements, the tensor has {numel}")
+        indices = _decode_indices(msg.indices, what, max_count=numel, ascending=True).astype(np.int64)
+        count = indices.size
+    kind = msg.WhichOneof("values")
+    values: np.ndarray | Quantized | Ternary
+    if kind == "dense":
+        if msg.dense.dtype == pb.FLOAT32:
+            values = _floats(msg.dense.data, count, what)
+        elif msg.dense.dtype == pb.FLOAT16:
+            _expect_len(msg.dense.data, 2 * count, what)
+            values = np.frombuffer(msg.dense.data, _F16, count=count).astype(np.float32)
+            if not np.all(np.isfinite(values)):
+                raise WireError(f"{what}: non-finite values")
+        else:
+            raise WireError(f"{what}: unknown dtype {msg.dense.dtype}")
+    elif kind == "quantized":
+        q = msg.quantized
+        if q.bits not in BITS:
+            raise WireError(f"{what}: {q.bits}-bit codes; fedtune reads {BITS}")
+        if not (math.isfinite(q.offset) and math.isfinite(q.step) and q.step >= 0):
+            raise WireError(f"{what}: non-finite or negative quantisation offset {q.offset} / step {q.step}")
+        _expect_len(q.codes, _packed_size(count, q.bits), what)
+        codes = unpack_bits(q.codes, count, q.bits).astype(np.uint8)
+        values = Quantized(codes, int(q.bits), float(q.offset), float(q.step))
+        if abs(q.offset) + ((1 << q.bits) - 1) * q.step > _F32_MAX:
+            raise WireError(f"{what}: quantised values overflow float32")
+    elif kind == "ternary":
+        t = msg.ternary
+        if not (math.isfinite(t.scale) and t.scale >= 0):
+            raise WireError(f"{what}: non-finite or negative ternary scale {t.scale}")
+        _expect_len(t.negative, _packed_size(count, 1), what)
+        values = Ternary(unpack_bits(t.negative, count, 1).astype(bool), float(t.scale))
+    else:
+        raise WireError(f"{what}: no values")
+    return Compressed(shape, values, indices)
+
+
+def decode_bundle(
+    payload: object,
+    expected: Mapping[str, tuple[int, ...]] | None,
+    what: str,
+    *,
+    max_bytes: int = MAX_PAYLOAD_BYTES,
+    max_elements: int = 1 << 28,
+) -> dict[str, Compressed]:
+    """Decode :func:`encode_bundle`'s payload, checked name for name and shape for shape.
+
+    Args:
+        payload: the bytes.
+        expected: ``{name: shape}`` the payload must hold exactly (in any order), or None to
+            accept any names and shapes up to ``max_elements`` elements in all.
+        what: what the payload is, for error messages (e.g. ``"the update of client 7"``).
+
+    Returns:
+        ``{name: Compressed}`` in ``expected``'s order (call ``.decompress()`` for arrays).
 
     Raises:
-        WireError: on any malformed payload, or more than ``max_steps`` entries.
+        WireError: on any malformed payload, missing or unexpected names (e.g. other
+            ``lora.target_modules``), another shape (e.g. another ``lora.rank``), an index out
+            of range or a non-finite value.
     """
-    what = "step list"
-    if not isinstance(payload, bytes):
-        raise WireError(f"{what}: expected bytes, got {type(payload).__name__}")
-    if len(payload) < _STEPS_HEADER.size:
-        raise WireError(f"{what}: {len(payload)} bytes is shorter than its {_STEPS_HEADER.size}-byte header")
-    version, kind, n = _STEPS_HEADER.unpack_from(payload)
-    if version != VERSION:
-        raise WireError(f"{what}: version {version}, this fedtune reads version {VERSION}")
-    if n > max_steps:
-        raise WireError(f"{what}: {n} steps, more than the {max_steps} configured")
-    return _decode_body(payload, _STEPS_HEADER.size, n, kind, max_key, what)
+    msg = pb.TensorBundle()
+    _parse(msg, payload, what, max_bytes)
+    names = [t.name for t in msg.tensors]
+    if len(set(names)) != len(names):
+        raise WireError(f"{what}: a tensor name appears twice")
+    if expected is not None:
+        missing, extra = set(expected) - set(names), set(names) - set(expected)
+        if missing or extra:
+            raise WireError(
+                f"{what}: tensors differ from the expected layout (different `lora.target_modules` or "
+                f"algorithm?): missing [{_listing(missing)}], unexpected [{_listing(extra)}]"
+            )
+    out: dict[str, Compressed] = {}
+    total = 0
+    for t in msg.tensors:
+        shape = tuple(int(s) for s in t.shape)
+        if expected is not None and shape != tuple(expected[t.name]):
+            raise WireError(
+                f"{what}: `{t.name}` has shape {shape}, expected {tuple(expected[t.name])} "
+                "(a different `lora.rank`, or another model?)"
+            )
+        total += math.prod(shape)
+        if expected is None and total > max_elements:
+            raise WireError(f"{what}: more than the {max_elements} elements allowed")
+        out[t.name] = _decode_tensor(t, shape, f"{what}: `{t.name}`")
+    return {n: out[n] for n in expected} if expected is not None else out
+
+
+def _listing(names: set[str], shown: int = 3) -> str:
+    first = sorted(names)[:shown]
+    return ", ".join(first) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
+# --- what a message costs on the Fleet API -------------------------------------------------
+
+
+_GRPC_PREFIX = 5  # gRPC's length-prefixed framing: 1 flag byte + 4 length bytes per message
+
+
+def message_bytes(message: Any, *, downlink: bool) -> int:
+    """Bytes a Flower message costs on the Fleet API between SuperLink and SuperNode.
+
+    Built from Flower's own protobufs exactly as its SuperNode exchanges them (flwr 1.41): the
+    message travels without content plus its object tree; then every object (records,
+    arrays, chunks) travels on its own. Down (``downlink=True``): ``PullMessages``, one
+    ``PullObject`` per object, ``ConfirmMessageReceived``. Up: ``PushMessages``, one
+    ``PushObject`` per object. Requests and responses both count, each with gRPC's 5-byte
+    length prefix; HTTP/2 and TLS framing, which depend on the channel, do not.
+    """
+    from flwr.app import Message  # noqa: F401  (keep flwr out of the module's import time)
+    from flwr.app.message.message import remove_content_from_message
+    from flwr.common.serde import message_to_proto
+    from flwr.proto import fleet_pb2, message_pb2, node_pb2
+    from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects, get_object_tree
+
+    node = node_pb2.Node(node_id=message.metadata.dst_node_id if downlink else message.metadata.src_node_id)
+    run_id = message.metadata.run_id
+    header = message_to_proto(remove_content_from_message(message))
+    sizes = []
+    if message.has_content():
+        tree = get_object_tree(message)
+        objects = {k: v for k, v in get_all_nested_objects(message).items() if k != message.object_id}
+        objects[message.object_id] = message  # the message object itself travels too
+    else:
+        tree, objects = message_pb2.ObjectTree(), {}
+    if downlink:
+        sizes.append(fleet_pb2.PullMessagesRequest(node=node).ByteSize())
+        sizes.append(fleet_pb2.PullMessagesResponse(messages_list=[header], message_object_trees=[tree]).ByteSize())
+        for object_id, obj in objects.items():
+            sizes.append(message_pb2.PullObjectRequest(node=node, run_id=run_id, object_id=object_id).ByteSize())
+            sizes.append(message_pb2.PullObjectResponse(
+                object_found=True, object_available=True, object_content=obj.deflate()).ByteSize())
+        confirm = message_pb2.ConfirmMessageReceivedRequest(node=node, run_id=run_id, message_object_id=message.object_id)
+        sizes += [confirm.ByteSize(), message_pb2.ConfirmMessageReceivedResponse().ByteSize()]
+    else:
+        sizes.append(fleet_pb2.PushMessagesRequest(
+            node=node, messages_list=[header], message_object_trees=[tree], clientapp_runtime_list=[0.0]).ByteSize())
+        session = str(uuid.UUID(int=0))  # the SuperLink's push session: a uuid4 string
+        sizes.append(fleet_pb2.PushMessagesResponse(objects_to_push=list(objects), session_id=session).ByteSize())
+        for object_id, obj in objects.items():
+            sizes.append(message_pb2.PushObjectRequest(node=node, run_id=run_id, object_id=object_id,
+                                                       object_content=obj.deflate(), session_id=session).ByteSize())
+            sizes.append(message_pb2.PushObjectResponse(stored=True).ByteSize())
+    return sum(sizes) + _GRPC_PREFIX * len(sizes)

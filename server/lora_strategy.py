@@ -1,9 +1,10 @@
 """Federated LoRA (FedIT, FFA-LoRA, LoRA-FAIR) as a Flower strategy on the Message API.
 
 The strategy holds the base model with its PEFT adapter and the global adapter state.
-Each round it sends every sampled client the global adapter, collects the trained
-adapters, checks each against the expected layout (a mismatch is dropped and counted in
-``rejected``) and lets the rule (:mod:`fedtune.lora`) form the next global adapter.
+Each round it sends every sampled client the global adapter (dense float32), collects
+their updates (compressed as ``[compress]`` says), checks each against the expected layout
+(a mismatch is dropped and counted in ``rejected``), rebuilds each client's adapter as
+global + update and lets the rule (:mod:`fedtune.lora`) form the next global adapter.
 
 With ``lora.two_phase`` (LoRA-FAIR only) the server uses weighted sums alone, as secure
 aggregation would give them: phase 1 sums the factors, phase 2 sends ``Ā`` back to the
@@ -32,9 +33,9 @@ from fedtune.lora import Aggregate, adapter_parameters, inject_lora, read_state,
 from fedtune.lora.client import lora_run_key
 from fedtune.lora.factors import factor_pairs, is_factor_a, weighted_mean
 from fedtune.lora.fair import correct
-from fedtune.lora.payload import decode_arrays
+from fedtune.lora.payload import pack, unpack, unpack_update
 from fedtune.workload import Workload, evaluate
-from server.rounds import RoundLoop, RoundStats, error_reason, message_bytes
+from server.rounds import RoundLoop, RoundStats, error_reason
 
 __all__ = ["FederatedLora", "LoraRoundStats"]
 
@@ -79,6 +80,7 @@ class FederatedLora(RoundLoop):
         pairs = factor_pairs(self.params)
         self.projection_shapes = {m: tuple(self.params[b].shape) for m, (_, b) in pairs.items()}  # (d, r)
         self.run_key = lora_run_key(cfg)
+        self.max_bytes = int(cfg.federation.max_payload_mb * 2**20)
         self.partitions: dict[int, int] = {}  # node id -> partition id it reported
         self.state_round = 0  # no resume for the LoRA rules yet: every run starts fresh
         self._stats = LoraRoundStats()
@@ -109,7 +111,7 @@ class FederatedLora(RoundLoop):
         return [
             Message(
                 RecordDict({wire.CONFIG: self._config(server_round, 1),
-                            wire.ADAPTER: ArrayRecord(torch_state_dict=downlink)}),
+                            wire.ADAPTER: pack(downlink)}),
                 dst_node_id=n,
                 message_type=MessageType.TRAIN,
             )
@@ -126,7 +128,8 @@ class FederatedLora(RoundLoop):
         try:
             metrics = reply.content[wire.METRICS]
             what = f"the update of client {node}"
-            state = decode_arrays(reply.content[wire.ADAPTER], self.uplink_shapes, what)
+            base = {n: self.state[n] for n in self.uplink}
+            state = unpack_update(reply.content[wire.ADAPTER], base, what, max_bytes=self.max_bytes)
             weight = float(metrics[wire.NUM_EXAMPLES])
             if not (math.isfinite(weight) and weight > 0):
                 raise wire.WireError(f"client {node}: num-examples must be > 0, got {weight}")
@@ -145,7 +148,7 @@ class FederatedLora(RoundLoop):
     def _accept_all(self, replies: Iterable[Message], stats: LoraRoundStats) -> list[_Accepted]:
         accepted = []
         for reply in replies:
-            stats.bytes_up += message_bytes(reply)
+            stats.bytes_up += wire.message_bytes(reply, downlink=False)
             if (item := self._accept(reply, stats)) is not None:
                 accepted.append(item)
         return sorted(accepted, key=lambda item: (item.partition, item.node))  # a fixed summation order
@@ -191,18 +194,18 @@ class FederatedLora(RoundLoop):
         a_mean = {n: t for n, t in means.items() if is_factor_a(n)}
         messages = [
             Message(RecordDict({wire.CONFIG: self._config(server_round, 2),
-                                wire.A_MEAN: ArrayRecord(torch_state_dict=a_mean)}),
+                                wire.A_MEAN: pack(a_mean)}),
                     dst_node_id=item.node, message_type=MessageType.TRAIN)
             for item in accepted
         ]
         replies = list(grid.send_and_receive(messages, timeout=self.cfg.federation.round_timeout_s))
-        stats.bytes_down += sum(message_bytes(m) for m in messages)
+        stats.bytes_down += sum(wire.message_bytes(m, downlink=True) for m in messages)
         stats.failed += len(messages) - len(replies)
         weight_of = {item.node: item.weight for item in accepted}
         order = {item.node: i for i, item in enumerate(accepted)}
         projections = []
         for reply in sorted(replies, key=lambda m: order.get(m.metadata.src_node_id, len(order))):
-            stats.bytes_up += message_bytes(reply)
+            stats.bytes_up += wire.message_bytes(reply, downlink=False)
             node = reply.metadata.src_node_id
             if reply.has_error():
                 stats.failed += 1
@@ -210,7 +213,7 @@ class FederatedLora(RoundLoop):
                 continue
             try:
                 what = f"the phase-2 projections of client {node}"
-                payload = decode_arrays(reply.content[wire.PROJECTIONS], self.projection_shapes, what)
+                payload = unpack(reply.content[wire.PROJECTIONS], self.projection_shapes, what, max_bytes=self.max_bytes)
                 projections.append((weight_of[node], payload))
             except (KeyError, TypeError, wire.WireError) as exc:
                 stats.rejected += 1
@@ -235,7 +238,7 @@ class FederatedLora(RoundLoop):
         messages = list(self.configure_train(server_round, ArrayRecord(), ConfigRecord(), grid))
         stats.sampled = len(messages)
         replies = list(grid.send_and_receive(messages, timeout=self.cfg.federation.round_timeout_s))
-        stats.bytes_down += sum(message_bytes(m) for m in messages)
+        stats.bytes_down += sum(wire.message_bytes(m, downlink=True) for m in messages)
         stats.failed += len(messages) - len(replies)
         if not self.cfg.lora.two_phase:
             self.aggregate_train(server_round, replies)

@@ -1,4 +1,4 @@
-"""What fedtune's strategies share: byte counting, per-round numbers, seeded sampling by
+"""What fedtune's strategies share: per-round numbers, seeded sampling by
 partition id, and the round loop with its per-round record.
 
 Both strategies (``server/strategy.py`` for the seed federation, ``server/lora_strategy.py``
@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
-from flwr.common.serde import message_to_proto
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
@@ -24,14 +23,9 @@ from fedtune import wire
 from fedtune.config import RunConfig
 from fedtune.rng import generator
 
-__all__ = ["RoundLoop", "RoundStats", "error_reason", "message_bytes"]
+__all__ = ["RoundLoop", "RoundStats", "error_reason"]
 
 log = logging.getLogger(__name__)
-
-
-def message_bytes(message: Message) -> int:
-    """Size of a message as Flower serialises it (content + metadata), in bytes."""
-    return message_to_proto(message).ByteSize()
 
 
 def error_reason(message: Message) -> str:

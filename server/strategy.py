@@ -36,7 +36,7 @@ from fedtune.zo.client import state_digest
 from fedtune.zo.pro import SeedImportance
 from fedtune.zo.seedlog import SeedLog
 from fedtune.zo.sync import SeedKeys, run_key
-from server.rounds import RoundLoop, RoundStats, error_reason, message_bytes
+from server.rounds import RoundLoop, RoundStats, error_reason
 
 __all__ = ["FedKSeed", "SeedRoundStats"]
 
@@ -88,7 +88,7 @@ class FedKSeed(RoundLoop):
         self.num_params = sum(p.numel() for _, p in self.params)
         a = cfg.algorithm
         self._keys = SeedKeys(cfg)
-        self.pool, self.max_key, self.kind = self._keys.pool, self._keys.max_key, self._keys.kind
+        self.pool, self.max_key, self.universe = self._keys.pool, self._keys.max_key, self._keys.universe
         self.seed_of_key = self._keys.seed_of_key
         self.importance = (
             SeedImportance(a.num_candidates, clip=a.pro_clip, initial=a.pro_initial)
@@ -149,7 +149,7 @@ class FedKSeed(RoundLoop):
         """Log ``update`` durably, then move the global weights to its state."""
         if update.round != self.state_round + 1:
             raise ValueError(f"update of round {update.round} does not follow state {self.state_round}")
-        payload = wire.encode_update(update.round, update.keys, update.scalars, update.lr, self.kind)
+        payload = wire.encode_update(update.round, update.keys, update.scalars, update.lr, self.universe)
         if self.seedlog is not None:
             self.seedlog.append(payload)  # durable before any client hears of the round
         replay_(self.params, update)
@@ -184,7 +184,7 @@ class FedKSeed(RoundLoop):
             wire.ROUND: server_round, wire.STATE_ROUND: self.state_round, wire.RUN_KEY: self.run_key
         }
         if self.importance is not None:
-            config[wire.SEED_IMPORTANCE] = self.importance.to_bytes()
+            config[wire.SEED_IMPORTANCE] = wire.encode_importance(self.importance.to_bytes())
         content = RecordDict(
             {
                 wire.CONFIG: ConfigRecord(config),
@@ -250,6 +250,7 @@ class FedKSeed(RoundLoop):
                 content[wire.STEPS][wire.STEP_LIST],
                 max_key=self.max_key,
                 max_steps=self.cfg.algorithm.local_steps,
+                max_bytes=int(self.cfg.federation.max_payload_mb * 2**20),
             )
             num_examples = float(metrics[wire.NUM_EXAMPLES])
             if not (math.isfinite(num_examples) and num_examples > 0):
@@ -289,7 +290,7 @@ class FedKSeed(RoundLoop):
         stats = self._stats
         accepted = []
         for reply in sorted(replies, key=self.partition_order):
-            stats.bytes_up += message_bytes(reply)
+            stats.bytes_up += wire.message_bytes(reply, downlink=False)
             contribution = self._accept(reply, stats)
             if contribution is not None:
                 accepted.append(contribution)
@@ -328,11 +329,11 @@ class FedKSeed(RoundLoop):
         messages = list(self.configure_train(server_round, ArrayRecord(), ConfigRecord(), grid))
         stats.sampled = len(messages)
         replies = list(grid.send_and_receive(messages, timeout=timeout))
-        stats.bytes_down += sum(message_bytes(m) for m in messages)
+        stats.bytes_down += sum(wire.message_bytes(m, downlink=True) for m in messages)
         stats.failed += len(messages) - len(replies)
         behind = [r for r in replies if _needs_state(r)]
         if behind:
-            stats.bytes_up += sum(message_bytes(r) for r in behind)
+            stats.bytes_up += sum(wire.message_bytes(r, downlink=False) for r in behind)
             resync = [
                 Message(self._train_content(server_round, self._bridge(r)),
                         dst_node_id=r.metadata.src_node_id, message_type=MessageType.TRAIN)
@@ -340,7 +341,7 @@ class FedKSeed(RoundLoop):
             ]
             stats.resynced = len(resync)
             second = list(grid.send_and_receive(resync, timeout=timeout))
-            stats.bytes_down += sum(message_bytes(m) for m in resync)
+            stats.bytes_down += sum(wire.message_bytes(m, downlink=True) for m in resync)
             stats.failed += len(resync) - len(second)
             behind_ids = {id(r) for r in behind}
             replies = [r for r in replies if id(r) not in behind_ids] + second

@@ -49,7 +49,7 @@ class SeedClient(ABC):
         self._dirty = False
         self._digest: str | None = None
         self._keys = SeedKeys(cfg)
-        self.max_key, self.kind, self.seed_of_key = self._keys.max_key, self._keys.kind, self._keys.seed_of_key
+        self.max_key, self.universe, self.seed_of_key = self._keys.max_key, self._keys.universe, self._keys.seed_of_key
         self._replay_rate = 0.0
         self._partitions: dict[tuple[int, int], dict[str, Any]] = {}
 

@@ -30,7 +30,7 @@ class SeedKeys:
         pooled = a.name in ("fedkseed", "fedkseed-pro")
         self.pool = candidate_seeds(cfg.seed, a.num_candidates) if pooled else None
         self.max_key = a.num_candidates if pooled else None
-        self.kind = wire.key_kind(a.name, a.num_candidates)
+        self.universe = wire.key_universe(a.name, a.num_candidates)  # keys lie in [0, universe); 0: 2**64
 
     def seed_of_key(self, keys: np.ndarray) -> np.ndarray:
         """Vectorised key -> stream seed (pool look-up for FedKSeed, identity for MeZO)."""

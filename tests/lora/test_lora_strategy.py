@@ -5,9 +5,10 @@ import math
 
 import pytest
 import torch
-from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.app import Message, MetricRecord, RecordDict
 
 from fedtune import wire
+from fedtune.lora.payload import pack
 from server.lora_strategy import FederatedLora
 from tests.lora.conftest import InProcessGrid, micro_config
 
@@ -57,14 +58,14 @@ def test_ffa_lora_sends_half_the_adapter(task_identity):
 def _wrong_rank_client(msg, context):
     """A client built with lora.rank = 2: right modules, wrong shapes."""
     state = {}
-    for name, array in msg.content[wire.ADAPTER].items():
+    for name, array in wire.decode_bundle(msg.content[wire.ADAPTER][wire.BUNDLE], None, "x").items():
         shape = list(array.shape)
         if name.endswith("lora_A.weight"):
             shape[0] = 2
         elif name.endswith("lora_B.weight"):
             shape[1] = 2
         state[name] = torch.zeros(shape)
-    content = RecordDict({wire.ADAPTER: ArrayRecord(torch_state_dict=state),
+    content = RecordDict({wire.ADAPTER: pack(state),
                           wire.METRICS: MetricRecord({wire.NUM_EXAMPLES: 10, wire.TRAIN_LOSS: 1.0})})
     return Message(content, reply_to=msg)
 

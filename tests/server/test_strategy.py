@@ -1,6 +1,5 @@
 """The FedKSeed strategy's front door: bad replies are rejected and counted, never applied."""
 
-import struct
 
 import numpy as np
 import pytest
@@ -39,8 +38,8 @@ def _reply(server, steps: bytes, digest=None, num_examples=10):
     return Message(content, reply_to=request)
 
 
-def _steps(keys, values):
-    return wire.encode_steps(np.array(keys, np.uint64), np.array(values, np.float32), wire.KIND_U16)
+def _steps(keys, values, universe=16):
+    return wire.encode_steps(np.array(keys, np.uint64), np.array(values, np.float32), universe)
 
 
 def test_a_good_reply_is_accepted(server):
@@ -55,8 +54,8 @@ def test_a_good_reply_is_accepted(server):
 @pytest.mark.parametrize(
     "steps",
     [
-        _steps([16], [0.5]),  # seed index outside the pool of 16
-        struct.pack("<BBI", 1, 0, 1) + struct.pack("<H", 2) + struct.pack("<f", float("inf")),
+        _steps([16], [0.5], universe=32),  # seed index outside the pool of 16
+        _steps([2], [float("inf")]),
         _steps([1] * 5, [0.1] * 5),  # more steps than configured
         b"\x01\x00",  # truncated
     ],
@@ -85,7 +84,7 @@ def test_zero_examples_is_rejected(server):
 def test_rejected_replies_leave_the_round_without_an_update(server):
     before = state_digest(server.params)
 
-    server.aggregate_train(1, [_reply(server, _steps([99], [0.5]))])
+    server.aggregate_train(1, [_reply(server, _steps([99], [0.5], universe=128))])
 
     assert server.state_round == 1 and len(server.log[0].keys) == 0
     assert state_digest(server.params) == before

@@ -12,7 +12,7 @@ from fedtune.zo.seedlog import SeedLog, SeedLogError
 
 def _entry(round_, n=3):
     keys = np.arange(n, dtype=np.uint64) * 2 + round_
-    return wire.encode_update(round_, keys, np.full(n, 0.5 * round_, np.float32), 1e-4, wire.KIND_U16)
+    return wire.encode_update(round_, keys, np.full(n, 0.5 * round_, np.float32), 1e-4, 1024)
 
 
 def test_appended_rounds_read_back_in_order(tmp_path):

@@ -1,0 +1,220 @@
+"""Compression of dense updates: top-k, uniform quantisation, ternary, and error feedback.
+
+The maths only, in numpy (torch-free): what to keep and how coarsely. How the result is laid
+out in bytes is :mod:`fedtune.wire`'s business (``encode_bundle``), so the two stay apart:
+a :class:`Compressed` tensor is positions + values, never bytes.
+
+Methods (``[compress] method`` in the TOML):
+
+``none``
+    float32 as it is.
+``topk``
+    the ``topk`` fraction of entries largest in magnitude, as float32, at their positions.
+``quantize``
+    every entry, uniformly quantised to ``bits`` (8, 4 or 2) between the tensor's min and
+    max; round to nearest, or stochastic rounding (unbiased) with ``stochastic = true``.
+``topk-quantize``
+    top-k, then the kept values quantised.
+``ternary``
+    top-k, then every kept value replaced by ``sign * scale`` with ``scale`` the mean
+    magnitude of the kept values (the L2-best single scale), in the spirit of ComPEFT.
+
+:class:`ErrorFeedback` keeps what compression removed and adds it to the next update, so
+nothing is lost, only delayed: after any number of rounds, the sum of what was sent plus the
+residual equals the sum of the updates.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "BITS",
+    "METHODS",
+    "Compressed",
+    "Compressor",
+    "ErrorFeedback",
+    "Quantized",
+    "Ternary",
+    "quantize",
+    "top_k",
+]
+
+METHODS = ("none", "topk", "quantize", "topk-quantize", "ternary")
+BITS = (2, 4, 8)
+
+
+@dataclass(frozen=True)
+class Quantized:
+    """``value = offset + code * step``, codes in ``[0, 2**bits)``."""
+
+    codes: np.ndarray  # uint8, one per value
+    bits: int
+    offset: float
+    step: float
+
+    def values(self) -> np.ndarray:
+        return (np.float32(self.offset) + self.codes.astype(np.float32) * np.float32(self.step)).astype(
+            np.float32
+        )
+
+
+@dataclass(frozen=True)
+class Ternary:
+    """``value = -scale`` where ``negative``, else ``+scale``."""
+
+    negative: np.ndarray  # bool, one per value
+    scale: float
+
+    def values(self) -> np.ndarray:
+        scale = np.float32(self.scale)
+        return np.where(self.negative, -scale, scale).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Compressed:
+    """A tensor after compression: the values kept, and where they go.
+
+    ``indices`` is None when every element is kept (row-major order); otherwise the strictly
+    ascending positions in the flattened tensor, the rest being zero.
+    """
+
+    shape: tuple[int, ...]
+    values: np.ndarray | Quantized | Ternary
+    indices: np.ndarray | None = None
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    def decompress(self) -> np.ndarray:
+        values = self.values if isinstance(self.values, np.ndarray) else self.values.values()
+        values = values.astype(np.float32, copy=False)
+        if self.indices is None:
+            return values.reshape(self.shape)
+        out = np.zeros(self.numel, np.float32)
+        out[self.indices] = values
+        return out.reshape(self.shape)
+
+
+def top_k(x: np.ndarray, fraction: float) -> np.ndarray:
+    """Positions (ascending) of the ``ceil(fraction * x.size)`` entries of ``x`` largest in
+    magnitude (at least one of a non-empty ``x``)."""
+    flat = np.ravel(x)
+    n = flat.size
+    k = min(n, max(1, math.ceil(fraction * n))) if n else 0
+    if k == n:
+        return np.arange(n, dtype=np.int64)
+    positions = np.argpartition(np.abs(flat), n - k)[n - k :]
+    return np.sort(positions).astype(np.int64)
+
+
+def quantize(values: np.ndarray, bits: int, rng: np.random.Generator | None = None) -> Quantized:
+    """Uniform quantisation of ``values`` to ``bits`` bits between their min and max.
+
+    Round to nearest (error <= step / 2) when ``rng`` is None, else stochastic rounding
+    (unbiased: the expected decoded value is the input; error < step).
+    """
+    if bits not in BITS:
+        raise ValueError(f"bits must be one of {BITS}, got {bits}")
+    values = np.asarray(values, np.float32).ravel()
+    if values.size == 0:
+        return Quantized(np.zeros(0, np.uint8), bits, 0.0, 0.0)
+    lo, hi = float(values.min()), float(values.max())
+    levels = (1 << bits) - 1
+    step = float(np.float32((hi - lo) / levels))
+    if step == 0.0 or not math.isfinite(step):
+        return Quantized(np.zeros(values.size, np.uint8), bits, lo, 0.0)
+    # float32 arithmetic in place: codes are < 256, far inside float32's exact integers
+    scaled = values - np.float32(lo)
+    scaled *= np.float32(1.0 / step)
+    if rng is None:
+        np.rint(scaled, out=scaled)
+    else:
+        scaled += rng.random(values.size, dtype=np.float32)
+        np.floor(scaled, out=scaled)
+    np.clip(scaled, 0, levels, out=scaled)
+    return Quantized(scaled.astype(np.uint8), bits, lo, step)
+
+
+@dataclass(frozen=True)
+class Compressor:
+    """One compression method with its settings (see the module's docstring).
+
+    Args:
+        method: one of :data:`METHODS`.
+        topk: the fraction of entries kept by ``topk``, ``topk-quantize`` and ``ternary``.
+        bits: bits per value for ``quantize`` and ``topk-quantize``.
+        stochastic: stochastic rounding for the quantising methods.
+    """
+
+    method: str = "none"
+    topk: float = 0.05
+    bits: int = 8
+    stochastic: bool = False
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if not 0.0 < self.topk <= 1.0:
+            raise ValueError(f"topk must be in (0, 1], got {self.topk}")
+        if self.bits not in BITS:
+            raise ValueError(f"bits must be one of {BITS}, got {self.bits}")
+
+    def __call__(self, x: np.ndarray, rng: np.random.Generator | None = None) -> Compressed:
+        """Compress one tensor. ``rng`` drives stochastic rounding (required then)."""
+        x = np.asarray(x, np.float32)
+        shape, flat = tuple(x.shape), x.ravel()
+        if self.stochastic and self.method in ("quantize", "topk-quantize") and rng is None:
+            raise ValueError("stochastic rounding needs an rng")
+        rounding = rng if self.stochastic else None
+        if self.method == "none":
+            return Compressed(shape, flat.copy())
+        if self.method == "quantize":
+            return Compressed(shape, quantize(flat, self.bits, rounding))
+        indices = top_k(flat, self.topk)
+        kept = flat[indices]
+        if indices.size == flat.size:
+            indices_or_none = None  # everything kept: positions are implicit
+        else:
+            indices_or_none = indices
+        if self.method == "topk":
+            return Compressed(shape, kept, indices_or_none)
+        if self.method == "topk-quantize":
+            return Compressed(shape, quantize(kept, self.bits, rounding), indices_or_none)
+        scale = float(np.float32(np.abs(kept, dtype=np.float64).mean())) if kept.size else 0.0
+        return Compressed(shape, Ternary(np.signbit(kept), scale), indices_or_none)
+
+
+class ErrorFeedback:
+    """Error feedback around a :class:`Compressor`: compress ``update + residual``, keep the
+    difference to what was sent as the new residual.
+
+    Args:
+        compressor: the method.
+        residual: the residual carried over from earlier rounds (``{name: float32 array}``;
+            the client keeps it in its persistent Flower state), or None to start at zero.
+    """
+
+    def __init__(self, compressor: Compressor, residual: Mapping[str, np.ndarray] | None = None) -> None:
+        self.compressor = compressor
+        self.residual: dict[str, np.ndarray] = {k: np.asarray(v, np.float32) for k, v in (residual or {}).items()}
+
+    def __call__(
+        self, update: Mapping[str, np.ndarray], rng: np.random.Generator | None = None
+    ) -> dict[str, Compressed]:
+        """Compress every tensor of ``update``; the residuals are updated in place."""
+        sent = {}
+        for name, value in update.items():
+            value = np.asarray(value, np.float32)
+            residual = self.residual.get(name)
+            if residual is not None and residual.shape != value.shape:
+                raise ValueError(f"residual of {name!r} has shape {residual.shape}, the update {value.shape}")
+            corrected = value + residual if residual is not None else value.copy()
+            sent[name] = self.compressor(corrected, rng)
+            self.residual[name] = corrected - sent[name].decompress()
+        return sent
