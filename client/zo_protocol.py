@@ -38,7 +38,7 @@ def answer_train(msg: Message, context: Context, cfg: RunConfig, client: Any) ->
         )
     server_round, state_round = int(config[wire.ROUND]), int(config[wire.STATE_ROUND])
     updates = []
-    for payload in msg.content[wire.SYNC][wire.UPDATES]:
+    for payload in config[wire.UPDATES]:
         round_, keys, scalars, lr = wire.decode_update(payload, max_key=client.max_key)
         updates.append(SeedUpdate(round_, keys, client.seed_of_key(keys), scalars, lr))
     weights = None
@@ -59,8 +59,11 @@ def answer_train(msg: Message, context: Context, cfg: RunConfig, client: Any) ->
     report = client.train(server_round, partition_id, num_partitions, probabilities)
     reply = RecordDict(
         {
-            wire.STEPS: ConfigRecord({wire.STEP_LIST: wire.encode_steps(report.keys, report.scalars, client.universe)}),
-            wire.STATE: ConfigRecord({wire.ROUND: report.state_round, wire.DIGEST: report.digest}),
+            wire.STATE: ConfigRecord({
+                wire.ROUND: report.state_round,
+                wire.DIGEST: report.digest,
+                wire.STEP_LIST: wire.encode_steps(report.keys, report.scalars, client.universe),
+            }),
             wire.METRICS: MetricRecord(
                 {
                     wire.NUM_EXAMPLES: report.num_examples,

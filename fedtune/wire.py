@@ -48,8 +48,6 @@ __all__ = [
     "PHASE",
     "PROJECTIONS",
     "RESIDUAL",
-    "STEPS",
-    "SYNC",
     "VERSION",
     "WEIGHTS",
     "WireError",
@@ -69,12 +67,12 @@ VERSION = 2  # of every payload below; version 1 was fedtune 0.1's struct format
 MAX_PAYLOAD_BYTES = 1 << 30  # a payload larger than this is refused before it is parsed
 
 # Record keys of fedtune's messages (server <-> client).
-CONFIG = "fedtune.config"  # ConfigRecord: round-level instructions (see the keys below)
-SYNC = "fedtune.sync"  # ConfigRecord: {"updates": list[bytes]} seed log entries to replay
-STEPS = "fedtune.steps"  # ConfigRecord: {"steps": bytes} the client's step list
+# Every record is one more object on Flower's wire (~430 bytes of ids and framing, see
+# message_bytes), so a seed message has one ConfigRecord each way plus the metrics.
+CONFIG = "fedtune.config"  # ConfigRecord: round-level instructions and seed-log entries (keys below)
 METRICS = "fedtune.metrics"  # MetricRecord: the client's numbers (num-examples, loss, ...)
 WEIGHTS = "fedtune.weights"  # ArrayRecord: full weights, only to resynchronise a client
-STATE = "fedtune.state"  # ConfigRecord: the client's synced state {"round", "digest"}
+STATE = "fedtune.state"  # ConfigRecord of a reply: the client's state and step list (keys below)
 
 # Federated LoRA (fedtune.lora): tensors travel as a TensorBundle in a ConfigRecord
 # {"bundle": bytes}, keyed by their PEFT names (e.g.
@@ -92,8 +90,8 @@ PHASE = "phase"  # int in CONFIG (LoRA): 1 = train and send the adapter, 2 = sen
 ROUND = "round"  # int, the round being trained
 STATE_ROUND = "state-round"  # int, the global state the client must train from
 RUN_KEY = "run-key"  # str, identifies the run (model + seed) the client's cache must match
-UPDATES = "updates"
-STEP_LIST = "steps"
+UPDATES = "updates"  # list[bytes] in CONFIG: the seed-log entries to replay, oldest first
+STEP_LIST = "steps"  # bytes in STATE of a reply: encode_steps' payload
 NEED_STATE = "need-state"  # int in STATE of a reply: the client's state; it could not reach state-round
 DIGEST = "digest"  # str in STATE of a reply: SHA-256 of the client's synced weights ("" if unchecked)
 

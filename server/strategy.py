@@ -185,12 +185,8 @@ class FedKSeed(RoundLoop):
         }
         if self.importance is not None:
             config[wire.SEED_IMPORTANCE] = wire.encode_importance(self.importance.to_bytes())
-        content = RecordDict(
-            {
-                wire.CONFIG: ConfigRecord(config),
-                wire.SYNC: ConfigRecord({wire.UPDATES: self.encoded_log[first : self.state_round]}),
-            }
-        )
+        config[wire.UPDATES] = self.encoded_log[first : self.state_round]
+        content = RecordDict({wire.CONFIG: ConfigRecord(config)})
         if since is None:
             state = {name: p.detach().cpu() for name, p in self.params}
             content[wire.WEIGHTS] = ArrayRecord(torch_state_dict=state)
@@ -247,7 +243,7 @@ class FedKSeed(RoundLoop):
             metrics = content[wire.METRICS]
             state = content[wire.STATE]
             keys, scalars = wire.decode_steps(
-                content[wire.STEPS][wire.STEP_LIST],
+                state[wire.STEP_LIST],
                 max_key=self.max_key,
                 max_steps=self.cfg.algorithm.local_steps,
                 max_bytes=int(self.cfg.federation.max_payload_mb * 2**20),

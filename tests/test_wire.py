@@ -296,3 +296,48 @@ def test_a_compressed_tensor_with_every_position_kept_needs_no_indices():
     c = Compressor("topk", topk=1.0)(np.ones((3, 3), np.float32))
     assert c.indices is None
     assert isinstance(c, Compressed)
+
+
+# --- bytes of a Flower message on the Fleet API -------------------------------------------
+
+
+@pytest.fixture
+def task_identity(monkeypatch):
+    from flwr.supercore.task_identity import TaskIdentity
+
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 7)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+
+
+def _message(payload: bytes, *, records: int = 1):
+    from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+
+    # distinct contents: Flower's objects are content-addressed, equal ones travel once
+    content = RecordDict({f"r{i}": ConfigRecord({"p": payload + bytes([i])}) for i in range(records)})
+    return Message(content, dst_node_id=12345, message_type=MessageType.TRAIN)
+
+
+def test_message_bytes_count_the_payload_once_plus_flowers_framing(task_identity):
+    from flwr.common.serde import message_to_proto
+
+    small, large = _message(b"x" * 100), _message(b"x" * 100_100)
+
+    for downlink in (True, False):
+        grown = wire.message_bytes(large, downlink=downlink) - wire.message_bytes(small, downlink=downlink)
+        # 100,000 more payload bytes, plus a few bytes of longer varint lengths; object ids are
+        # fixed-length hashes, so nothing else grows
+        assert 100_000 <= grown <= 100_000 + 16
+    # Flower's framing is real: more than the bare Message protobuf
+    assert wire.message_bytes(small, downlink=True) > message_to_proto(small).ByteSize() + 200
+
+
+def test_every_record_is_one_more_object_on_the_wire(task_identity):
+    one, two = _message(b"x" * 10, records=1), _message(b"x" * 10, records=2)
+
+    extra = wire.message_bytes(two, downlink=False) - wire.message_bytes(one, downlink=False)
+
+    # the record's 64-hex-digit id four times (the parent's reference to it, the object tree,
+    # PushMessages' objects_to_push, its own PushObject request, which also carries the
+    # 36-character session id), its content (~30 B) and the field tags and gRPC prefixes
+    assert 4 * 64 + 36 < extra < 4 * 64 + 36 + 160

@@ -118,5 +118,5 @@ def test_device_app_asks_for_what_it_misses_and_then_matches_the_server(micro_on
 
     assert reply.content[wire.STATE][wire.DIGEST] == zo_client.state_digest(server.params)
     assert reply.content[wire.STATE][wire.ROUND] == 3
-    keys, scalars = wire.decode_steps(reply.content[wire.STEPS][wire.STEP_LIST], max_key=32, max_steps=3)
+    keys, scalars = wire.decode_steps(reply.content[wire.STATE][wire.STEP_LIST], max_key=32, max_steps=3)
     assert len(keys) == 3 and np.all(np.isfinite(scalars))

@@ -30,15 +30,19 @@ lr = 5e-3
 [lora]
 rank = 4
 two_phase = {two_phase}
+[compress]
+method = "{method}"
+topk = 0.1
 """
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("rule", "two_phase"), [("fedit", False), ("ffa-lora", False), ("lorafair", True)])
-def test_rule_completes_in_the_simulation_engine(tmp_path, rule, two_phase):
+@pytest.mark.parametrize(("rule", "two_phase", "method"),
+                         [("fedit", False, "none"), ("ffa-lora", False, "ternary"), ("lorafair", True, "topk-quantize")])
+def test_rule_completes_in_the_simulation_engine(tmp_path, rule, two_phase, method):
     path = tmp_path / "lora.toml"
     path.write_text(CONFIG.format(name=rule, output_dir=tmp_path / "runs", rule=rule,
-                                  two_phase="true" if two_phase else "false"))
+                                  two_phase="true" if two_phase else "false", method=method))
 
     result = run_cli("run", path, timeout=600)
 

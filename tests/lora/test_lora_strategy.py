@@ -3,9 +3,10 @@
 import logging
 import math
 
+import numpy as np
 import pytest
 import torch
-from flwr.app import Message, MetricRecord, RecordDict
+from flwr.app import Message, MessageType, MetricRecord, RecordDict
 
 from fedtune import wire
 from fedtune.lora.payload import pack
@@ -120,3 +121,63 @@ def test_a_phase_two_failure_is_counted_and_the_rest_is_summed(task_identity):
     sampled_victim = any(m.metadata.dst_node_id == victim for m in grid.sent if wire.A_MEAN in m.content)
     assert records[1]["failed"] == (1 if sampled_victim else 0)
     assert records[1]["replies"] == 3
+
+
+@pytest.mark.parametrize("method", ["topk", "quantize", "topk-quantize", "ternary"])
+def test_compressed_updates_move_the_adapter_and_shrink_the_upload(task_identity, method):
+    dense_cfg = micro_config("algorithm.name=fedit", "federation.clients_per_round=4")
+    cfg = micro_config("algorithm.name=fedit", "federation.clients_per_round=4",
+                       f"compress.method={method}", "compress.topk=0.1", "compress.bits=4")
+
+    _, _, dense = _run(dense_cfg, rounds=2)
+    strategy, grid, records = _run(cfg, rounds=2)
+
+    for record in records[1:]:
+        assert record["replies"] == 4 and record["rejected"] == 0
+        assert record["bytes_up_per_client"] < dense[1]["bytes_up_per_client"] / 3
+        assert record["bytes_down_per_client"] == pytest.approx(dense[1]["bytes_down_per_client"], rel=0.05)
+    assert any(torch.count_nonzero(strategy.state[n]) for n in strategy.state if "lora_B" in n)
+    # every node was sampled in both rounds and carries its error-feedback residual
+    for context in grid.contexts.values():
+        residual = context.state[wire.RESIDUAL]
+        assert set(residual.keys()) == set(strategy.uplink)
+        assert any(np.abs(a.numpy()).max() > 0 for a in residual.values())
+
+
+def test_error_feedback_sends_what_the_last_round_dropped(task_identity):
+    """Through the real handler and node state: round 2 uploads compress(update_2 + residual_1)."""
+    from flwr.app import ConfigRecord, Context
+
+    from client.lora import train_lora
+
+    cfg = micro_config("algorithm.name=fedit", "compress.method=topk", "compress.topk=0.05")
+    server = FederatedLora(cfg)
+
+    def message(server_round):
+        config = ConfigRecord({wire.ROUND: server_round, wire.RUN_KEY: server.run_key, wire.PHASE: 1})
+        content = RecordDict({wire.CONFIG: config, wire.ADAPTER: pack({n: server.state[n] for n in server.uplink})})
+        return Message(content, dst_node_id=5, message_type=MessageType.TRAIN)
+
+    def context():
+        return Context(1, 5, {"partition-id": 1, "num-partitions": 4}, RecordDict(), {})
+
+    def sent(reply):
+        return {n: c.decompress() for n, c in wire.decode_bundle(reply.content[wire.ADAPTER][wire.BUNDLE],
+                                                                 None, "x").items()}
+
+    def residual(ctx):
+        return {n: a.numpy() for n, a in ctx.state[wire.RESIDUAL].items()}
+
+    carried = context()
+    train_lora(cfg, message(1), carried)
+    residual_1 = residual(carried)
+    upload_2 = sent(train_lora(cfg, message(2), carried))
+    fresh = context()  # the same round 2 with nothing carried over
+    upload_fresh = sent(train_lora(cfg, message(2), fresh))
+
+    assert any(np.abs(r).max() > 0 for r in residual_1.values())
+    for name in upload_2:
+        # both sides: what was sent + what is kept == what there was to send
+        np.testing.assert_allclose(upload_2[name] + residual(carried)[name] - residual_1[name],
+                                   upload_fresh[name] + residual(fresh)[name], atol=1e-6)
+    assert any(not np.array_equal(upload_2[n], upload_fresh[n]) for n in upload_2)

@@ -31,8 +31,8 @@ def server(monkeypatch):
 def _reply(server, steps: bytes, digest=None, num_examples=10):
     request = Message(RecordDict(), dst_node_id=5, message_type=MessageType.TRAIN)
     content = RecordDict({
-        wire.STEPS: ConfigRecord({wire.STEP_LIST: steps}),
-        wire.STATE: ConfigRecord({wire.ROUND: 0, wire.DIGEST: digest or state_digest(server.params)}),
+        wire.STATE: ConfigRecord({wire.ROUND: 0, wire.DIGEST: digest or state_digest(server.params),
+                                  wire.STEP_LIST: steps}),
         wire.METRICS: MetricRecord({wire.NUM_EXAMPLES: num_examples, wire.TRAIN_LOSS: 1.0}),
     })
     return Message(content, reply_to=request)

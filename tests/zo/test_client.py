@@ -101,7 +101,7 @@ def test_client_app_resyncs_from_full_weights_sent_as_a_flower_message(tmp_path,
     reply = train(_through_the_wire(second), context)
 
     assert reply.content[wire.STATE][wire.DIGEST] == state_digest(server.params)
-    keys, scalars = wire.decode_steps(reply.content[wire.STEPS][wire.STEP_LIST], max_key=32, max_steps=3)
+    keys, scalars = wire.decode_steps(reply.content[wire.STATE][wire.STEP_LIST], max_key=32, max_steps=3)
     assert len(keys) == 3 and np.all(np.isfinite(scalars))
 
 
