@@ -159,8 +159,21 @@ def progress_line(record: Mapping[str, Any], rounds: int) -> str:
         )
     if "replies" in record:
         parts.append(f"{record['replies']}/{record['sampled']} replied,")
-    parts.append(f"{record['round_s']:.1f} s (total {record['elapsed_s']:.0f} s)")
+    timing = f"{record['round_s']:.1f} s (total {format_duration(record['elapsed_s'])}"
+    if record.get("eta_s"):
+        timing += f", ETA {format_duration(record['eta_s'])}"
+    parts.append(timing + ")")
     return " ".join(parts)
+
+
+def format_duration(seconds: float) -> str:
+    """``75`` -> ``1m15s``; ``4000`` -> ``1h06m``; under a minute, whole seconds."""
+    s = max(0, round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
 def _json_safe(value: Any) -> Any:

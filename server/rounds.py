@@ -135,7 +135,8 @@ class RoundLoop(Strategy):
         t_start = time.monotonic()
         if self.state_round == 0:
             on_round({"round": 0, **self.evaluate(), "round_s": 0.0, "elapsed_s": 0.0})
-        for server_round in range(self.state_round + 1, num_rounds + 1):
+        first, t_first = self.state_round + 1, time.monotonic()
+        for server_round in range(first, num_rounds + 1):
             t_round = time.monotonic()
             record: dict[str, Any] = {"round": server_round, **self.run_round(grid, server_round)}
             if server_round % self.cfg.eval.every == 0 or server_round == num_rounds:
@@ -143,4 +144,6 @@ class RoundLoop(Strategy):
             now = time.monotonic()
             record["round_s"] = now - t_round
             record["elapsed_s"] = now - t_start
+            # the mean round of this launch (evaluation included) times the rounds left
+            record["eta_s"] = (now - t_first) / (server_round - first + 1) * (num_rounds - server_round)
             on_round(record)

@@ -1,0 +1,24 @@
+"""The per-round progress line: what a user watching a long run sees."""
+
+from fedtune.runs import format_duration, progress_line
+
+
+def test_progress_line_has_the_round_numbers_bytes_and_an_eta():
+    record = {"round": 3, "train_loss": 2.5, "eval_loss": 2.25, "eval_accuracy": 0.125,
+              "bytes_up_per_client": 1536, "bytes_down_per_client": 100, "replies": 9, "sampled": 10,
+              "round_s": 5.04, "elapsed_s": 75.2, "eta_s": 4000.0}
+
+    line = progress_line(record, 20)
+
+    assert line == ("round 3/20: train loss 2.5000, eval loss 2.2500 (acc 0.125), up 1.5 KiB/client, "
+                    "down 100 B/client, 9/10 replied, 5.0 s (total 1m15s, ETA 1h06m)")
+
+
+def test_the_last_round_has_no_eta():
+    line = progress_line({"round": 20, "round_s": 1.0, "elapsed_s": 30.0, "eta_s": 0.0}, 20)
+    assert line == "round 20/20: 1.0 s (total 30 s)"
+
+
+def test_format_duration():
+    assert [format_duration(s) for s in (0.4, 59, 60, 3599, 3600, 86399)] == [
+        "0 s", "59 s", "1m00s", "59m59s", "1h00m", "23h59m"]
