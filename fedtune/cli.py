@@ -143,10 +143,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     resources: dict[str, Any] = {"num_cpus": s.num_cpus_per_client}
     if s.num_gpus_per_client:
         resources["num_gpus"] = s.num_gpus_per_client
-    backend_config: dict[str, Any] = {
-        "client_resources": resources,
-        "init_args": {"logging_level": "ERROR", "log_to_driver": True, "include_dashboard": False},
-    }
+    init_args: dict[str, Any] = {"logging_level": "ERROR", "log_to_driver": True, "include_dashboard": False}
+    if s.num_cpus:
+        init_args["num_cpus"] = s.num_cpus
+    if s.num_gpus:
+        init_args["num_gpus"] = s.num_gpus
+    backend_config: dict[str, Any] = {"client_resources": resources, "init_args": init_args}
     run_simulation(
         server_app=server_app,
         client_app=client_app,

@@ -147,8 +147,10 @@ class EvalConfig:
 class SimulationConfig:
     """Resources of Flower's simulation engine."""
 
-    num_cpus_per_client: float = 1.0  # Ray CPUs per virtual client: workers = cores / this
+    num_cpus_per_client: float = 1.0  # Ray CPUs per virtual client: workers = num_cpus / this
     num_gpus_per_client: float = 0.0  # a fraction (e.g. 0.25) packs several clients on a GPU
+    num_cpus: int = 0  # CPUs the simulation may use (Ray's pool); 0 = every core of the machine
+    num_gpus: int = 0  # GPUs the simulation may use; 0 = every GPU present (none on a CPU box)
 
 
 @dataclass(frozen=True)
@@ -267,6 +269,11 @@ def _check_values(cfg: RunConfig) -> list[str]:
          f"`simulation.num_cpus_per_client` must be > 0, got {s.num_cpus_per_client}")
     need(s.num_gpus_per_client >= 0,
          f"`simulation.num_gpus_per_client` must be >= 0, got {s.num_gpus_per_client}")
+    need(s.num_cpus >= 0, f"`simulation.num_cpus` must be >= 0 (0 = every core), got {s.num_cpus}")
+    need(s.num_gpus >= 0, f"`simulation.num_gpus` must be >= 0 (0 = every GPU), got {s.num_gpus}")
+    need(s.num_cpus == 0 or s.num_cpus_per_client <= s.num_cpus,
+         f"`simulation.num_cpus_per_client` ({s.num_cpus_per_client}) is more than the {s.num_cpus} "
+         "CPUs of `simulation.num_cpus`: no client could ever run")
     od = cfg.ondevice
     need(0 <= od.clients <= f.num_clients,
          f"`ondevice.clients` must be in [0, num_clients={f.num_clients}], got {od.clients}")
