@@ -89,13 +89,22 @@ class RoundLoop(Strategy):
         unknown = sorted(set(grid.get_node_ids()) - set(self.partitions))
         if not unknown:
             return
-        content = RecordDict({wire.CONFIG: ConfigRecord({wire.RUN_KEY: self.run_key})})
-        messages = [Message(content, dst_node_id=n, message_type=MessageType.QUERY) for n in unknown]
-        for reply in grid.send_and_receive(messages, timeout=timeout):
-            if reply.has_error():
-                log.warning("node %s did not say its partition: %s", reply.metadata.src_node_id, error_reason(reply))
-                continue
-            self.partitions[reply.metadata.src_node_id] = int(reply.content[wire.STATE][wire.PARTITION])
+        start, chunk = time.monotonic(), 1000  # a progress line every 1000 nodes of a large federation
+        if len(unknown) > chunk:
+            log.info("asking %d nodes for their partition id (once per node)", len(unknown))
+        for first in range(0, len(unknown), chunk):
+            content = RecordDict({wire.CONFIG: ConfigRecord({wire.RUN_KEY: self.run_key})})
+            messages = [Message(content, dst_node_id=n, message_type=MessageType.QUERY)
+                        for n in unknown[first : first + chunk]]
+            for reply in grid.send_and_receive(messages, timeout=timeout):
+                if reply.has_error():
+                    log.warning("node %s did not say its partition: %s", reply.metadata.src_node_id,
+                                error_reason(reply))
+                    continue
+                self.partitions[reply.metadata.src_node_id] = int(reply.content[wire.STATE][wire.PARTITION])
+            if len(unknown) > chunk:
+                log.info("partition ids: %d/%d nodes answered (%.0f s)", len(self.partitions), len(unknown),
+                         time.monotonic() - start)
         if len(set(self.partitions.values())) < len(self.partitions):
             log.warning("several nodes report the same partition id: their data overlaps")
 
