@@ -44,6 +44,7 @@ __all__ = [
     "top_k",
 ]
 
+_F32_MAX = float(np.finfo(np.float32).max)
 METHODS = ("none", "topk", "quantize", "topk-quantize", "ternary")
 BITS = (2, 4, 8)
 
@@ -58,9 +59,9 @@ class Quantized:
     step: float
 
     def values(self) -> np.ndarray:
-        return (np.float32(self.offset) + self.codes.astype(np.float32) * np.float32(self.step)).astype(
-            np.float32
-        )
+        if abs(self.offset) + ((1 << self.bits) - 1) * self.step <= _F32_MAX:  # float32 cannot overflow
+            return np.float32(self.offset) + self.codes.astype(np.float32) * np.float32(self.step)
+        return (self.offset + self.codes.astype(np.float64) * self.step).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -126,12 +127,15 @@ def quantize(values: np.ndarray, bits: int, rng: np.random.Generator | None = No
         return Quantized(np.zeros(0, np.uint8), bits, 0.0, 0.0)
     lo, hi = float(values.min()), float(values.max())
     levels = (1 << bits) - 1
-    step = float(np.float32((hi - lo) / levels))
-    if step == 0.0 or not math.isfinite(step):
+    if hi == lo:
         return Quantized(np.zeros(values.size, np.uint8), bits, lo, 0.0)
-    # float32 arithmetic in place: codes are < 256, far inside float32's exact integers
-    scaled = values - np.float32(lo)
-    scaled *= np.float32(1.0 / step)
+    # the smallest float32 step if the range is denormal-small (it would round to 0)
+    step = max(float(np.float32((hi - lo) / levels)), float(np.finfo(np.float32).smallest_subnormal))
+    # float32 arithmetic in place (codes are < 256, exact in float32), float64 where the
+    # range itself overflows float32
+    wide = hi - lo > float(np.finfo(np.float32).max)
+    scaled = values.astype(np.float64) - lo if wide else values - np.float32(lo)
+    scaled /= step if wide else np.float32(step)
     if rng is None:
         np.rint(scaled, out=scaled)
     else:

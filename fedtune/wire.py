@@ -422,7 +422,7 @@ def _decode_tensor(msg: pb.Tensor, shape: tuple[int, ...], what: str) -> Compres
         _expect_len(q.codes, _packed_size(count, q.bits), what)
         codes = unpack_bits(q.codes, count, q.bits).astype(np.uint8)
         values = Quantized(codes, int(q.bits), float(q.offset), float(q.step))
-        if abs(q.offset) + ((1 << q.bits) - 1) * q.step > _F32_MAX:
+        if abs(q.offset + ((1 << q.bits) - 1) * q.step) > _F32_MAX:  # the largest code's value
             raise WireError(f"{what}: quantised values overflow float32")
     elif kind == "ternary":
         t = msg.ternary

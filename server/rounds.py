@@ -141,6 +141,7 @@ class RoundLoop(Strategy):
         each (and once for round 0 on a fresh run)."""
         self.summary()
         self.wait_for_nodes(grid, connect_timeout)
+        self.discover(grid, self.cfg.federation.round_timeout_s)  # start-up, not round 1's time
         t_start = time.monotonic()
         if self.state_round == 0:
             on_round({"round": 0, **self.evaluate(), "round_s": 0.0, "elapsed_s": 0.0})
@@ -148,9 +149,11 @@ class RoundLoop(Strategy):
         for server_round in range(first, num_rounds + 1):
             t_round = time.monotonic()
             record: dict[str, Any] = {"round": server_round, **self.run_round(grid, server_round)}
+            t_eval = time.monotonic()
             if server_round % self.cfg.eval.every == 0 or server_round == num_rounds:
                 record.update(self.evaluate())
             now = time.monotonic()
+            record["eval_s"] = now - t_eval
             record["round_s"] = now - t_round
             record["elapsed_s"] = now - t_start
             # the mean round of this launch (evaluation included) times the rounds left

@@ -121,3 +121,12 @@ def test_a_residual_of_another_shape_is_refused():
     feedback = ErrorFeedback(Compressor("topk"), {"x": np.zeros(3, np.float32)})
     with pytest.raises(ValueError, match="residual of 'x' has shape"):
         feedback({"x": np.zeros(4, np.float32)})
+
+
+def test_ranges_at_float32s_edges_quantise_without_overflow_or_a_zero_step():
+    tiny = quantize(np.array([1e-45, 0.0], np.float32), 2)  # the range rounds to a zero step
+    np.testing.assert_array_equal(tiny.values(), np.array([1e-45, 0.0], np.float32))
+    wide = quantize(np.array([-3e38, 3e38, 0.0], np.float32), 2)  # hi - lo overflows float32
+    values = wide.values()
+    assert np.all(np.isfinite(values))
+    np.testing.assert_allclose(values, [-3e38, 3e38, 1e38], rtol=1e-6)  # 0 is 1/3 of a step off

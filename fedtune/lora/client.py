@@ -17,6 +17,7 @@ import torch
 
 from fedtune.config import RunConfig
 from fedtune.data.batches import sample_batch
+from fedtune.lru import LRU, PARTITION_CACHE
 from fedtune.rng import derive_seed
 from fedtune.rng.torch_backend import seeded_init
 from fedtune.workload import Workload
@@ -66,15 +67,16 @@ class LoraClient:
         self.uplink = self.rule.uplink_names(self.params)
         self.shapes = shapes_of(self.params)
         self.uplink_shapes = {n: self.shapes[n] for n in self.uplink}
-        self._partitions: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
+        # encoded partitions of the clients this process played last: bounded, not one per client
+        self._partitions: LRU[tuple[int, int], dict[str, torch.Tensor]] = LRU(PARTITION_CACHE)
 
     def _data(self, partition_id: int, num_partitions: int) -> dict[str, torch.Tensor]:
-        key = (partition_id, num_partitions)
-        if key not in self._partitions:
+        def build() -> dict[str, torch.Tensor]:
             indices = self.workload.partition(partition_id, num_partitions)
             train = self.workload.examples[0]
-            self._partitions[key] = self.workload.encode([train[i] for i in indices])
-        return self._partitions[key]
+            return self.workload.encode([train[i] for i in indices])
+
+        return self._partitions.get_or_build((partition_id, num_partitions), build)
 
     def train(
         self, round: int, partition_id: int, num_partitions: int, global_state: Mapping[str, torch.Tensor]

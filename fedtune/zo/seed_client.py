@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from fedtune.config import RunConfig
+from fedtune.lru import LRU, PARTITION_CACHE
 from fedtune.rng import derive_seed, generator
 
 from .seeds import SeedUpdate
@@ -51,7 +52,8 @@ class SeedClient(ABC):
         self._keys = SeedKeys(cfg)
         self.max_key, self.universe, self.seed_of_key = self._keys.max_key, self._keys.universe, self._keys.seed_of_key
         self._replay_rate = 0.0
-        self._partitions: dict[tuple[int, int], dict[str, Any]] = {}
+        # encoded partitions of the clients this process played last: bounded, not one per client
+        self._partitions: LRU[tuple[int, int], dict[str, Any]] = LRU(PARTITION_CACHE)
 
     # --- what a backend supplies ---------------------------------------------------------
 
@@ -114,12 +116,12 @@ class SeedClient(ABC):
         return self._digest
 
     def _data(self, partition_id: int, num_partitions: int) -> dict[str, Any]:
-        key = (partition_id, num_partitions)
-        if key not in self._partitions:
+        def build() -> dict[str, Any]:
             indices = self.workload.partition(partition_id, num_partitions)
             train = self.workload.examples[0]
-            self._partitions[key] = self.workload.encode([train[i] for i in indices])
-        return self._partitions[key]
+            return self.workload.encode([train[i] for i in indices])
+
+        return self._partitions.get_or_build((partition_id, num_partitions), build)
 
     def train(
         self, round: int, partition_id: int, num_partitions: int, probabilities: np.ndarray | None = None
