@@ -11,7 +11,7 @@ from pathlib import Path
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from client.zo_protocol import answer_query, answer_train
+from client.zo_protocol import answer_query, answer_train, partition_of
 from fedtune.config import LORA_ALGORITHMS
 from fedtune.runs import config_from_run_config
 
@@ -28,7 +28,7 @@ def query(msg: Message, context: Context) -> Message:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     cfg, run_dir = config_from_run_config(context.run_config, APP_DIR)
-    if int(context.node_config["partition-id"]) < cfg.ondevice.clients:  # an ONNX device (torch-free)
+    if partition_of(msg, context)[0] < cfg.ondevice.clients:  # an ONNX device (torch-free)
         from client.device_app import handle_train
 
         return handle_train(msg, context, cfg, run_dir)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
+from client.zo_protocol import partition_of
 from fedtune import wire
 from fedtune.config import RunConfig
 from fedtune.lora.client import LoraClient, client_for
@@ -45,8 +46,8 @@ def train_lora(cfg: RunConfig, msg: Message, context: Context) -> Message:
         return _phase_two(client, msg, context, server_round)
 
     global_state = unpack(msg.content[wire.ADAPTER], client.uplink_shapes, "the server's adapter")
-    partition_id = int(context.node_config["partition-id"])
-    report = client.train(server_round, partition_id, int(context.node_config["num-partitions"]), global_state)
+    partition_id, num_partitions = partition_of(msg, context)
+    report = client.train(server_round, partition_id, num_partitions, global_state)
     residual = context.state.get(wire.RESIDUAL)
     rng = generator(cfg.seed, "compress", server_round, partition_id)
     sent, kept = compress_update(

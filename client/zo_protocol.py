@@ -19,7 +19,20 @@ from fedtune.zo.pro import probabilities_from_bytes
 from fedtune.zo.seeds import SeedUpdate
 from fedtune.zo.sync import OutOfSync
 
-__all__ = ["answer_query", "answer_train"]
+__all__ = ["answer_query", "answer_train", "partition_of"]
+
+
+def partition_of(msg: Message, context: Context) -> tuple[int, int]:
+    """``(partition id, number of partitions)`` this node trains on for ``msg``.
+
+    In a ``fedtune run`` simulation the server assigns each virtual node its partition in
+    the message (no start-up query to each of thousands of nodes); a deployed SuperNode
+    holds its own data and names it in its node config.
+    """
+    config = msg.content.get(wire.CONFIG) if msg.has_content() else None
+    if config is not None and wire.PARTITION in config:
+        return int(config[wire.PARTITION]), int(config[wire.NUM_PARTITIONS])
+    return int(context.node_config["partition-id"]), int(context.node_config["num-partitions"])
 
 
 def answer_query(msg: Message, context: Context) -> Message:
@@ -54,8 +67,7 @@ def answer_train(msg: Message, context: Context, cfg: RunConfig, client: Any) ->
         a = cfg.algorithm
         levels = wire.decode_importance(config[wire.SEED_IMPORTANCE], a.num_candidates)
         probabilities = probabilities_from_bytes(levels, a.num_candidates, a.pro_temperature)
-    partition_id = int(context.node_config["partition-id"])
-    num_partitions = int(context.node_config["num-partitions"])
+    partition_id, num_partitions = partition_of(msg, context)
     report = client.train(server_round, partition_id, num_partitions, probabilities)
     reply = RecordDict(
         {

@@ -95,7 +95,9 @@ STEP_LIST = "steps"  # bytes in STATE of a reply: encode_steps' payload
 NEED_STATE = "need-state"  # int in STATE of a reply: the client's state; it could not reach state-round
 DIGEST = "digest"  # str in STATE of a reply: SHA-256 of the client's synced weights ("" if unchecked)
 
-PARTITION = "partition-id"  # int in STATE of a query reply: the node's data partition
+PARTITION = "partition-id"  # int in STATE of a query reply: the node's data partition; in CONFIG
+# of a train message (a `fedtune run` simulation): the partition the server assigned the node
+NUM_PARTITIONS = "num-partitions"  # int in CONFIG next to PARTITION
 SEED_IMPORTANCE = "seed-importance"  # bytes in CONFIG (FedKSeed-Pro): encode_importance's payload
 
 # Keys of METRICS in a reply.

@@ -31,6 +31,9 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     configure_logging()
     cfg, run_dir = config_from_run_config(context.run_config, APP_DIR)
+    # `fedtune run` opened the run directory and runs Flower's simulation engine: virtual
+    # nodes can play any partition, so the server assigns them instead of asking each node
+    simulated = run_dir is not None
     if run_dir is None:  # under `flwr run`: nobody has opened the run directory yet
         run_dir = create_run_dir(cfg)
     log.info("run directory: %s", run_dir)
@@ -40,11 +43,13 @@ def main(grid: Grid, context: Context) -> None:
         if resume:
             raise ValueError(f"--resume is not supported for {cfg.algorithm.name!r} yet: start a new run")
         lora = FederatedLora(cfg)
+        lora.assign_partitions = simulated
         lora.start_rounds(grid, cfg.rounds, writer.write_round)
         save_model(lora.model, writer.model_dir, lora.workload.tokenizer)
         log.info("final adapter (PEFT format): %s", writer.model_dir)
         return
     strategy = FedKSeed(cfg, run_dir, resume=resume)
+    strategy.assign_partitions = simulated
     if resume and writer.truncate_after(strategy.state_round) < strategy.state_round:
         log.warning(
             "the crash came between logging round %d and writing its metrics line: the round's "

@@ -109,12 +109,12 @@ class FederatedLora(RoundLoop):
     ) -> Iterable[Message]:
         downlink = {n: self.state[n] for n in self.uplink}
         return [
-            Message(
+            self.tag(Message(
                 RecordDict({wire.CONFIG: self._config(server_round, 1),
                             wire.ADAPTER: pack(downlink)}),
                 dst_node_id=n,
                 message_type=MessageType.TRAIN,
-            )
+            ))
             for n in self.sample(grid, server_round)
         ]
 

@@ -227,7 +227,8 @@ class FedKSeed(RoundLoop):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         return [
-            Message(self._train_content(server_round, self._since(n)), dst_node_id=n, message_type=MessageType.TRAIN)
+            self.tag(Message(self._train_content(server_round, self._since(n)), dst_node_id=n,
+                             message_type=MessageType.TRAIN))
             for n in self.sample(grid, server_round)
         ]
 
@@ -331,8 +332,8 @@ class FedKSeed(RoundLoop):
         if behind:
             stats.bytes_up += sum(wire.message_bytes(r, downlink=False) for r in behind)
             resync = [
-                Message(self._train_content(server_round, self._bridge(r)),
-                        dst_node_id=r.metadata.src_node_id, message_type=MessageType.TRAIN)
+                self.tag(Message(self._train_content(server_round, self._bridge(r)),
+                                 dst_node_id=r.metadata.src_node_id, message_type=MessageType.TRAIN))
                 for r in behind
             ]
             stats.resynced = len(resync)

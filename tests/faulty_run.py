@@ -27,6 +27,7 @@ os.environ.update({ENV_CONFIG: str(run_dir / "config.toml"), ENV_RUN_DIR: str(ru
 configure_logging()
 
 import client.app as real
+from client.zo_protocol import partition_of
 from server.app import app as server_app
 
 faulty = ClientApp()
@@ -39,7 +40,7 @@ def query(msg, context):
 
 @faulty.train()
 def train(msg, context):
-    if int(context.node_config["partition-id"]) == 1 and int(msg.content[wire.CONFIG][wire.ROUND]) == 2:
+    if partition_of(msg, context)[0] == 1 and int(msg.content[wire.CONFIG][wire.ROUND]) == 2:
         if mode == "exit":
             os._exit(3)
         if mode == "raise":

@@ -59,11 +59,17 @@ def test_client_app_hands_device_partitions_to_the_device_handler(tmp_path, monk
     monkeypatch.setattr(zo_client, "client_for", _torch_client)
     context = Context(run_id=1, node_id=5, node_config={"partition-id": partition_id, "num-partitions": 4},
                       state=RecordDict(), run_config={})
+    from flwr.app import Message, MessageType
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for attr in ("_run_id", "_node_id", "_task_id"):
+        monkeypatch.setattr(TaskIdentity, attr, 1)
+    msg = Message(RecordDict(), dst_node_id=5, message_type=MessageType.TRAIN)  # no assigned partition
 
     if device:
-        assert client.app.train(None, context) == "device"
+        assert client.app.train(msg, context) == "device"
         assert run_dirs == [tmp_path]  # the run directory, where <run dir>/model.onnx lies
     else:
         with pytest.raises(_TorchPath):
-            client.app.train(None, context)
+            client.app.train(msg, context)
         assert run_dirs == []

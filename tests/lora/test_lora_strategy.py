@@ -181,3 +181,36 @@ def test_error_feedback_sends_what_the_last_round_dropped(task_identity):
         np.testing.assert_allclose(upload_2[name] + residual(carried)[name] - residual_1[name],
                                    upload_fresh[name] + residual(fresh)[name], atol=1e-6)
     assert any(not np.array_equal(upload_2[n], upload_fresh[n]) for n in upload_2)
+
+
+def test_in_simulation_the_server_assigns_partitions_without_asking_any_node(task_identity):
+    from client.zo_protocol import partition_of
+
+    cfg = micro_config("algorithm.name=fedit")
+    strategy = FederatedLora(cfg)
+    strategy.assign_partitions = True
+    grid = InProcessGrid(cfg)
+    strategy.start_rounds(grid, 2, lambda record: None, connect_timeout=1)
+
+    assert not [m for m in grid.sent if m.metadata.message_type == MessageType.QUERY]
+    ranks = {node: i for i, node in enumerate(sorted(grid.node_ids))}
+    trains = [m for m in grid.sent if m.metadata.message_type == MessageType.TRAIN]
+    assert len(trains) == 2 * cfg.federation.clients_per_round
+    for m in trains:
+        node = m.metadata.dst_node_id
+        assert partition_of(m, grid.contexts[node]) == (ranks[node], cfg.federation.num_clients)
+
+
+def test_an_assigned_partition_overrides_the_node_config(task_identity):
+    from flwr.app import ConfigRecord, Context
+
+    from client.zo_protocol import partition_of
+
+    context = Context(1, 5, {"partition-id": 3, "num-partitions": 4}, RecordDict(), {})
+    plain = Message(RecordDict({wire.CONFIG: ConfigRecord({wire.ROUND: 1})}), dst_node_id=5,
+                    message_type=MessageType.TRAIN)
+    assigned = Message(RecordDict({wire.CONFIG: ConfigRecord({wire.PARTITION: 7, wire.NUM_PARTITIONS: 10})}),
+                       dst_node_id=5, message_type=MessageType.TRAIN)
+
+    assert partition_of(plain, context) == (3, 4)
+    assert partition_of(assigned, context) == (7, 10)
