@@ -75,6 +75,20 @@ def _check_environment(cfg: RunConfig) -> None:
             raise UsageError(f"device = {cfg.device!r} but CUDA is not available; use auto or cpu")
 
 
+def _check_memory(cfg: RunConfig) -> Any:
+    """Refuse, before anything starts, a simulation this machine cannot hold."""
+    from fedtune.capacity import available_memory, estimate_memory, parameter_count
+
+    memory = estimate_memory(cfg, parameter_count(cfg), os.cpu_count() or 1, available_memory())
+    if not memory.fits:
+        raise UsageError(
+            f"this simulation needs {memory.describe()}. Run fewer clients at once (lower "
+            "`simulation.num_cpus`, raise `simulation.num_cpus_per_client` or lower "
+            "`federation.clients_per_round`) or use a smaller model"
+        )
+    return memory
+
+
 def _load_component(app_dir: Path, ref: str) -> Any:
     module_name, _, attr = ref.partition(":")
     if str(app_dir) not in sys.path:
@@ -113,12 +127,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         raise UsageError(f"{config_path}: {exc}") from None
     _check_environment(cfg)
+    memory = _check_memory(cfg)
 
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silences a Ray FutureWarning
     configure_logging(args.verbose)
+    log.info("memory: %s", memory.describe())
 
     from fedtune.runs import CONFIG_FILE, ENV_CONFIG, ENV_RESUME, ENV_RUN_DIR, create_run_dir
 
