@@ -1,0 +1,159 @@
+"""Start a Flower SuperNode for one silo: its data partition, its device, its key.
+
+    python -m deploy.supernode --superlink superlink.example.org:8000 --ca certs/ca.crt \\
+        --key keys/silo-0 --partition-id 0 --num-partitions 3 --device cuda:0
+
+Checks the key, the CA, the device and the local Runtime API port, then dials the SuperLink
+and completes a TLS handshake that trusts only ``--ca`` (timeout ``--connect-timeout``):
+an unreachable SuperLink, a wrong CA or an expired / misnamed server certificate is one
+line ``error: ... (fix: ...)`` and exit status 2. Then runs ``flower-supernode``, passes its
+log through, prints ``supernode: connected as node ID ...`` once the SuperLink accepts the
+key, and turns Flower's refusal of an unregistered key (exit 305) into one line too.
+
+The partition and device reach the ClientApp through Flower's node config
+(``partition-id``, ``num-partitions``, ``device``), so the experiment's TOML stays the same
+on every silo and in simulation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from deploy.checks import (
+    DeployError,
+    check_device,
+    check_node_key,
+    check_port_free,
+    check_superlink_reachable,
+    parse_address,
+)
+from deploy.superlink import FLOWER_ENV
+
+__all__ = ["explain_exit", "main", "node_config", "supernode_command"]
+
+_NODE_ID = re.compile(r"SuperNode ID: (\d+)")
+
+
+def node_config(partition_id: int, num_partitions: int, device: str, extra: str = "") -> str:
+    """Flower's ``--node-config`` string (TOML values: strings quoted)."""
+    text = f'partition-id={partition_id} num-partitions={num_partitions} device="{device}"'
+    return f"{text} {extra}".strip()
+
+
+def supernode_command(args: argparse.Namespace) -> list[str]:
+    """The ``flower-supernode`` command line for the parsed arguments."""
+    return [
+        "flower-supernode",
+        "--superlink", args.superlink,
+        "--root-certificates", str(args.ca),
+        "--auth-supernode-private-key", str(args.key),
+        "--node-config", node_config(args.partition_id, args.num_partitions, args.device, args.node_config),
+        "--host", "127.0.0.1",  # the Runtime API serves this node's own ClientApp processes only
+        "--port", str(args.runtime_port),
+        "--max-wait-time", str(args.max_wait_time),
+    ]
+
+
+def explain_exit(returncode: int, output: str, args: argparse.Namespace) -> str:
+    """One line for a ``flower-supernode`` that stopped on its own."""
+    if "Failed to activate SuperNode" in output or "No SuperNode found" in output:
+        return DeployError(
+            f"the SuperLink at {args.superlink} refused this SuperNode: key {args.key} is not registered",
+            f"on the SuperLink's side run: flwr supernode register {args.key}.pub <connection>",
+        ).line()
+    if "Giving up reconnection" in output:
+        return DeployError(
+            f"lost the SuperLink at {args.superlink} and gave up after --max-wait-time {args.max_wait_time:g} s",
+            "restart this SuperNode once the SuperLink is back, or raise --max-wait-time",
+        ).line()
+    errors = [line for line in output.splitlines() if "ERROR" in line or "Error" in line]
+    last = errors[-1].strip() if errors else "no error line"
+    return f"error: flower-supernode exited with status {returncode}: {last} (fix: read its log above)"
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m deploy.supernode", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--superlink", required=True, help="the SuperLink as host:port")
+    parser.add_argument("--ca", type=Path, required=True, help="the federation's CA certificate (ca.crt)")
+    parser.add_argument("--key", type=Path, required=True, help="this SuperNode's private key (deploy.pki node-key)")
+    parser.add_argument("--partition-id", type=int, required=True, help="this silo's data partition")
+    parser.add_argument("--num-partitions", type=int, required=True, help="how many partitions the data has")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda:N for this silo's ClientApp (default cpu)")
+    parser.add_argument(
+        "--runtime-port", type=int, default=9094,
+        help="local port of the SuperNode's Runtime API; distinct per SuperNode on one machine (default 9094)",
+    )
+    parser.add_argument("--node-config", default="", help="extra node config, e.g. 'key=\"value\"'")
+    parser.add_argument("--flwr-home", type=Path, help="where this SuperNode installs apps (FLWR_HOME)")
+    parser.add_argument("--connect-timeout", type=float, default=10.0, help="seconds for the start-up check")
+    parser.add_argument(
+        "--max-wait-time", type=float, default=300.0,
+        help="seconds Flower keeps reconnecting to a lost SuperLink before it gives up (default 300)",
+    )
+    args = parser.parse_args(argv)
+    if not 0 <= args.partition_id < args.num_partitions:
+        parser.error(f"--partition-id must be in [0, {args.num_partitions}), got {args.partition_id}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse(argv)
+    try:
+        if shutil.which("flower-supernode") is None:
+            raise DeployError("flower-supernode is not on PATH", 'install Flower: pip install "flwr==1.41.*"')
+        parse_address(args.superlink)
+        check_node_key(args.key)
+        check_device(args.device)
+        check_port_free("127.0.0.1", args.runtime_port, "the SuperNode's Runtime API", "--runtime-port")
+        check_superlink_reachable(args.superlink, args.ca, timeout=args.connect_timeout)
+    except DeployError as exc:
+        print(exc.line(), file=sys.stderr, flush=True)
+        return 2
+
+    env = {**os.environ, **FLOWER_ENV}
+    if args.flwr_home:
+        env["FLWR_HOME"] = str(args.flwr_home)
+    child = subprocess.Popen(
+        supernode_command(args), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+    )
+
+    def stop(signum: int, _frame: object) -> None:
+        child.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+
+    tail: list[str] = []  # the log's last lines, to explain an exit
+
+    def pump() -> None:
+        assert child.stdout is not None
+        for line in child.stdout:
+            sys.stdout.write(line)
+            if match := _NODE_ID.search(line):
+                print(f"supernode: connected as node ID {match.group(1)} (partition {args.partition_id}/"
+                      f"{args.num_partitions}, device {args.device})")
+            sys.stdout.flush()
+            tail.append(line)
+            del tail[:-200]
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    returncode = child.wait()
+    reader.join(timeout=5)
+    if returncode != 0 and returncode != -signal.SIGTERM:
+        print(explain_exit(returncode, "".join(tail), args), file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
