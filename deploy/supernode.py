@@ -43,9 +43,11 @@ __all__ = ["explain_exit", "main", "node_config", "supernode_command"]
 _NODE_ID = re.compile(r"SuperNode ID: (\d+)")
 
 
-def node_config(partition_id: int, num_partitions: int, device: str, extra: str = "") -> str:
+def node_config(partition_id: int, num_partitions: int, device: str | None, extra: str = "") -> str:
     """Flower's ``--node-config`` string (TOML values: strings quoted)."""
-    text = f'partition-id={partition_id} num-partitions={num_partitions} device="{device}"'
+    text = f"partition-id={partition_id} num-partitions={num_partitions}"
+    if device is not None:  # else the experiment's `device` key decides
+        text += f' device="{device}"'
     return f"{text} {extra}".strip()
 
 
@@ -87,7 +89,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--key", type=Path, required=True, help="this SuperNode's private key (deploy.pki node-key)")
     parser.add_argument("--partition-id", type=int, required=True, help="this silo's data partition")
     parser.add_argument("--num-partitions", type=int, required=True, help="how many partitions the data has")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda:N for this silo's ClientApp (default cpu)")
+    parser.add_argument(
+        "--device", help="cpu or cuda:N for this silo's ClientApp (default: the experiment's `device` key)"
+    )
     parser.add_argument(
         "--runtime-port", type=int, default=9094,
         help="local port of the SuperNode's Runtime API; distinct per SuperNode on one machine (default 9094)",
@@ -112,7 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise DeployError("flower-supernode is not on PATH", 'install Flower: pip install "flwr==1.41.*"')
         parse_address(args.superlink)
         check_node_key(args.key)
-        check_device(args.device)
+        if args.device is not None:
+            check_device(args.device)
         check_port_free("127.0.0.1", args.runtime_port, "the SuperNode's Runtime API", "--runtime-port")
         check_superlink_reachable(args.superlink, args.ca, timeout=args.connect_timeout)
     except DeployError as exc:
@@ -140,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout.write(line)
             if match := _NODE_ID.search(line):
                 print(f"supernode: connected as node ID {match.group(1)} (partition {args.partition_id}/"
-                      f"{args.num_partitions}, device {args.device})")
+                      f"{args.num_partitions}, device {args.device or 'from the experiment'})")
             sys.stdout.flush()
             tail.append(line)
             del tail[:-200]
