@@ -200,8 +200,12 @@ def check_port_free(host: str, port: int, what: str, flag: str) -> None:
     """Nothing listens on ``host:port`` yet (else Flower dies later, mid-start)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
+        # As the servers themselves do: a port whose old connections linger in TIME_WAIT
+        # (a process just restarted) is free to listen on.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
+            sock.listen()
         except OSError as exc:
             raise DeployError(
                 f"{what} cannot listen on {host}:{port}: {exc.strerror}",

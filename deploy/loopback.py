@@ -45,10 +45,17 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _wait_for(path: Path, text: str, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+def _log_size(path: Path) -> int:
+    return path.stat().st_size if path.is_file() else 0
+
+
+def _wait_for(
+    path: Path, text: str, timeout: float, proc: subprocess.Popen[bytes] | None = None, offset: int = 0
+) -> None:
+    """Wait until ``text`` appears in ``path`` after byte ``offset`` (or ``proc`` exits)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if path.is_file() and text in path.read_text(errors="replace"):
+        if path.is_file() and text.encode() in path.read_bytes()[offset:]:
             return
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"{proc.args} exited with {proc.returncode}:\n{path.read_text(errors='replace')[-3000:]}")
@@ -164,6 +171,7 @@ class LoopbackFederation:
         self.runtime_ports = {i: free_port() for i in range(num_nodes + unregistered)}
         self.keys = [self.workdir / "keys" / f"silo-{i}" for i in range(num_nodes + unregistered)]
         self.proxy: CountingProxy | None = None
+        self._log_offsets: dict[int, int] = {}
         self._want_proxy = proxy
 
     @property
@@ -218,6 +226,7 @@ class LoopbackFederation:
 
     def start_node(self, i: int, device: str = "cpu") -> subprocess.Popen[bytes]:
         """Start SuperNode ``i`` (its key ``keys/silo-i``, partition ``i``)."""
+        self._log_offsets[i] = _log_size(self.log(f"node-{i}"))  # a restarted node appends to its log
         self.nodes[i] = self._spawn(f"node-{i}", [
             "deploy.supernode", "--superlink", self.node_address, "--ca", str(self.certs / CA_CERT),
             "--key", str(self.keys[i]), "--partition-id", str(i % self.num_nodes),
@@ -227,7 +236,7 @@ class LoopbackFederation:
         return self.nodes[i]
 
     def wait_connected(self, i: int, timeout: float = 90.0) -> None:
-        _wait_for(self.log(f"node-{i}"), "supernode: connected", timeout, self.nodes[i])
+        _wait_for(self.log(f"node-{i}"), "supernode: connected", timeout, self.nodes[i], self._log_offsets[i])
 
     def kill_node(self, i: int) -> None:
         """SIGKILL SuperNode ``i`` and its ClientApp processes: no goodbye to the SuperLink."""

@@ -10,6 +10,11 @@ line ``error: ... (fix: ...)`` and exit status 2. Then runs ``flower-supernode``
 log through, prints ``supernode: connected as node ID ...`` once the SuperLink accepts the
 key, and turns Flower's refusal of an unregistered key (exit 305) into one line too.
 
+A SuperNode that crashed (or was killed) cannot rejoin at once: the SuperLink counts its old
+session as online until the heartbeat lapses (2 x 30 s) and refuses the key meanwhile, with
+the same message as for an unknown key. A key that was accepted before (``KEY.node-id``
+holds its node ID) is therefore retried for up to ``--rejoin-wait`` seconds.
+
 The partition and device reach the ClientApp through Flower's node config
 (``partition-id``, ``num-partitions``, ``device``), so the experiment's TOML stays the same
 on every silo and in simulation.
@@ -25,6 +30,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -65,9 +71,15 @@ def supernode_command(args: argparse.Namespace) -> list[str]:
     ]
 
 
-def explain_exit(returncode: int, output: str, args: argparse.Namespace) -> str:
-    """One line for a ``flower-supernode`` that stopped on its own."""
-    if "Failed to activate SuperNode" in output or "No SuperNode found" in output:
+def explain_exit(returncode: int, output: str, args: argparse.Namespace, known: bool = False) -> str:
+    """One line for a ``flower-supernode`` that stopped on its own (``known``: the key was accepted before)."""
+    if "Failed to activate SuperNode" in output and known:
+        return DeployError(
+            f"the SuperLink at {args.superlink} still refuses key {args.key}, accepted before, after "
+            f"--rejoin-wait {args.rejoin_wait:g} s",
+            "check `flwr supernode ls` on the SuperLink's side: the key may have been unregistered",
+        ).line()
+    if "Failed to activate SuperNode" in output:
         return DeployError(
             f"the SuperLink at {args.superlink} refused this SuperNode: key {args.key} is not registered",
             f"on the SuperLink's side run: flwr supernode register {args.key}.pub <connection>",
@@ -100,6 +112,11 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--flwr-home", type=Path, help="where this SuperNode installs apps (FLWR_HOME)")
     parser.add_argument("--connect-timeout", type=float, default=10.0, help="seconds for the start-up check")
     parser.add_argument(
+        "--rejoin-wait", type=float, default=90.0,
+        help="seconds to keep retrying when a key that connected before is refused: the SuperLink frees a "
+        "crashed node's session only when its heartbeat lapses, 60 s after the last (default 90)",
+    )
+    parser.add_argument(
         "--max-wait-time", type=float, default=300.0,
         help="seconds Flower keeps reconnecting to a lost SuperLink before it gives up (default 300)",
     )
@@ -127,16 +144,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     env = {**os.environ, **FLOWER_ENV}
     if args.flwr_home:
         env["FLWR_HOME"] = str(args.flwr_home)
-    child = subprocess.Popen(
-        supernode_command(args), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-    )
+    stopping = threading.Event()
+    child: subprocess.Popen[str] | None = None
 
     def stop(signum: int, _frame: object) -> None:
-        child.send_signal(signal.SIGTERM)
+        stopping.set()
+        if child is not None:
+            child.send_signal(signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
 
+    marker = args.key.with_name(args.key.name + ".node-id")  # written once the SuperLink accepted the key
+    deadline = time.monotonic() + args.rejoin_wait
+    retrying = False
+    while True:
+        child = subprocess.Popen(
+            supernode_command(args), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+        )
+        returncode, output = _supervise(child, args, marker)
+        if stopping.is_set() or returncode in (0, -signal.SIGTERM):
+            return 0
+        refused = "Failed to activate SuperNode" in output
+        if refused and marker.is_file() and time.monotonic() < deadline:
+            # This key was accepted before: the SuperLink still counts the node's previous
+            # session as online (it was killed without saying goodbye) until its heartbeat
+            # lapses, 2 x 30 s after the last one. Wait that out instead of failing.
+            if not retrying:
+                print(f"supernode: the SuperLink still holds node {marker.read_text().strip()}'s previous "
+                      f"session; retrying for up to {args.rejoin_wait:g} s", flush=True)
+            retrying = True
+            time.sleep(2)
+            continue
+        print(explain_exit(returncode, output, args, known=marker.is_file()), file=sys.stderr, flush=True)
+        return 1
+
+
+def _supervise(child: subprocess.Popen[str], args: argparse.Namespace, marker: Path) -> tuple[int, str]:
+    """Pass the child's log through, announce the connection; returns (exit status, log tail)."""
     tail: list[str] = []  # the log's last lines, to explain an exit
 
     def pump() -> None:
@@ -144,6 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in child.stdout:
             sys.stdout.write(line)
             if match := _NODE_ID.search(line):
+                marker.write_text(match.group(1) + "\n")
                 print(f"supernode: connected as node ID {match.group(1)} (partition {args.partition_id}/"
                       f"{args.num_partitions}, device {args.device or 'from the experiment'})")
             sys.stdout.flush()
@@ -153,12 +199,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()
     returncode = child.wait()
-    reader.join(timeout=5)
-    if returncode != 0 and returncode != -signal.SIGTERM:
-        print(explain_exit(returncode, "".join(tail), args), file=sys.stderr, flush=True)
-        return 1
-    return 0
+    _stop_orphans(child.pid)
+    reader.join(timeout=5)  # the orphans held the pipe open; they are gone now
+    return returncode, "".join(tail)
 
+
+def _stop_orphans(parent_pid: int) -> None:
+    """Stop the SuperExec a dead ``flower-supernode`` leaves behind (it watches ``--parent-pid``
+    only every few seconds, and holds our log pipe open meanwhile)."""
+    if not Path("/proc").is_dir():  # not Linux: the SuperExec notices its parent is gone by itself
+        return
+    needle = f"--parent-pid\0{parent_pid}\0".encode()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if needle in (proc / "cmdline").read_bytes() + b"\0":
+                os.kill(int(proc.name), signal.SIGTERM)
+        except (OSError, ProcessLookupError):
+            continue
 
 if __name__ == "__main__":
     sys.exit(main())
