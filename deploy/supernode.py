@@ -7,7 +7,7 @@ Checks the key, the CA, the device and the local Runtime API port, then dials th
 and completes a TLS handshake that trusts only ``--ca`` (timeout ``--connect-timeout``):
 an unreachable SuperLink, a wrong CA or an expired / misnamed server certificate is one
 line ``error: ... (fix: ...)`` and exit status 2. Then runs ``flower-supernode``, passes its
-log through, prints ``supernode: connected as node ID ...`` once the SuperLink accepts the
+log through (each line prefixed with the local time), prints ``supernode: connected as node ID ...`` once the SuperLink accepts the
 key, and turns Flower's refusal of an unregistered key (exit 305) into one line too.
 
 A SuperNode that crashed (or was killed) cannot rejoin at once: the SuperLink counts its old
@@ -23,6 +23,7 @@ on every silo and in simulation.
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
 import re
 import shutil
@@ -187,7 +188,7 @@ def _supervise(child: subprocess.Popen[str], args: argparse.Namespace, marker: P
     def pump() -> None:
         assert child.stdout is not None
         for line in child.stdout:
-            sys.stdout.write(line)
+            sys.stdout.write(f"{datetime.datetime.now():%H:%M:%S.%f}"[:-3] + " " + line)  # Flower's lines have no time
             if match := _NODE_ID.search(line):
                 marker.write_text(match.group(1) + "\n")
                 print(f"supernode: connected as node ID {match.group(1)} (partition {args.partition_id}/"
