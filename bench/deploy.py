@@ -129,7 +129,10 @@ def _deploy(
     """Run deployed; return ({round: (time seen, proxy bytes up, proxy bytes down)} at each
     round's end, idle channel bytes per node per second, the stopped federation)."""
     marks: dict[int, tuple[float, int, int]] = {}
-    with LoopbackFederation(workdir, nodes, proxy=True) as federation:
+    # Ray gives each simulated client one CPU (one thread); the SuperNodes share this machine
+    # too, so each ClientApp gets its share of the cores, not all of them.
+    threads = max(1, (os.cpu_count() or 1) // nodes)
+    with LoopbackFederation(workdir, nodes, proxy=True, threads=threads) as federation:
         assert federation.proxy is not None
         up0, down0 = federation.proxy.snapshot()  # connected and idle: polls and heartbeats only
         time.sleep(idle_s)
@@ -153,7 +156,7 @@ def _deploy(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="opt-125m", help="named model config (default opt-125m shape)")
-    parser.add_argument("--local-steps", type=int, default=4)
+    parser.add_argument("--local-steps", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--nodes", type=int, default=3)
@@ -216,7 +219,7 @@ def main() -> None:
     gap = deploy_round_s - sim_round_s
     # Per round, the slowest node's receive -> reply span; the rest of the round is waiting
     # on polls, transfers and the server's own work (aggregate, replay, log).
-    spans = [_busy_s(federation.log(f"node-{i}"))[1:] for i in range(args.nodes)]  # [1:]: no round 1
+    spans = [_busy_s(federation.log(f"node-{i}"))[1 : 1 + len(dep)] for i in range(args.nodes)]  # the steady rounds
     busy = median(max(s[k] for s in spans) for k in range(min(map(len, spans)))) if all(spans) else float("nan")
 
     print(f"deploy_round_s={deploy_round_s:.2f}")

@@ -153,9 +153,12 @@ class LoopbackFederation:
         num_nodes: SuperNodes to start (node i holds partition i of ``num_nodes``).
         unregistered: extra keys that are made but not registered (for refusal tests).
         proxy: route the SuperNodes through a :class:`CountingProxy`.
+        threads: CPU threads per ClientApp (the SuperNodes share this machine's cores).
     """
 
-    def __init__(self, workdir: Path, num_nodes: int, *, unregistered: int = 0, proxy: bool = False) -> None:
+    def __init__(
+        self, workdir: Path, num_nodes: int, *, unregistered: int = 0, proxy: bool = False, threads: int | None = None
+    ) -> None:
         self.workdir = Path(workdir)
         self.num_nodes = num_nodes
         self.port = free_port()
@@ -173,6 +176,7 @@ class LoopbackFederation:
         self.proxy: CountingProxy | None = None
         self._log_offsets: dict[int, int] = {}
         self._want_proxy = proxy
+        self.threads = threads
 
     @property
     def address(self) -> str:
@@ -232,6 +236,7 @@ class LoopbackFederation:
             "--key", str(self.keys[i]), "--partition-id", str(i % self.num_nodes),
             "--num-partitions", str(self.num_nodes), "--device", device,
             "--runtime-port", str(self.runtime_ports[i]), "--flwr-home", str(self.workdir / f"flwr-home-node-{i}"),
+            *(["--threads", str(self.threads)] if self.threads else []),
         ])
         return self.nodes[i]
 

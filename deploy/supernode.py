@@ -111,6 +111,10 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--node-config", default="", help="extra node config, e.g. 'key=\"value\"'")
     parser.add_argument("--flwr-home", type=Path, help="where this SuperNode installs apps (FLWR_HOME)")
+    parser.add_argument(
+        "--threads", type=int,
+        help="CPU threads per ClientApp (OMP_NUM_THREADS); set it when SuperNodes share a machine (default: all cores)",
+    )
     parser.add_argument("--connect-timeout", type=float, default=10.0, help="seconds for the start-up check")
     parser.add_argument(
         "--rejoin-wait", type=float, default=90.0,
@@ -145,6 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     env = {**os.environ, **FLOWER_ENV}
     if args.flwr_home:
         env["FLWR_HOME"] = str(args.flwr_home)
+    if args.threads:  # torch sizes its thread pool from these at import
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
     stopping = threading.Event()
     child: subprocess.Popen[str] | None = None
 
@@ -159,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     marker = args.key.with_name(args.key.name + ".node-id")  # written once the SuperLink accepted the key
     deadline = time.monotonic() + args.rejoin_wait
     retrying = False
-    while True:
+    while not stopping.is_set():
         child = subprocess.Popen(
             supernode_command(args), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
         )
@@ -179,6 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             continue
         print(explain_exit(returncode, output, args, known=marker.is_file()), file=sys.stderr, flush=True)
         return 1
+    return 0
 
 
 def _supervise(child: subprocess.Popen[str], args: argparse.Namespace, marker: Path) -> tuple[int, str]:
