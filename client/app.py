@@ -6,11 +6,13 @@ Thin on purpose: :mod:`client.zo_protocol` decodes the message, drives the clien
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
+from client.node_log import extend_sync, remember_sync
 from client.zo_protocol import answer_query, answer_train, partition_of
 from fedtune.config import LORA_ALGORITHMS
 from fedtune.runs import config_from_run_config
@@ -28,15 +30,21 @@ def query(msg: Message, context: Context) -> Message:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     cfg, run_dir = config_from_run_config(context.run_config, APP_DIR)
-    if partition_of(msg, context)[0] < cfg.ondevice.clients:  # an ONNX device (torch-free)
-        from client.device_app import handle_train
-
-        return handle_train(msg, context, cfg, run_dir)
-    # torch is imported only past this point: a device SuperNode runs this app without it.
+    if "device" in context.node_config:  # a deployed SuperNode names its own device (docs/deployment.md)
+        cfg = dataclasses.replace(cfg, device=str(context.node_config["device"]))
     if cfg.algorithm.name in LORA_ALGORITHMS:  # federated LoRA: its own handler
         from client.lora import train_lora
 
         return train_lora(cfg, msg, context)
-    from fedtune.zo.client import client_for
+    entries = extend_sync(msg, context)  # the seed log this node kept: a fresh process needs it
+    if partition_of(msg, context)[0] < cfg.ondevice.clients:  # an ONNX device (torch-free)
+        from client.device_app import handle_train
 
-    return answer_train(msg, context, cfg, client_for(cfg))
+        reply = handle_train(msg, context, cfg, run_dir)
+    else:
+        # torch is imported only past this point: a device SuperNode runs this app without it.
+        from fedtune.zo.client import client_for
+
+        reply = answer_train(msg, context, cfg, client_for(cfg))
+    remember_sync(reply, context, entries)
+    return reply
