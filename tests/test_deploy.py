@@ -321,7 +321,9 @@ def test_fedkseed_survives_a_killed_supernode_and_a_restarted_one_catches_up(fed
     config = tmp_path / "fedkseed.toml"
     config.write_text(SMALL_CONFIG.format(name="deployed", rounds=5, output_dir=tmp_path / "runs", num_clients=3,
                                           per_round=3, algorithm="fedkseed")
-                      .replace("min_replies = 2", "min_replies = 2\nround_timeout_s = 45"))
+                      # bandwidth 1 Mbit/s: sending the weights would cost more than replaying
+                      # the log, so the server's catch-up goes through the seed log.
+                      .replace("min_replies = 2", "min_replies = 2\nround_timeout_s = 45\nbandwidth_mbps = 1"))
     metrics = tmp_path / "runs" / "deployed" / "metrics.jsonl"
 
     run = federation.submit_async(config)
