@@ -507,8 +507,10 @@ def message_bytes(message: Any, *, downlink: bool) -> int:
     message travels without content plus its object tree; then every object (records,
     arrays, chunks) travels on its own. Down (``downlink=True``): ``PullMessages``, one
     ``PullObject`` per object, ``ConfirmMessageReceived``. Up: ``PushMessages``, one
-    ``PushObject`` per object. Requests and responses both count, each with gRPC's 5-byte
-    length prefix; HTTP/2 and TLS framing, which depend on the channel, do not.
+    ``PushObject`` per object. Requests and responses both count, each with 5 bytes of
+    length prefix (gRPC's framing, when the Fleet API runs over gRPC). Flower 1.41's default
+    Fleet transport is protobuf over HTTPS: its HTTP headers, TLS records and the SuperNode's
+    idle polling are the channel's and are not counted (``bench/deploy.py`` measures them).
     """
     from flwr.app import Message  # noqa: F401  (keep flwr out of the module's import time)
     from flwr.app.message.message import remove_content_from_message
