@@ -12,7 +12,6 @@ Flower keeps between messages, in simulation and deployment alike).
 from __future__ import annotations
 
 import numpy as np
-import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from client.zo_protocol import partition_of
@@ -20,7 +19,7 @@ from fedtune import wire
 from fedtune.config import RunConfig
 from fedtune.lora.client import LoraClient, client_for
 from fedtune.lora.factors import is_factor_a
-from fedtune.lora.payload import compress_update, pack, pack_compressed, unpack
+from fedtune.lora.payload import apply_update, compress_update, pack, pack_compressed, unpack
 from fedtune.rng import generator
 
 __all__ = ["train_lora"]
@@ -56,8 +55,7 @@ def train_lora(cfg: RunConfig, msg: Message, context: Context) -> Message:
     if kept is not None:
         context.state[wire.RESIDUAL] = ArrayRecord({n: Array(v) for n, v in kept.items()})
     if cfg.lora.two_phase:  # keep the factors as the server will rebuild them
-        seen = {n: global_state[n] + torch.from_numpy(sent[n].decompress()) for n in global_state}
-        context.state[wire.PENDING] = pack(seen)
+        context.state[wire.PENDING] = pack(apply_update(global_state, sent))
         context.state[wire.PENDING_ROUND] = ConfigRecord({wire.ROUND: server_round})
     reply = RecordDict(
         {

@@ -79,13 +79,13 @@ def parameter_count(cfg: RunConfig) -> int:
 
         from fedtune.models import resolve_model_path
 
-        total = 0
-        for file in sorted(Path(resolve_model_path(m.path)).glob("*.safetensors")):
+        model_dir, total = Path(resolve_model_path(m.path)), 0
+        for file in sorted(model_dir.glob("*.safetensors")):
             with safe_open(str(file), "np") as st:
                 total += sum(math.prod(st.get_slice(k).get_shape()) for k in st.keys())  # noqa: SIM118 (safe_open is not iterable)
         if total:
             return total
-        return sum(f.stat().st_size for f in Path(resolve_model_path(m.path)).glob("*.bin")) // 4
+        return sum(f.stat().st_size for f in model_dir.glob("*.bin")) // 4
     import torch
     import transformers
 

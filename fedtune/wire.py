@@ -273,9 +273,9 @@ def _parse(message: Any, payload: object, what: str, max_bytes: int) -> None:
         raise WireError(f"{what}: version {message.version}, this fedtune reads version {VERSION}")
 
 
-def _floats(data: bytes, count: int, what: str) -> np.ndarray:
-    _expect_len(data, 4 * count, what)
-    values = np.frombuffer(data, _F32, count=count).astype(np.float32)
+def _floats(data: bytes, count: int, what: str, dtype: np.dtype[Any] = _F32) -> np.ndarray:
+    _expect_len(data, dtype.itemsize * count, what)
+    values = np.frombuffer(data, dtype, count=count).astype(np.float32)
     if not np.all(np.isfinite(values)):
         bad = int(np.flatnonzero(~np.isfinite(values))[0])
         raise WireError(f"{what}: non-finite value {float(values[bad])} at position {bad}")
@@ -409,10 +409,7 @@ def _decode_tensor(msg: pb.Tensor, shape: tuple[int, ...], what: str) -> Compres
         if msg.dense.dtype == pb.FLOAT32:
             values = _floats(msg.dense.data, count, what)
         elif msg.dense.dtype == pb.FLOAT16:
-            _expect_len(msg.dense.data, 2 * count, what)
-            values = np.frombuffer(msg.dense.data, _F16, count=count).astype(np.float32)
-            if not np.all(np.isfinite(values)):
-                raise WireError(f"{what}: non-finite values")
+            values = _floats(msg.dense.data, count, what, _F16)
         else:
             raise WireError(f"{what}: unknown dtype {msg.dense.dtype}")
     elif kind == "quantized":
@@ -512,7 +509,6 @@ def message_bytes(message: Any, *, downlink: bool) -> int:
     Fleet transport is protobuf over HTTPS: its HTTP headers, TLS records and the SuperNode's
     idle polling are the channel's and are not counted (``bench/deploy.py`` measures them).
     """
-    from flwr.app import Message  # noqa: F401  (keep flwr out of the module's import time)
     from flwr.app.message.message import remove_content_from_message
     from flwr.common.serde import message_to_proto
     from flwr.proto import fleet_pb2, message_pb2, node_pb2
@@ -522,10 +518,8 @@ def message_bytes(message: Any, *, downlink: bool) -> int:
     run_id = message.metadata.run_id
     header = message_to_proto(remove_content_from_message(message))
     sizes = []
-    if message.has_content():
-        tree = get_object_tree(message)
-        objects = {k: v for k, v in get_all_nested_objects(message).items() if k != message.object_id}
-        objects[message.object_id] = message  # the message object itself travels too
+    if message.has_content():  # every object travels, the message itself included
+        tree, objects = get_object_tree(message), get_all_nested_objects(message)
     else:
         tree, objects = message_pb2.ObjectTree(), {}
     if downlink:

@@ -80,7 +80,6 @@ class FederatedLora(RoundLoop):
         pairs = factor_pairs(self.params)
         self.projection_shapes = {m: tuple(self.params[b].shape) for m, (_, b) in pairs.items()}  # (d, r)
         self.run_key = lora_run_key(cfg)
-        self.max_bytes = int(cfg.federation.max_payload_mb * 2**20)
         self.partitions: dict[int, int] = {}  # node id -> partition id it reported
         self.state_round = 0  # no resume for the LoRA rules yet: every run starts fresh
         self._stats = LoraRoundStats()

@@ -136,6 +136,11 @@ class RoundLoop(Strategy):
             config[wire.NUM_PARTITIONS] = self.cfg.federation.num_clients
         return message
 
+    @property
+    def max_bytes(self) -> int:
+        """The largest payload a reply may carry (``federation.max_payload_mb``)."""
+        return int(self.cfg.federation.max_payload_mb * 2**20)
+
     def partition_order(self, reply: Message) -> tuple[int, int]:
         """Sort key that sums replies in partition order, whatever ids Flower handed out."""
         node = reply.metadata.src_node_id

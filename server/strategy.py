@@ -247,7 +247,7 @@ class FedKSeed(RoundLoop):
                 state[wire.STEP_LIST],
                 max_key=self.max_key,
                 max_steps=self.cfg.algorithm.local_steps,
-                max_bytes=int(self.cfg.federation.max_payload_mb * 2**20),
+                max_bytes=self.max_bytes,
             )
             num_examples = float(metrics[wire.NUM_EXAMPLES])
             if not (math.isfinite(num_examples) and num_examples > 0):

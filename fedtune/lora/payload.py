@@ -23,7 +23,7 @@ from fedtune import wire
 from fedtune.compress import Compressed, Compressor, ErrorFeedback
 from fedtune.config import CompressConfig
 
-__all__ = ["compress_update", "pack", "pack_compressed", "shapes_of", "unpack", "unpack_update"]
+__all__ = ["apply_update", "compress_update", "pack", "pack_compressed", "shapes_of", "unpack", "unpack_update"]
 
 
 def shapes_of(state: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
@@ -77,7 +77,11 @@ def unpack_update(
     max_bytes: int = wire.MAX_PAYLOAD_BYTES,
 ) -> dict[str, torch.Tensor]:
     """``base + update``: a client's adapter rebuilt from its (compressed) update."""
-    update = _decode(record, shapes_of(base), what, max_bytes)
+    return apply_update(base, _decode(record, shapes_of(base), what, max_bytes))
+
+
+def apply_update(base: Mapping[str, torch.Tensor], update: Mapping[str, Compressed]) -> dict[str, torch.Tensor]:
+    """``base + update`` per tensor, float32: the adapter as the server rebuilds it."""
     return {n: base[n].float() + torch.from_numpy(update[n].decompress()) for n in base}
 
 
@@ -103,9 +107,7 @@ def compress_update(
     """
     update = {n: _numpy(trained[n]) - _numpy(base[n]) for n in trained}
     compressor = Compressor(cfg.method, cfg.topk, cfg.bits, cfg.stochastic)
-    if cfg.method == "none":
-        return {n: compressor(u) for n, u in update.items()}, None
-    if not cfg.error_feedback:
+    if cfg.method == "none" or not cfg.error_feedback:  # nothing to carry over
         return {n: compressor(u, rng) for n, u in update.items()}, None
     feedback = ErrorFeedback(compressor, residual)
     sent = feedback(update, rng)
