@@ -35,7 +35,7 @@ from fedtune.lora.factors import factor_pairs, is_factor_a, weighted_mean
 from fedtune.lora.fair import correct
 from fedtune.lora.payload import pack, unpack, unpack_update
 from fedtune.workload import Workload, evaluate
-from server.rounds import RoundLoop, RoundStats, error_reason
+from server.rounds import RoundLoop, RoundStats
 
 __all__ = ["FederatedLora", "LoraRoundStats"]
 
@@ -120,28 +120,19 @@ class FederatedLora(RoundLoop):
     def _accept(self, reply: Message, stats: LoraRoundStats) -> _Accepted | None:
         """Validate one phase-1 reply; None (counted) if it failed or does not fit."""
         node = reply.metadata.src_node_id
-        if reply.has_error():
-            stats.failed += 1
-            log.warning("client %s failed: %s", node, error_reason(reply))
+        if self.failed(reply, stats):
             return None
         try:
             metrics = reply.content[wire.METRICS]
             what = f"the update of client {node}"
             base = {n: self.state[n] for n in self.uplink}
             state = unpack_update(reply.content[wire.ADAPTER], base, what, max_bytes=self.max_bytes)
-            weight = float(metrics[wire.NUM_EXAMPLES])
-            if not (math.isfinite(weight) and weight > 0):
-                raise wire.WireError(f"client {node}: num-examples must be > 0, got {weight}")
+            weight = self.weight_of(metrics)
         except (KeyError, TypeError, wire.WireError) as exc:
             stats.rejected += 1
             log.warning("rejected the update of client %s: %s", node, exc)
             return None
-        if self.cfg.algorithm.weighting == "uniform":
-            weight = 1.0
-        loss = float(metrics.get(wire.TRAIN_LOSS, math.nan))
-        if math.isfinite(loss):
-            stats.train_losses.append((weight, loss))
-        stats.skipped_steps += int(metrics.get(wire.SKIPPED_STEPS, 0))
+        self.note_metrics(metrics, weight, stats)
         return _Accepted(self.partitions.get(node, -1), node, weight, state)
 
     def _accept_all(self, replies: Iterable[Message], stats: LoraRoundStats) -> list[_Accepted]:

@@ -136,6 +136,34 @@ class RoundLoop(Strategy):
             config[wire.NUM_PARTITIONS] = self.cfg.federation.num_clients
         return message
 
+    def failed(self, reply: Message, stats: RoundStats) -> bool:
+        """True (counted in ``failed``, logged) if ``reply`` is an error reply."""
+        if reply.has_error():
+            stats.failed += 1
+            log.warning("client %s failed: %s", reply.metadata.src_node_id, error_reason(reply))
+            return True
+        return False
+
+    def weight_of(self, metrics: Any) -> float:
+        """A reply's aggregation weight from its metrics (``algorithm.weighting``).
+
+        Raises:
+            WireError: if num-examples is not a finite number > 0 (checked either way).
+            KeyError, TypeError: if it is missing or not a number.
+        """
+        num_examples = float(metrics[wire.NUM_EXAMPLES])
+        if not (math.isfinite(num_examples) and num_examples > 0):
+            raise wire.WireError(f"num-examples must be > 0, got {num_examples}")
+        return num_examples if self.cfg.algorithm.weighting == "examples" else 1.0
+
+    @staticmethod
+    def note_metrics(metrics: Any, weight: float, stats: RoundStats) -> None:
+        """Fold an accepted reply's train loss and skipped steps into the round's numbers."""
+        loss = float(metrics.get(wire.TRAIN_LOSS, math.nan))
+        if math.isfinite(loss):
+            stats.train_losses.append((weight, loss))
+        stats.skipped_steps += int(metrics.get(wire.SKIPPED_STEPS, 0))
+
     @property
     def max_bytes(self) -> int:
         """The largest payload a reply may carry (``federation.max_payload_mb``)."""

@@ -36,7 +36,7 @@ from fedtune.zo.client import state_digest
 from fedtune.zo.pro import SeedImportance
 from fedtune.zo.seedlog import SeedLog
 from fedtune.zo.sync import SeedKeys, run_key
-from server.rounds import RoundLoop, RoundStats, error_reason
+from server.rounds import RoundLoop, RoundStats
 
 __all__ = ["FedKSeed", "SeedRoundStats"]
 
@@ -235,9 +235,7 @@ class FedKSeed(RoundLoop):
     def _accept(self, reply: Message, stats: SeedRoundStats) -> tuple[float, np.ndarray, np.ndarray] | None:
         """Validate one reply; return its ``(weight, keys, scalars)`` or None if rejected."""
         node = reply.metadata.src_node_id
-        if reply.has_error():
-            stats.failed += 1
-            log.warning("client %s failed: %s", node, error_reason(reply))
+        if self.failed(reply, stats):
             return None
         try:
             content = reply.content
@@ -249,9 +247,7 @@ class FedKSeed(RoundLoop):
                 max_steps=self.cfg.algorithm.local_steps,
                 max_bytes=self.max_bytes,
             )
-            num_examples = float(metrics[wire.NUM_EXAMPLES])
-            if not (math.isfinite(num_examples) and num_examples > 0):
-                raise wire.WireError(f"num-examples must be > 0, got {num_examples}")
+            weight = self.weight_of(metrics)
         except (KeyError, TypeError, wire.WireError) as exc:
             stats.rejected += 1
             log.warning("rejected the update of client %s: %s", node, exc)
@@ -269,11 +265,7 @@ class FedKSeed(RoundLoop):
         rate = float(metrics.get(wire.REPLAY_RATE, 0.0))
         if rate > 0 and math.isfinite(rate):
             self.replay_rate = 0.8 * self.replay_rate + 0.2 * rate
-        stats.skipped_steps += int(metrics.get(wire.SKIPPED_STEPS, 0))
-        loss = float(metrics.get(wire.TRAIN_LOSS, math.nan))
-        weight = num_examples if self.cfg.algorithm.weighting == "examples" else 1.0
-        if math.isfinite(loss):
-            stats.train_losses.append((weight, loss))
+        self.note_metrics(metrics, weight, stats)
         return weight, keys, scalars
 
     def aggregate_train(
