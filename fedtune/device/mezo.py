@@ -17,36 +17,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
 
 from fedtune.rng import add_scaled_
+from fedtune.zo.steps import LocalResult, StepResult, run_steps
 
 __all__ = ["LocalResult", "NamedArrays", "StepResult", "local_train", "zo_step"]
 
 NamedArrays = Sequence[tuple[str, np.ndarray]]
 """The trainable arrays with the names their perturbations are keyed by."""
-
-
-@dataclass(frozen=True)
-class StepResult:
-    """One step: ``g`` and the mean of ``L+, L-`` (both nan when ``skipped``)."""
-
-    projected_grad: float
-    loss: float
-    skipped: bool
-
-
-@dataclass(frozen=True)
-class LocalResult:
-    """A client's local steps: ``uint64`` keys and ``float32`` g of the kept steps."""
-
-    keys: np.ndarray
-    scalars: np.ndarray
-    mean_loss: float
-    skipped: int
 
 
 def _apply(arrays: NamedArrays, seed: int, coef: float) -> None:
@@ -95,21 +76,7 @@ def local_train(
     lr: float,
 ) -> LocalResult:
     """One MeZO step per key, in order (as :func:`fedtune.zo.fedkseed.local_train`)."""
-    kept_keys: list[int] = []
-    kept_scalars: list[float] = []
-    losses: list[float] = []
-    skipped = 0
-    for step, key in enumerate(keys):
-        result = zo_step(arrays, partial(loss_for_step, step), seed=seed_of_key(int(key)), eps=eps, lr=lr)
-        if result.skipped:
-            skipped += 1
-            continue
-        kept_keys.append(int(key))
-        kept_scalars.append(float(np.float32(result.projected_grad)))
-        losses.append(result.loss)
-    return LocalResult(
-        keys=np.asarray(kept_keys, dtype=np.uint64),
-        scalars=np.asarray(kept_scalars, dtype=np.float32),
-        mean_loss=float(np.mean(losses)) if losses else math.nan,
-        skipped=skipped,
+    return run_steps(
+        keys,
+        lambda step, key: zo_step(arrays, partial(loss_for_step, step), seed=seed_of_key(key), eps=eps, lr=lr),
     )

@@ -1,6 +1,6 @@
 """Zeroth-order fine-tuning: MeZO steps and FedKSeed's seed pool, aggregation and replay.
 
-:mod:`fedtune.zo.seeds` is torch-free (numpy); the rest needs torch and is imported on
+:mod:`fedtune.zo.seeds` and :mod:`fedtune.zo.steps` are torch-free (numpy); the rest needs torch and is imported on
 first use, so ``from fedtune.zo.seeds import ...`` works on a device without torch.
 """
 
@@ -10,13 +10,12 @@ import importlib
 from typing import Any
 
 from .seeds import SeedUpdate, aggregate, candidate_seeds, replay_coefficient, replay_numpy_
+from .steps import LocalResult, StepResult, run_steps
 
 _TORCH_NAMES = {
-    "LocalResult": "fedkseed",
     "local_train": "fedkseed",
     "replay_": "fedkseed",
     "NamedParams": "mezo",
-    "StepResult": "mezo",
     "apply_direction_": "mezo",
     "zo_step": "mezo",
 }
@@ -33,6 +32,7 @@ __all__ = [
     "replay_",
     "replay_coefficient",
     "replay_numpy_",
+    "run_steps",
     "zo_step",
 ]
 

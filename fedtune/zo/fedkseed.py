@@ -19,16 +19,15 @@ shares all of it.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from functools import partial
 
-import numpy as np
 import torch
 
 from fedtune.rng import torch_backend as rng
 
-from .mezo import NamedParams, StepResult, zo_step
+from .mezo import NamedParams, zo_step
 from .seeds import SeedUpdate, replay_coefficient
+from .steps import LocalResult, run_steps
 
 __all__ = ["LocalResult", "local_train", "replay_"]
 
@@ -47,23 +46,6 @@ def replay_(params: NamedParams, update: SeedUpdate) -> None:
         return
     for name, tensor in params:
         rng.add_scaled_many_(tensor.data, seeds, name, coefs)
-
-
-@dataclass(frozen=True)
-class LocalResult:
-    """What a client's local ZO steps produce.
-
-    Attributes:
-        keys: ``uint64 (steps,)`` the key of each step's direction (skipped steps removed).
-        scalars: ``float32 (steps,)`` each step's projected gradient.
-        mean_loss: mean of the steps' losses (nan if every step was skipped).
-        skipped: how many steps had a non-finite loss and were skipped.
-    """
-
-    keys: np.ndarray
-    scalars: np.ndarray
-    mean_loss: float
-    skipped: int
 
 
 def local_train(
@@ -87,25 +69,9 @@ def local_train(
     Returns:
         The steps' :class:`LocalResult`.
     """
-    kept_keys: list[int] = []
-    kept_scalars: list[float] = []
-    losses: list[float] = []
-    skipped = 0
-    for step, key in enumerate(keys):
-        result: StepResult = zo_step(
-            params, partial(loss_for_step, step), seed=seed_of_key(int(key)), eps=eps, lr=lr
-        )
-        if result.skipped:
-            skipped += 1
-            continue
-        kept_keys.append(int(key))
-        kept_scalars.append(float(np.float32(result.projected_grad)))
-        losses.append(result.loss)
-    return LocalResult(
-        keys=np.asarray(kept_keys, dtype=np.uint64),
-        scalars=np.asarray(kept_scalars, dtype=np.float32),
-        mean_loss=float(np.mean(losses)) if losses else float("nan"),
-        skipped=skipped,
+    return run_steps(
+        keys,
+        lambda step, key: zo_step(params, partial(loss_for_step, step), seed=seed_of_key(key), eps=eps, lr=lr),
     )
 
 

@@ -18,31 +18,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import torch
 
 from fedtune.rng import torch_backend as rng
 
+from .steps import StepResult
+
 __all__ = ["NamedParams", "StepResult", "apply_direction_", "zo_step"]
 
 NamedParams = Sequence[tuple[str, torch.Tensor]]
 """The trainable tensors with the names their perturbations are keyed by."""
-
-
-@dataclass(frozen=True)
-class StepResult:
-    """Outcome of one ZO step.
-
-    Attributes:
-        projected_grad: ``g = (L+ - L-) / (2 eps)``; ``nan`` when the step was skipped.
-        loss: ``(L+ + L-) / 2``, the loss near the current weights (``nan`` if skipped).
-        skipped: True when a loss was NaN/inf: the weights were restored, not updated.
-    """
-
-    projected_grad: float
-    loss: float
-    skipped: bool
 
 
 def apply_direction_(params: NamedParams, seed: int, coef: float) -> None:
