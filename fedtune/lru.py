@@ -29,13 +29,17 @@ class LRU(Generic[K, V]):
         self._items: OrderedDict[K, V] = OrderedDict()
 
     def get_or_build(self, key: K, build: Callable[[], V]) -> V:
-        """The value of ``key``, built (and kept) if absent."""
+        """The value of ``key``, built (and kept) if absent.
+
+        A full cache drops its least recently used entry *before* building, so a large value
+        (a model) is never held twice.
+        """
         if key in self._items:
             self._items.move_to_end(key)
             return self._items[key]
-        value = self._items[key] = build()
-        if len(self._items) > self.capacity:
+        while len(self._items) >= self.capacity:
             self._items.popitem(last=False)
+        value = self._items[key] = build()
         return value
 
     def __len__(self) -> int:

@@ -23,6 +23,7 @@ import numpy as np
 
 from fedtune.config import RunConfig
 from fedtune.data.arrays import sample_batch
+from fedtune.lru import LRU
 from fedtune.onnx.files import MODEL_KEY, model_key, weights_path
 from fedtune.onnx.runtime import OnnxLoss
 from fedtune.zo.seed_client import SeedClient
@@ -100,14 +101,9 @@ class DeviceClient(SeedClient):
         return self.runtime.loss(self.named, sample_batch(encoded, batch_size, seed=seed, step=step))
 
 
-_clients: dict[tuple[str, str], DeviceClient] = {}
+_clients: LRU[tuple[str, str], DeviceClient] = LRU(1)  # one run per process at a time
 
 
 def device_client_for(cfg: RunConfig, onnx_path: str | os.PathLike[str], *, threads: int = 0) -> DeviceClient:
-    """This process's device client for ``cfg``'s run, built on first use; other runs' are dropped."""
-    key = (run_key(cfg), str(onnx_path))
-    client = _clients.get(key)
-    if client is None:
-        _clients.clear()  # one run per process at a time: free the previous run's session
-        client = _clients[key] = DeviceClient(cfg, onnx_path, threads=threads)
-    return client
+    """This process's device client for ``cfg``'s run, built on first use; another run's is dropped first."""
+    return _clients.get_or_build((run_key(cfg), str(onnx_path)), lambda: DeviceClient(cfg, onnx_path, threads=threads))

@@ -126,14 +126,9 @@ class LoraClient:
         }
 
 
-_clients: dict[str, LoraClient] = {}
+_clients: LRU[str, LoraClient] = LRU(1)  # one run per process at a time
 
 
 def client_for(cfg: RunConfig) -> LoraClient:
-    """This process's client for ``cfg``'s run, built on first use; other runs' are dropped."""
-    key = lora_run_key(cfg)
-    client = _clients.get(key)
-    if client is None:
-        _clients.clear()  # one run per process at a time: free the previous run's model
-        client = _clients[key] = LoraClient(cfg)
-    return client
+    """This process's client for ``cfg``'s run, built on first use; another run's is dropped first."""
+    return _clients.get_or_build(lora_run_key(cfg), lambda: LoraClient(cfg))

@@ -22,6 +22,7 @@ import torch
 
 from fedtune.config import RunConfig
 from fedtune.data.batches import sample_batch
+from fedtune.lru import LRU
 from fedtune.workload import Workload, batch_loss
 
 from .fedkseed import local_train, replay_
@@ -72,14 +73,9 @@ class ZOClient(SeedClient):
         return batch_loss(self.model, batch, self.workload.device)
 
 
-_clients: dict[str, ZOClient] = {}
+_clients: LRU[str, ZOClient] = LRU(1)  # one run per process at a time
 
 
 def client_for(cfg: RunConfig) -> ZOClient:
-    """This process's client for ``cfg``'s run, built on first use; other runs' are dropped."""
-    key = run_key(cfg)
-    client = _clients.get(key)
-    if client is None:
-        _clients.clear()  # one run per process at a time: free the previous run's model
-        client = _clients[key] = ZOClient(cfg)
-    return client
+    """This process's client for ``cfg``'s run, built on first use; another run's is dropped first."""
+    return _clients.get_or_build(run_key(cfg), lambda: ZOClient(cfg))
