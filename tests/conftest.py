@@ -31,6 +31,36 @@ num_candidates = 64
 lr = 5e-4
 """
 
+# The LoRA twin of SMALL_CONFIG: micro BERT built from config, the generated topic task.
+SMALL_LORA_CONFIG = """
+name = "{name}"
+rounds = 2
+output_dir = "{output_dir}"
+[model]
+config = "micro-bert"
+task = "seq-cls"
+[data]
+source = "topics"
+num_examples = 240
+eval_examples = 32
+max_length = 24
+[federation]
+num_clients = {num_clients}
+clients_per_round = 3
+min_replies = 2
+[algorithm]
+name = "{rule}"
+local_steps = 3
+batch_size = 8
+lr = 5e-3
+[lora]
+rank = 4
+two_phase = {two_phase}
+[compress]
+method = "{method}"
+topk = 0.1
+"""
+
 
 @pytest.fixture
 def small_config(tmp_path):

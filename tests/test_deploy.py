@@ -19,7 +19,7 @@ import pytest
 from deploy.checks import DeployError, check_node_key, check_server_files
 from deploy.loopback import LoopbackFederation, free_port
 from deploy.pki import make_ca, make_node_key, make_server_cert
-from tests.conftest import REPO, SMALL_CONFIG
+from tests.conftest import REPO, SMALL_CONFIG, SMALL_LORA_CONFIG
 
 ENV = {
     **os.environ,
@@ -228,34 +228,6 @@ def test_pki_command_line_writes_a_key_pair(tmp_path):
 
 # --- real federations on loopback --------------------------------------------------------
 
-LORA_CONFIG = """
-name = "{name}"
-rounds = 2
-output_dir = "{output_dir}"
-[model]
-config = "micro-bert"
-task = "seq-cls"
-[data]
-source = "topics"
-num_examples = 240
-eval_examples = 32
-max_length = 24
-[federation]
-num_clients = 3
-clients_per_round = 3
-min_replies = 2
-round_timeout_s = 120
-[algorithm]
-name = "lorafair"
-local_steps = 3
-batch_size = 8
-lr = 5e-3
-[lora]
-rank = 4
-two_phase = true
-"""
-
-
 def _records(path):
     return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
 
@@ -355,7 +327,9 @@ def test_fedkseed_survives_a_killed_supernode_and_a_restarted_one_catches_up(fed
 @pytest.mark.slow
 def test_a_lora_run_completes_two_rounds(federation, tmp_path):
     config = tmp_path / "lora.toml"
-    config.write_text(LORA_CONFIG.format(name="lora", output_dir=tmp_path / "runs"))
+    config.write_text(SMALL_LORA_CONFIG.format(name="lora", output_dir=tmp_path / "runs", num_clients=3,
+                                               rule="lorafair", two_phase="true", method="none")
+                      .replace("min_replies = 2", "min_replies = 2\nround_timeout_s = 120"))
 
     result = federation.submit(config, timeout=400)
 

@@ -4,36 +4,7 @@ import json
 
 import pytest
 
-from tests.conftest import run_cli
-
-CONFIG = """
-name = "{name}"
-rounds = 2
-output_dir = "{output_dir}"
-[model]
-config = "micro-bert"
-task = "seq-cls"
-[data]
-source = "topics"
-num_examples = 240
-eval_examples = 32
-max_length = 24
-[federation]
-num_clients = 4
-clients_per_round = 3
-min_replies = 2
-[algorithm]
-name = "{rule}"
-local_steps = 3
-batch_size = 8
-lr = 5e-3
-[lora]
-rank = 4
-two_phase = {two_phase}
-[compress]
-method = "{method}"
-topk = 0.1
-"""
+from tests.conftest import SMALL_LORA_CONFIG, run_cli
 
 
 @pytest.mark.slow
@@ -41,8 +12,8 @@ topk = 0.1
                          [("fedit", False, "none"), ("ffa-lora", False, "ternary"), ("lorafair", True, "topk-quantize")])
 def test_rule_completes_in_the_simulation_engine(tmp_path, rule, two_phase, method):
     path = tmp_path / "lora.toml"
-    path.write_text(CONFIG.format(name=rule, output_dir=tmp_path / "runs", rule=rule,
-                                  two_phase="true" if two_phase else "false", method=method))
+    path.write_text(SMALL_LORA_CONFIG.format(name=rule, output_dir=tmp_path / "runs", num_clients=4, rule=rule,
+                                             two_phase="true" if two_phase else "false", method=method))
 
     result = run_cli("run", path, timeout=600)
 
