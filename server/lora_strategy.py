@@ -106,11 +106,12 @@ class FederatedLora(RoundLoop):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        downlink = {n: self.state[n] for n in self.uplink}
+        # the global adapter, encoded once a round; each message gets its own record of it
+        bundle = pack({n: self.state[n] for n in self.uplink})[wire.BUNDLE]
         return [
             self.tag(Message(
                 RecordDict({wire.CONFIG: self._config(server_round, 1),
-                            wire.ADAPTER: pack(downlink)}),
+                            wire.ADAPTER: ConfigRecord({wire.BUNDLE: bundle})}),
                 dst_node_id=n,
                 message_type=MessageType.TRAIN,
             ))
@@ -181,10 +182,10 @@ class FederatedLora(RoundLoop):
         """Phase 1's sums give Ā, B̄; phase 2 asks the same clients for B_k A_k Āᵀ and sums it."""
         stats = self._stats
         means = weighted_mean([(item.weight, item.state) for item in accepted], self.uplink)  # secure sum 1
-        a_mean = {n: t for n, t in means.items() if is_factor_a(n)}
+        a_mean = pack({n: t for n, t in means.items() if is_factor_a(n)})[wire.BUNDLE]  # encoded once
         messages = [
             Message(RecordDict({wire.CONFIG: self._config(server_round, 2),
-                                wire.A_MEAN: pack(a_mean)}),
+                                wire.A_MEAN: ConfigRecord({wire.BUNDLE: a_mean})}),
                     dst_node_id=item.node, message_type=MessageType.TRAIN)
             for item in accepted
         ]
