@@ -168,14 +168,6 @@ class FederatedLora(RoundLoop):
         write_state(self.params, self.state)
         self._stats.bias_before, self._stats.bias_after = aggregate.bias_before, aggregate.bias_after
 
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        return []  # evaluation is centralised on the server's held-out set
-
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        return None
-
     # --- LoRA-FAIR from weighted sums only ----------------------------------------------
 
     def _two_phase(self, grid: Grid, server_round: int, accepted: list[_Accepted]) -> Aggregate:

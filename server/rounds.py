@@ -11,11 +11,11 @@ import logging
 import math
 import time
 from abc import abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
@@ -88,6 +88,15 @@ class RoundLoop(Strategy):
     @abstractmethod
     def evaluate(self) -> dict[str, float]:
         """Evaluate the global model on the held-out set."""
+
+    # Flower's Strategy interface: fedtune evaluates on the server, never on clients.
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return []  # evaluation is centralised on the server's held-out set
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        return None
 
     def discover(self, grid: Grid, timeout: float) -> None:
         """Learn which partition each node holds: assigned (simulation) or asked (deployment)."""

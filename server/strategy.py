@@ -298,14 +298,6 @@ class FedKSeed(RoundLoop):
         stats.distinct_seeds = len(update.keys)
         return None, MetricRecord({"replies": stats.replies})
 
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        return []  # evaluation is centralised on the server's held-out set
-
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        return None
-
     # --- the round loop ----------------------------------------------------------------
 
     def evaluate(self) -> dict[str, float]:
