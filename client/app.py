@@ -35,7 +35,7 @@ def train(msg: Message, context: Context) -> Message:
     if cfg.algorithm.name in LORA_ALGORITHMS:  # federated LoRA: its own handler
         from client.lora import train_lora
 
-        return train_lora(cfg, msg, context)
+        return train_lora(cfg, msg, context, run_dir)
     entries = extend_sync(msg, context)  # the seed log this node kept: a fresh process needs it
     if partition_of(msg, context)[0] < cfg.ondevice.clients:  # an ONNX device (torch-free)
         from client.device_app import handle_train

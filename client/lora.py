@@ -2,14 +2,18 @@
 
 Phase 1 (every rule): the message carries the global adapter; the client trains and
 replies with its update (trained minus global, the rule's uplink tensors), compressed as
-``[compress]`` says, with the error-feedback residual kept in ``context.state`` from one
-round of this node to its next. Phase 2 (LoRA-FAIR with
+``[compress]`` says, with the error-feedback residual kept from one of this client's rounds
+to its next: in ``context.state`` where a node is one client (deployment), on disk under the
+run directory (:mod:`fedtune.partition_state`) where the server lends nodes to partitions
+round by round (a ``fedtune run`` simulation). Phase 2 (LoRA-FAIR with
 ``lora.two_phase``): the message carries ``Ā``; the client replies with ``B_k A_k Āᵀ`` per
 module, from the factors it kept in ``context.state`` since phase 1 (node state that
 Flower keeps between messages, in simulation and deployment alike).
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -20,13 +24,17 @@ from fedtune.config import RunConfig
 from fedtune.lora.client import LoraClient, client_for
 from fedtune.lora.factors import is_factor_a
 from fedtune.lora.payload import apply_update, compress_update, pack, pack_compressed, unpack
+from fedtune.partition_state import PartitionState
 from fedtune.rng import generator
 
 __all__ = ["train_lora"]
 
+RESIDUAL_FILE = "residual"  # <run dir>/client-state/<partition>.residual.safetensors
 
-def train_lora(cfg: RunConfig, msg: Message, context: Context) -> Message:
-    """Answer one LoRA train message (either phase).
+
+def train_lora(cfg: RunConfig, msg: Message, context: Context, run_dir: Path | None = None) -> Message:
+    """Answer one LoRA train message (either phase). ``run_dir`` holds per-partition state
+    when the server assigns partitions (a ``fedtune run`` simulation).
 
     Raises:
         ValueError: if the server runs another configuration, or a phase-2 message finds
@@ -47,12 +55,17 @@ def train_lora(cfg: RunConfig, msg: Message, context: Context) -> Message:
     global_state = unpack(msg.content[wire.ADAPTER], client.uplink_shapes, "the server's adapter")
     partition_id, num_partitions = partition_of(msg, context)
     report = client.train(server_round, partition_id, num_partitions, global_state)
-    residual = context.state.get(wire.RESIDUAL)
+    lent = wire.PARTITION in config and run_dir is not None  # this node plays another client next round
+    if lent:
+        residual = PartitionState(run_dir).load(partition_id, RESIDUAL_FILE)
+    else:
+        record = context.state.get(wire.RESIDUAL)
+        residual = _arrays(record) if record is not None else None
     rng = generator(cfg.seed, "compress", server_round, partition_id)
-    sent, kept = compress_update(
-        report.state, global_state, cfg.compress, _arrays(residual) if residual is not None else None, rng
-    )
-    if kept is not None:
+    sent, kept = compress_update(report.state, global_state, cfg.compress, residual, rng)
+    if kept is not None and lent:
+        PartitionState(run_dir).save(partition_id, RESIDUAL_FILE, kept)
+    elif kept is not None:
         context.state[wire.RESIDUAL] = ArrayRecord({n: Array(v) for n, v in kept.items()})
     if cfg.lora.two_phase:  # keep the factors as the server will rebuild them
         context.state[wire.PENDING] = pack(apply_update(global_state, sent))

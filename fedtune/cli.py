@@ -168,7 +168,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     run_simulation(
         server_app=server_app,
         client_app=client_app,
-        num_supernodes=cfg.federation.num_clients,
+        num_supernodes=cfg.federation.simulated_nodes,
         backend_config=backend_config,  # type: ignore[arg-type]
         verbose_logging=args.verbose,
     )

@@ -68,11 +68,14 @@ class RoundLoop(Strategy):
 
     Flower gives nodes random ids that change every launch; the loop samples partitions with
     a generator seeded by ``(seed, "sample", round)``, so the same config samples the same
-    clients. It learns which node holds which partition by asking each new node once (a
-    tiny ``query``: deployment, where a SuperNode holds its own data), or, in a
-    ``fedtune run`` simulation (``assign_partitions``), by assigning partition i to the
-    i-th node by id and naming it in every train message: no message per node at start-up,
-    which at 10,000 simulated nodes took minutes.
+    clients. In deployment, where a SuperNode holds its own data, it learns which node holds
+    which partition by asking each new node once (a tiny ``query``). In a ``fedtune run``
+    simulation (``assign_partitions``), Flower runs only a pool of
+    ``federation.simulated_nodes`` nodes (one per client of a round): each round the server
+    hands the j-th sampled partition to the j-th node of the pool and names it in the train
+    messages. A round then costs Flower the same at 10 or 10,000 clients (its simulation
+    engine sweeps every node's inbox on a timer), and no message per node is needed at
+    start-up. Per-partition client state lives on disk (:mod:`fedtune.partition_state`).
     """
 
     cfg: RunConfig
@@ -100,11 +103,7 @@ class RoundLoop(Strategy):
 
     def discover(self, grid: Grid, timeout: float) -> None:
         """Learn which partition each node holds: assigned (simulation) or asked (deployment)."""
-        if self.assign_partitions:
-            if not self.partitions:  # once: node i (by id) plays partition i for the whole launch
-                nodes = sorted(grid.get_node_ids())[: self.cfg.federation.num_clients]
-                self.partitions = {node: i for i, node in enumerate(nodes)}
-                log.info("simulation: partitions 0..%d assigned to the %d nodes", len(nodes) - 1, len(nodes))
+        if self.assign_partitions:  # nothing to learn: `sample` assigns them every round
             return
         unknown = sorted(set(grid.get_node_ids()) - set(self.partitions))
         if not unknown:
@@ -129,7 +128,14 @@ class RoundLoop(Strategy):
             log.warning("several nodes report the same partition id: their data overlaps")
 
     def sample(self, grid: Grid, server_round: int) -> list[int]:
-        """Seeded sample of the round's clients, by partition id."""
+        """Seeded sample of the round's clients, by partition id; returns their node ids."""
+        num_clients = self.cfg.federation.num_clients
+        if self.assign_partitions:  # sample the population, then lend each pick a node of the pool
+            pool = sorted(grid.get_node_ids())[: self.cfg.federation.simulated_nodes]
+            size = min(self.cfg.federation.clients_per_round, len(pool))
+            picks = generator(self.cfg.seed, "sample", server_round).choice(num_clients, size, replace=False)
+            self.partitions = {node: int(p) for node, p in zip(pool, sorted(picks), strict=False)}
+            return pool[:size]
         self.discover(grid, self.cfg.federation.round_timeout_s)
         live = set(grid.get_node_ids())
         known = sorted((p, n) for n, p in self.partitions.items() if n in live)
@@ -138,7 +144,7 @@ class RoundLoop(Strategy):
         return [known[i][1] for i in sorted(picks)]
 
     def tag(self, message: Message) -> Message:
-        """Name the node's assigned partition in a train message (simulation only)."""
+        """Name the partition a node plays this round in its train message (simulation only)."""
         if self.assign_partitions:
             config = message.content[wire.CONFIG]
             config[wire.PARTITION] = self.partitions[message.metadata.dst_node_id]
@@ -185,7 +191,8 @@ class RoundLoop(Strategy):
 
     def wait_for_nodes(self, grid: Grid, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        need = self.cfg.federation.num_clients
+        f = self.cfg.federation
+        need = f.simulated_nodes if self.assign_partitions else f.num_clients
         while (have := len(list(grid.get_node_ids()))) < need:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{have} of {need} clients connected after {timeout:.0f} s")

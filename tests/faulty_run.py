@@ -50,5 +50,5 @@ def train(msg, context):
     return real.train(msg, context)
 
 
-run_simulation(server_app, faulty, num_supernodes=cfg.federation.num_clients,
+run_simulation(server_app, faulty, num_supernodes=cfg.federation.simulated_nodes,
                backend_config={"client_resources": {"num_cpus": 1}})

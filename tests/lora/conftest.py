@@ -48,12 +48,16 @@ class InProcessGrid:
         cfg: the config every node runs.
         handlers: optional ``{node id: fn(msg, context) -> Message}`` replacing a node's
             train handler (a misbehaving client).
+        num_nodes: nodes in the grid (default ``num_clients``; a ``fedtune run`` simulation
+            has ``federation.simulated_nodes``).
+        run_dir: the run directory the LoRA handler keeps per-partition state in.
     """
 
-    def __init__(self, cfg, handlers=None):
+    def __init__(self, cfg, handlers=None, num_nodes=None, run_dir=None):
         self.cfg = cfg
         self.handlers = handlers or {}
-        num = cfg.federation.num_clients
+        self.run_dir = run_dir
+        num = cfg.federation.num_clients if num_nodes is None else num_nodes
         self.node_ids = [101 + 7 * i for i in range(num)]  # not 0..n-1: ids are not partitions
         self.contexts = {
             node: Context(1, node, {"partition-id": i, "num-partitions": num}, RecordDict(), {})
@@ -75,7 +79,7 @@ class InProcessGrid:
             handler = self.handlers.get(msg.metadata.dst_node_id)
             if handler is not None:
                 return handler(msg, context)
-            return train_lora(self.cfg, msg, context)
+            return train_lora(self.cfg, msg, context, self.run_dir)
         except Exception as exc:  # noqa: BLE001 (any handler error becomes an error reply, as in Flower)
             return Message(Error(code=1, reason=f"{exc!r}\n{traceback.format_exc()}"), reply_to=msg)
 

@@ -183,22 +183,43 @@ def test_error_feedback_sends_what_the_last_round_dropped(task_identity):
     assert any(not np.array_equal(upload_2[n], upload_fresh[n]) for n in upload_2)
 
 
-def test_in_simulation_the_server_assigns_partitions_without_asking_any_node(task_identity):
+def _train_partitions(grid):
+    """The partitions each round's train messages named, round by round (phase 1 only)."""
     from client.zo_protocol import partition_of
 
-    cfg = micro_config("algorithm.name=fedit")
-    strategy = FederatedLora(cfg)
-    strategy.assign_partitions = True
-    grid = InProcessGrid(cfg)
-    strategy.start_rounds(grid, 2, lambda record: None, connect_timeout=1)
+    rounds = {}
+    for m in grid.sent:
+        config = m.content[wire.CONFIG]
+        if m.metadata.message_type == MessageType.TRAIN and config.get(wire.PHASE, 1) == 1:
+            partition = partition_of(m, grid.contexts[m.metadata.dst_node_id])
+            rounds.setdefault(int(config[wire.ROUND]), []).append(partition)
+    return rounds
 
+
+def test_in_simulation_a_pool_of_nodes_plays_the_sampled_partitions(task_identity, tmp_path):
+    cfg = micro_config("algorithm.name=fedit", "federation.num_clients=12", "federation.clients_per_round=3",
+                       "compress.method=topk", "compress.topk=0.1")
+    asked = FederatedLora(cfg)  # the whole population as nodes, each asked its partition
+    asked_grid = InProcessGrid(cfg)
+    asked.start_rounds(asked_grid, 3, lambda record: None, connect_timeout=1)
+    pooled = FederatedLora(cfg)
+    pooled.assign_partitions = True
+    grid = InProcessGrid(cfg, num_nodes=cfg.federation.simulated_nodes, run_dir=tmp_path)
+    pooled.start_rounds(grid, 3, lambda record: None, connect_timeout=1)
+
+    assert cfg.federation.simulated_nodes == 3
     assert not [m for m in grid.sent if m.metadata.message_type == MessageType.QUERY]
-    ranks = {node: i for i, node in enumerate(sorted(grid.node_ids))}
-    trains = [m for m in grid.sent if m.metadata.message_type == MessageType.TRAIN]
-    assert len(trains) == 2 * cfg.federation.clients_per_round
-    for m in trains:
-        node = m.metadata.dst_node_id
-        assert partition_of(m, grid.contexts[node]) == (ranks[node], cfg.federation.num_clients)
+    # the same seeded sample of the 12 clients, each played by one of the 3 nodes
+    assert _train_partitions(grid) == _train_partitions(asked_grid)
+    assert len({p for ps in _train_partitions(grid).values() for p, _ in ps}) > 3
+    assert all(n == 12 for ps in _train_partitions(grid).values() for _, n in ps)
+    # the clients' error-feedback residuals are on disk, one per client that trained; none in node state
+    trained = sorted({p for ps in _train_partitions(grid).values() for p, _ in ps})
+    files = sorted(f.name for f in (tmp_path / "client-state").iterdir())
+    assert files == [f"{p:06d}.residual.safetensors" for p in trained]
+    assert not any(wire.RESIDUAL in c.state for c in grid.contexts.values())
+    for name in pooled.state:  # and the pooled run computed what the asked one did
+        torch.testing.assert_close(pooled.state[name], asked.state[name], rtol=0, atol=0)
 
 
 def test_an_assigned_partition_overrides_the_node_config(task_identity):
