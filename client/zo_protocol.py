@@ -13,6 +13,7 @@ from typing import Any
 
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
+from client.node_cache import cache_path, restore, store
 from fedtune import wire
 from fedtune.config import RunConfig
 from fedtune.zo.pro import probabilities_from_bytes
@@ -57,6 +58,9 @@ def answer_train(msg: Message, context: Context, cfg: RunConfig, client: Any) ->
     weights = None
     if wire.WEIGHTS in msg.content:
         weights = {k: v.numpy() for k, v in msg.content[wire.WEIGHTS].items()}
+    cache = cache_path(context, client)  # a deployed node's own disk (client/node_cache.py)
+    if weights is None:
+        restore(cache, client, state_round)
     try:
         client.sync(state_round, updates, weights)
     except OutOfSync as exc:
@@ -69,6 +73,7 @@ def answer_train(msg: Message, context: Context, cfg: RunConfig, client: Any) ->
         probabilities = probabilities_from_bytes(levels, a.num_candidates, a.pro_temperature)
     partition_id, num_partitions = partition_of(msg, context)
     report = client.train(server_round, partition_id, num_partitions, probabilities)
+    store(cache, client)
     reply = RecordDict(
         {
             wire.STATE: ConfigRecord({

@@ -17,7 +17,10 @@ holds its node ID) is therefore retried for up to ``--rejoin-wait`` seconds.
 
 The partition and device reach the ClientApp through Flower's node config
 (``partition-id``, ``num-partitions``, ``device``), so the experiment's TOML stays the same
-on every silo and in simulation.
+on every silo and in simulation. So does ``cache-dir`` (``--cache-dir``, by default
+``fedtune-cache`` in the node's FLWR_HOME): Flower runs each message in a fresh ClientApp
+process, and a ZO client caches its synced weights there so that the next process replays
+only the rounds since, not the whole seed log (client/node_cache.py).
 """
 
 from __future__ import annotations
@@ -58,14 +61,24 @@ def node_config(partition_id: int, num_partitions: int, device: str | None, extr
     return f"{text} {extra}".strip()
 
 
+def cache_dir(args: argparse.Namespace) -> Path | None:
+    """Where this node's ClientApps cache their synced weights (None: ``--cache-dir ""``)."""
+    if args.cache_dir is not None:
+        return Path(args.cache_dir).expanduser().resolve() if args.cache_dir else None
+    home = args.flwr_home or Path(os.environ.get("FLWR_HOME", "~/.flwr")).expanduser()
+    return Path(home).resolve() / "fedtune-cache"
+
+
 def supernode_command(args: argparse.Namespace) -> list[str]:
     """The ``flower-supernode`` command line for the parsed arguments."""
+    cache = cache_dir(args)
+    extra = f'{args.node_config} cache-dir="{cache}"' if cache is not None else args.node_config
     return [
         "flower-supernode",
         "--superlink", args.superlink,
         "--root-certificates", str(args.ca),
         "--auth-supernode-private-key", str(args.key),
-        "--node-config", node_config(args.partition_id, args.num_partitions, args.device, args.node_config),
+        "--node-config", node_config(args.partition_id, args.num_partitions, args.device, extra),
         "--host", "127.0.0.1",  # the Runtime API serves this node's own ClientApp processes only
         "--port", str(args.runtime_port),
         "--max-wait-time", str(args.max_wait_time),
@@ -111,6 +124,11 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--node-config", default="", help="extra node config, e.g. 'key=\"value\"'")
     parser.add_argument("--flwr-home", type=Path, help="where this SuperNode installs apps (FLWR_HOME)")
+    parser.add_argument(
+        "--cache-dir",
+        help="where a ZO ClientApp caches its synced weights between messages (default: FLWR_HOME/fedtune-cache; "
+        '"" for none: every message then replays the seed log from round 0)',
+    )
     parser.add_argument(
         "--threads", type=int,
         help="CPU threads per ClientApp (OMP_NUM_THREADS); set it when SuperNodes share a machine (default: all cores)",

@@ -1,0 +1,101 @@
+"""A deployed node's weight cache (client/node_cache.py): a fresh ClientApp process per
+message, as in Flower's deployment engine, resumes from its node's disk instead of state 0."""
+
+import numpy as np
+import pytest
+
+from client.node_cache import CACHE_DIR, cache_path, restore, store
+from client.zo_protocol import answer_train
+from fedtune.config import parse_config
+from fedtune.zo.client import ZOClient
+from server.strategy import FedKSeed
+from tests.lora.conftest import InProcessGrid
+
+CFG = parse_config(
+    {"model": {"config": "micro-llama"}, "data": {"num_examples": 120, "eval_examples": 8},
+     "federation": {"num_clients": 3, "clients_per_round": 3, "min_replies": 1},
+     "algorithm": {"num_candidates": 16, "local_steps": 3}}
+)
+
+
+@pytest.fixture
+def identity(monkeypatch):
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for attr in ("_run_id", "_node_id", "_task_id"):
+        monkeypatch.setattr(TaskIdentity, attr, 1)
+
+
+def _fresh_process(msg, context):
+    """Every message in a new client, at the initial weights: what a fresh process builds."""
+    return answer_train(msg, context, CFG, ZOClient(CFG))
+
+
+def _run(tmp_path, cache: bool, rounds=4):
+    grid = InProcessGrid(CFG, handlers=dict.fromkeys(range(101, 101 + 7 * 3, 7), _fresh_process))
+    if cache:
+        for node, context in grid.contexts.items():
+            context.node_config[CACHE_DIR] = str(tmp_path / f"node-{node}")
+    strategy = FedKSeed(CFG)
+    records = []
+    strategy.start_rounds(grid, rounds, records.append, connect_timeout=1)
+    return strategy, grid, records[1:]
+
+
+def test_fresh_processes_resume_from_the_node_cache_instead_of_asking_for_the_log(identity, tmp_path):
+    _, _, without = _run(tmp_path, cache=False)
+    strategy, grid, with_cache = _run(tmp_path, cache=True)
+
+    # without a cache every fresh process holds state 0; from round 3 on, the server sends
+    # only what a node has not confirmed, and each one asks for the rest
+    assert [r["resynced"] for r in without] == [0, 0, 3, 3]
+    # with it, each node's last process left its synced weights on the node's disk
+    assert [r["resynced"] for r in with_cache] == [0, 0, 0, 0]
+    assert all(r["replies"] == 3 and r["rejected"] == r["sync_mismatches"] == 0 for r in with_cache)
+    for node, context in grid.contexts.items():
+        assert cache_path(context, ZOClient(CFG)).is_file(), node
+    # the runs are the same run: the cache changes how a client gets there, not where
+    plain, _, _ = _run(tmp_path / "again", cache=False)
+    for (name, a), (_, b) in zip(strategy.params, plain.params, strict=True):
+        assert a.equal(b), name
+
+
+def test_a_cache_of_another_run_or_a_later_state_is_ignored(identity, tmp_path):
+    client = ZOClient(CFG)
+    path = tmp_path / f"{client.key}.safetensors"
+    initial = {name: t.detach().clone() for name, t in client.base}
+    client.synced_round = 3
+    for _, t in client.base:
+        t.add_(1.0)
+    store(path, client)
+
+    fresh = ZOClient(CFG)
+    restore(path, fresh, state_round=2)  # the server is at state 2: a cache of state 3 is not ours
+    assert fresh.synced_round == 0 and all(t.equal(initial[n]) for n, t in fresh.base)
+    other = tmp_path / "other.safetensors"
+    other.write_bytes(path.read_bytes().replace(client.key.encode(), b"0" * len(client.key)))
+    restore(other, fresh, state_round=5)  # another run's key in the metadata
+    assert fresh.synced_round == 0
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    restore(tmp_path / "junk.safetensors", fresh, state_round=5)
+    assert fresh.synced_round == 0
+
+    restore(path, fresh, state_round=5)
+    assert fresh.synced_round == 3
+    for name, t in fresh.base:
+        np.testing.assert_array_equal(t.numpy(), initial[name].numpy() + 1.0)
+
+
+def test_a_cache_with_other_tensors_is_ignored_before_anything_is_overwritten(identity, tmp_path):
+    from safetensors.numpy import save_file
+
+    client = ZOClient(CFG)
+    initial = {name: t.detach().clone() for name, t in client.base}
+    arrays = {name: np.ones(tuple(t.shape), np.float32) for name, t in client.base}
+    arrays.pop(next(iter(arrays)))  # one tensor missing: the file of another model
+    path = tmp_path / "cache.safetensors"
+    save_file(arrays, str(path), metadata={"run-key": client.key, "round": "2"})
+
+    restore(path, client, state_round=4)
+
+    assert client.synced_round == 0 and all(t.equal(initial[n]) for n, t in client.base)
