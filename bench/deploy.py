@@ -156,7 +156,7 @@ def _deploy(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="opt-125m", help="named model config (default opt-125m shape)")
-    parser.add_argument("--local-steps", type=int, default=5)
+    parser.add_argument("--local-steps", type=int, default=10)  # simulated rounds >= 20 s here (idle, 2 cores)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--nodes", type=int, default=3)

@@ -6,6 +6,7 @@ import datetime
 import json
 import os
 import re
+import shutil
 import socket
 import ssl
 import subprocess
@@ -15,10 +16,13 @@ import time
 from pathlib import Path
 
 import pytest
+from safetensors import safe_open
 
 from deploy.checks import DeployError, check_node_key, check_server_files
 from deploy.loopback import LoopbackFederation, free_port
 from deploy.pki import make_ca, make_node_key, make_server_cert
+from fedtune.config import load_config
+from fedtune.zo.sync import run_key
 from tests.conftest import REPO, SMALL_CONFIG, SMALL_LORA_CONFIG
 
 ENV = {
@@ -306,6 +310,7 @@ def test_fedkseed_survives_a_killed_supernode_and_a_restarted_one_catches_up(fed
     try:
         _wait_for_round(metrics, 2, timeout=240)  # node 2 has confirmed state 1
         federation.kill_node(2)  # SIGKILL, mid-run: no goodbye to the SuperLink; its node state is gone
+        shutil.rmtree(_cache_dir(federation, 2))  # ... and its disk: it restarts on a new machine
         _wait_for_round(metrics, 3, timeout=240)
         federation.start_node(2)  # same key, so the same node ID
         federation.wait_connected(2, timeout=120)
@@ -327,6 +332,16 @@ def test_fedkseed_survives_a_killed_supernode_and_a_restarted_one_catches_up(fed
     assert re.search(rf"holds state 0, the server {back - 1}: replaying the log", run_log)
     assert all(r["replies"] == 3 for r in records[back:])  # all three again
     assert all(r["sync_mismatches"] == 0 for r in records[1:])  # every party bit-identical
+    # Each node's last ClientApp process left the weights it trained from (state rounds - 1)
+    # on the node's disk for the next one (client/node_cache.py).
+    key = run_key(load_config(config))
+    for i in range(3):
+        with safe_open(str(_cache_dir(federation, i) / f"{key}.safetensors"), "np") as f:
+            assert f.metadata()["round"] == str(rounds - 1)
+
+
+def _cache_dir(federation, i):
+    return federation.workdir / f"flwr-home-node-{i}" / "fedtune-cache"
 
 
 @pytest.mark.slow

@@ -29,6 +29,10 @@ def test_rule_completes_in_the_simulation_engine(tmp_path, rule, two_phase, meth
         # Two-phase LoRA-FAIR sums projections; it never forms ΣpBA, so no bias numbers.
         assert (record["bias_after"] is None) == two_phase
     assert "round 2/2: train loss" in result.stdout
+    # Flower ran 3 nodes for 4 clients: the error-feedback residuals are kept per client, on disk
+    states = sorted(f.name for f in (run_dir / "client-state").glob("*")) if method != "none" else []
+    assert all(name.endswith(".residual.safetensors") for name in states)
+    assert 3 <= len(states) <= 4 if method != "none" else not (run_dir / "client-state").exists()
     # The final adapter, in the PEFT format.
     assert (run_dir / "model" / "adapter_config.json").is_file()
     assert (run_dir / "model" / "adapter_model.safetensors").is_file()
