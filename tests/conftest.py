@@ -89,3 +89,13 @@ def run_cli(*args, timeout=300, cwd=REPO):
         [sys.executable, "-m", "fedtune.cli", *map(str, args)],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False,
     )
+
+
+@pytest.fixture
+def task_identity(monkeypatch):
+    """Messages need a run id outside a Flower run (Flower sets it inside one)."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)

@@ -2,7 +2,6 @@
 message, as in Flower's deployment engine, resumes from its node's disk instead of state 0."""
 
 import numpy as np
-import pytest
 
 from client.node_cache import CACHE_DIR, cache_path, restore, store
 from client.zo_protocol import answer_train
@@ -16,14 +15,6 @@ CFG = parse_config(
      "federation": {"num_clients": 3, "clients_per_round": 3, "min_replies": 1},
      "algorithm": {"num_candidates": 16, "local_steps": 3}}
 )
-
-
-@pytest.fixture
-def identity(monkeypatch):
-    from flwr.supercore.task_identity import TaskIdentity
-
-    for attr in ("_run_id", "_node_id", "_task_id"):
-        monkeypatch.setattr(TaskIdentity, attr, 1)
 
 
 def _fresh_process(msg, context):
@@ -42,7 +33,7 @@ def _run(tmp_path, cache: bool, rounds=4):
     return strategy, grid, records[1:]
 
 
-def test_fresh_processes_resume_from_the_node_cache_instead_of_asking_for_the_log(identity, tmp_path):
+def test_fresh_processes_resume_from_the_node_cache_instead_of_asking_for_the_log(task_identity, tmp_path):
     _, _, without = _run(tmp_path, cache=False)
     strategy, grid, with_cache = _run(tmp_path, cache=True)
 
@@ -60,7 +51,7 @@ def test_fresh_processes_resume_from_the_node_cache_instead_of_asking_for_the_lo
         assert a.equal(b), name
 
 
-def test_a_cache_of_another_run_or_a_later_state_is_ignored(identity, tmp_path):
+def test_a_cache_of_another_run_or_a_later_state_is_ignored(task_identity, tmp_path):
     client = ZOClient(CFG)
     path = tmp_path / f"{client.key}.safetensors"
     initial = {name: t.detach().clone() for name, t in client.base}
@@ -86,7 +77,7 @@ def test_a_cache_of_another_run_or_a_later_state_is_ignored(identity, tmp_path):
         np.testing.assert_array_equal(t.numpy(), initial[name].numpy() + 1.0)
 
 
-def test_a_cache_with_other_tensors_is_ignored_before_anything_is_overwritten(identity, tmp_path):
+def test_a_cache_with_other_tensors_is_ignored_before_anything_is_overwritten(task_identity, tmp_path):
     from safetensors.numpy import save_file
 
     client = ZOClient(CFG)

@@ -301,15 +301,6 @@ def test_a_compressed_tensor_with_every_position_kept_needs_no_indices():
 # --- bytes of a Flower message on the Fleet API -------------------------------------------
 
 
-@pytest.fixture
-def task_identity(monkeypatch):
-    from flwr.supercore.task_identity import TaskIdentity
-
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 7)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
-
-
 def _message(payload: bytes, *, records: int = 1):
     from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 

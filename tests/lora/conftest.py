@@ -9,7 +9,6 @@ the serialisation (which ``test_simulation.py`` covers).
 import os
 import traceback
 
-import pytest
 from flwr.app import Context, Error, Message, MessageType, RecordDict
 
 from fedtune.config import parse_config
@@ -29,16 +28,6 @@ MICRO = {
 def micro_config(*overrides):
     """The micro seq-cls config with ``key=value`` overrides."""
     return parse_config(MICRO, list(overrides))
-
-
-@pytest.fixture
-def task_identity(monkeypatch):
-    """Messages need a run id outside a Flower run (Flower sets it inside one)."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
 
 
 class InProcessGrid:

@@ -19,12 +19,7 @@ CFG = parse_config(
 
 
 @pytest.fixture
-def server(monkeypatch):
-    from flwr.supercore.task_identity import TaskIdentity
-
-    # Outside a Flower process nobody has set the identity messages are stamped with.
-    for attr in ("_run_id", "_node_id", "_task_id"):
-        monkeypatch.setattr(TaskIdentity, attr, 1)
+def server(task_identity):
     return FedKSeed(CFG)
 
 

@@ -73,19 +73,13 @@ def _through_the_wire(message: Message) -> Message:
     return message_from_proto(message_to_proto(message))
 
 
-def test_client_app_resyncs_from_full_weights_sent_as_a_flower_message(tmp_path, monkeypatch):
+def test_client_app_resyncs_from_full_weights_sent_as_a_flower_message(tmp_path, monkeypatch, task_identity):
     from client.app import train
     from fedtune.config import dump_toml
 
     config_path = tmp_path / "c.toml"
     config_path.write_text(dump_toml(CFG))
     monkeypatch.delenv("FEDTUNE_CONFIG", raising=False)
-    # Outside a Flower process nobody has set the task identity messages are stamped with.
-    from flwr.supercore.task_identity import TaskIdentity
-
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
     server = _server_with_rounds(3)
     context = Context(run_id=1, node_id=7, node_config={"partition-id": 1, "num-partitions": 4},
                       state=RecordDict(), run_config={"config": str(config_path)})
