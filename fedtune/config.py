@@ -29,6 +29,7 @@ __all__ = [
     "LoraConfig",
     "ModelConfig",
     "OnDeviceConfig",
+    "PrivacyConfig",
     "RunConfig",
     "SimulationConfig",
     "dump_toml",
@@ -165,6 +166,19 @@ class OnDeviceConfig:
 
 
 @dataclass(frozen=True)
+class PrivacyConfig:
+    """Secure aggregation with Flower's SecAgg+ (docs/privacy.md)."""
+
+    secagg: bool = False  # clients' updates are summed by SecAgg+: the server sees only the sum
+    num_shares: int = 0  # shares of each client's secrets (SecAgg+ neighbours); 0 = every sampled client
+    reconstruction_threshold: int = 0  # shares needed to unmask a client; 0 = a majority of num_shares
+    scalar_clip: float = 128.0  # FedKSeed: each client's per-seed sum of g is clipped to +-this
+    clipping_range: float = 0.0  # SecAgg+'s clip before quantisation; 0 = scalar_clip
+    quantization_range: int = 0  # SecAgg+'s levels per value; 0 = the most that cannot overflow
+    max_weight: float = 0.0  # the largest client weight; 0 = data.num_examples (examples) or 1 (uniform)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """A whole experiment."""
 
@@ -182,6 +196,7 @@ class RunConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
     compress: CompressConfig = field(default_factory=CompressConfig)
     ondevice: OnDeviceConfig = field(default_factory=OnDeviceConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
 
 def _check_values(cfg: RunConfig) -> list[str]:
@@ -286,6 +301,58 @@ def _check_values(cfg: RunConfig) -> list[str]:
          f"`ondevice.clients` > 0 supports data.source instructions, jsonl or csv, got {d.source!r}")
     need(not od.onnx_path or od.onnx_path.endswith(".onnx"),
          f"`ondevice.onnx_path` must name a .onnx file, got {od.onnx_path!r}")
+    errors += _check_privacy(cfg)
+    return errors
+
+
+SECAGG_ALGORITHMS = ("fedkseed", "fedkseed-pro")  # a dense K-vector per client (fedtune.privacy)
+SECAGG_MODULUS = 2**32  # Flower's SecAgg+ modulus_range: masked sums wrap at it
+
+
+def _check_privacy(cfg: RunConfig) -> list[str]:
+    """The [privacy] section's illegal values and combinations, one line each."""
+    errors: list[str] = []
+    p, f = cfg.privacy, cfg.federation
+    if not math.isfinite(p.scalar_clip) or p.scalar_clip <= 0:
+        errors.append(f"`privacy.scalar_clip` must be > 0, got {p.scalar_clip}")
+    if not (p.clipping_range == 0 or math.isfinite(p.clipping_range) and p.clipping_range >= p.scalar_clip):
+        errors.append(
+            f"`privacy.clipping_range` ({p.clipping_range}) is smaller than `privacy.scalar_clip` "
+            f"({p.scalar_clip}): SecAgg+ would clip the clients' scalars a second time; raise it or "
+            "leave it 0 (= scalar_clip)")
+    if p.quantization_range != 0 and not 2 <= p.quantization_range <= 2**30:
+        errors.append(f"`privacy.quantization_range` must be 0 (auto) or in [2, 2**30], got {p.quantization_range}")
+    if p.quantization_range and f.clients_per_round * p.quantization_range >= SECAGG_MODULUS:
+        errors.append(
+            f"`privacy.quantization_range` ({p.quantization_range}) x clients_per_round "
+            f"({f.clients_per_round}) reaches SecAgg+'s modulus 2**32: the masked sum would overflow; "
+            f"use at most {SECAGG_MODULUS // (f.clients_per_round + 1)} or 0 (auto)")
+    if not (p.max_weight == 0 or math.isfinite(p.max_weight) and p.max_weight > 0):
+        errors.append(f"`privacy.max_weight` must be > 0 or 0 (auto), got {p.max_weight}")
+    if p.num_shares != 0 and not 3 <= p.num_shares <= f.clients_per_round:
+        errors.append(
+            f"`privacy.num_shares` must be 0 (every sampled client) or in [3, clients_per_round="
+            f"{f.clients_per_round}], got {p.num_shares}")
+    shares = p.num_shares or f.clients_per_round
+    if p.reconstruction_threshold != 0 and not 2 <= p.reconstruction_threshold <= shares:
+        errors.append(
+            f"`privacy.reconstruction_threshold` ({p.reconstruction_threshold}) must be 0 (a majority) or "
+            f"in [2, {shares}]: above the {shares} shares each client's secret is split into "
+            "(num_shares, else clients_per_round) no round could ever be unmasked")
+    if p.num_shares and p.reconstruction_threshold >= p.num_shares:
+        errors.append(
+            f"`privacy.reconstruction_threshold` ({p.reconstruction_threshold}) must be below "
+            f"`privacy.num_shares` ({p.num_shares}) (Flower's SecAgg+ requires it)")
+    if p.secagg:
+        a = cfg.algorithm
+        if a.name not in SECAGG_ALGORITHMS:
+            errors.append(
+                f"`privacy.secagg` supports algorithm.name {', '.join(SECAGG_ALGORITHMS)}, got {a.name!r} "
+                "(MeZO's raw 64-bit seeds have no dense vector to sum)")
+        if f.clients_per_round < 3:
+            errors.append(f"`privacy.secagg` needs clients_per_round >= 3 (SecAgg+ shares), got {f.clients_per_round}")
+        if cfg.ondevice.clients:
+            errors.append("`privacy.secagg` does not support ONNX device clients (`ondevice.clients` > 0) yet")
     return errors
 
 

@@ -1,0 +1,68 @@
+"""The client's side of Flower's SecAgg+: its mod, and fedtune's reply in the layout it masks.
+
+``secaggplus_mod`` runs the protocol's four stages; only the third (collect masked vectors)
+reaches fedtune's train handler, whose reply must then be in the legacy ``FitRes`` layout:
+the mod masks its parameters (here the dense per-seed vector, docs/privacy.md) and clears
+them from the reply. fedtune's state (round, digest) and metrics travel beside it in clear,
+as the weights always did (FLOWER-NOTES.md: num_examples and metrics are plaintext).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flwr.app import ConfigRecord, Context, Message, MetricRecord
+from flwr.client.mod import secaggplus_mod
+from flwr.clientapp.typing import ClientAppCallable
+from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+from flwr.compat.common.recorddict_compat import fitres_to_recorddict
+
+from fedtune import wire
+from fedtune.config import RunConfig
+from fedtune.privacy import SecAggSettings, dense_seed_vector
+
+__all__ = ["is_secure", "secagg_when_asked", "secure_seed_reply"]
+
+
+def is_secure(msg: Message) -> bool:
+    """Whether ``msg`` is a stage of a SecAgg+ round."""
+    return msg.has_content() and RECORD_KEY_CONFIGS in msg.content.config_records
+
+
+def secagg_when_asked(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """``secaggplus_mod`` for the messages of a SecAgg+ round; the others pass straight through
+    (the mod would reject a clear-text train message)."""
+    if is_secure(msg):
+        return secaggplus_mod(msg, context, call_next)
+    return call_next(msg, context)
+
+
+def secure_seed_reply(msg: Message, cfg: RunConfig, report: Any) -> Message:
+    """A FedKSeed report as the dense vector the mod masks, plus fedtune's clear state and metrics.
+
+    Raises:
+        ValueError: if the client's weight exceeds ``max_weight`` (SecAgg+ would scale its
+            update above 1 and clip it): the client drops out of the round.
+    """
+    settings = SecAggSettings.from_config(cfg)
+    weight = float(report.num_examples) if cfg.algorithm.weighting == "examples" else 1.0
+    if weight > settings.max_weight:
+        raise ValueError(
+            f"this client's weight {weight} exceeds privacy.max_weight={settings.max_weight}: SecAgg+ "
+            "would clip its update; raise privacy.max_weight"
+        )
+    vector, clipped = dense_seed_vector(report.keys, report.scalars, cfg.algorithm.num_candidates,
+                                        settings.scalar_clip)
+    fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters([vector]), int(weight), {})
+    content = fitres_to_recorddict(fitres, keep_input=False)
+    # not the step list: that would be the update in clear
+    content[wire.STATE] = ConfigRecord({wire.ROUND: report.state_round, wire.DIGEST: report.digest})
+    content[wire.METRICS] = MetricRecord({
+        wire.NUM_EXAMPLES: report.num_examples,
+        wire.TRAIN_LOSS: report.train_loss,
+        wire.SKIPPED_STEPS: report.skipped_steps,
+        wire.REPLAY_RATE: report.replay_rate,
+        wire.CLIPPED: clipped,
+    })
+    return Message(content, reply_to=msg)
