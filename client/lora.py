@@ -11,15 +11,19 @@ Flower keeps between messages, in simulation and deployment alike).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
+from client.secagg import is_secure, secure_reply
 from client.zo_protocol import partition_of
 from fedtune import wire
 from fedtune.config import RunConfig
-from fedtune.lora.client import LoraClient, client_for
+from fedtune.lora.client import LoraClient, LoraReport, client_for
 from fedtune.lora.factors import is_factor_a
 from fedtune.lora.payload import apply_update, compress_update, pack, pack_compressed, unpack
+from fedtune.privacy import flatten
 from fedtune.rng import generator
 
 __all__ = ["train_lora"]
@@ -47,6 +51,8 @@ def train_lora(cfg: RunConfig, msg: Message, context: Context) -> Message:
     global_state = unpack(msg.content[wire.ADAPTER], client.uplink_shapes, "the server's adapter")
     partition_id, num_partitions = partition_of(msg, context)
     report = client.train(server_round, partition_id, num_partitions, global_state)
+    if is_secure(msg):  # SecAgg+ (privacy.secagg): the update as one vector for secaggplus_mod to mask
+        return _secure_update(cfg, msg, context, server_round, report, global_state)
     residual = context.state.get(wire.RESIDUAL)
     rng = generator(cfg.seed, "compress", server_round, partition_id)
     sent, kept = compress_update(
@@ -85,7 +91,27 @@ def _phase_two(client: LoraClient, msg: Message, context: Context, server_round:
     projections = client.project(trained, a_mean)
     del context.state[wire.PENDING]
     del context.state[wire.PENDING_ROUND]
+    if is_secure(msg):
+        vector, _ = flatten(projections, client.cfg.privacy.scalar_clip)
+        weight = int(pending[wire.NUM_EXAMPLES])  # phase 1's weight: P is weighted as the factors were
+        return secure_reply(msg, client.cfg, vector, weight, {})
     return Message(RecordDict({wire.PROJECTIONS: pack(projections)}), reply_to=msg)
+
+
+def _secure_update(cfg: RunConfig, msg: Message, context: Context, server_round: int, report: LoraReport,
+                   global_state: dict[str, Any]) -> Message:
+    update = {n: report.state[n] - global_state[n] for n in global_state}
+    vector, clipped = flatten(update, cfg.privacy.scalar_clip)
+    if cfg.lora.two_phase:  # the factors phase 2 projects: its own, as trained
+        context.state[wire.PENDING] = pack(report.state)
+        context.state[wire.PENDING_ROUND] = ConfigRecord({wire.ROUND: server_round,
+                                                          wire.NUM_EXAMPLES: report.num_examples})
+    return secure_reply(msg, cfg, vector, report.num_examples, {wire.METRICS: MetricRecord({
+        wire.NUM_EXAMPLES: report.num_examples,
+        wire.TRAIN_LOSS: report.train_loss,
+        wire.SKIPPED_STEPS: report.skipped_steps,
+        wire.CLIPPED: clipped,
+    })})
 
 
 def _arrays(record: ArrayRecord) -> dict[str, np.ndarray]:

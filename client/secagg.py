@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from flwr.app import ConfigRecord, Context, Message, MetricRecord
 from flwr.client.mod import secaggplus_mod
 from flwr.clientapp.typing import ClientAppCallable
@@ -22,7 +23,7 @@ from fedtune import wire
 from fedtune.config import RunConfig
 from fedtune.privacy import SecAggSettings, dense_seed_vector
 
-__all__ = ["is_secure", "secagg_when_asked", "secure_seed_reply"]
+__all__ = ["is_secure", "secagg_when_asked", "secure_reply", "secure_seed_reply"]
 
 
 def is_secure(msg: Message) -> bool:
@@ -38,31 +39,41 @@ def secagg_when_asked(msg: Message, context: Context, call_next: ClientAppCallab
     return call_next(msg, context)
 
 
-def secure_seed_reply(msg: Message, cfg: RunConfig, report: Any) -> Message:
-    """A FedKSeed report as the dense vector the mod masks, plus fedtune's clear state and metrics.
+def secure_reply(
+    msg: Message, cfg: RunConfig, vector: np.ndarray, num_examples: int, records: dict[str, Any]
+) -> Message:
+    """``vector`` in the layout ``secaggplus_mod`` masks, with fedtune's clear ``records`` beside it.
 
     Raises:
         ValueError: if the client's weight exceeds ``max_weight`` (SecAgg+ would scale its
             update above 1 and clip it): the client drops out of the round.
     """
     settings = SecAggSettings.from_config(cfg)
-    weight = float(report.num_examples) if cfg.algorithm.weighting == "examples" else 1.0
+    weight = float(num_examples) if cfg.algorithm.weighting == "examples" else 1.0
     if weight > settings.max_weight:
         raise ValueError(
             f"this client's weight {weight} exceeds privacy.max_weight={settings.max_weight}: SecAgg+ "
             "would clip its update; raise privacy.max_weight"
         )
-    vector, clipped = dense_seed_vector(report.keys, report.scalars, cfg.algorithm.num_candidates,
-                                        settings.scalar_clip)
     fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters([vector]), int(weight), {})
     content = fitres_to_recorddict(fitres, keep_input=False)
-    # not the step list: that would be the update in clear
-    content[wire.STATE] = ConfigRecord({wire.ROUND: report.state_round, wire.DIGEST: report.digest})
-    content[wire.METRICS] = MetricRecord({
-        wire.NUM_EXAMPLES: report.num_examples,
-        wire.TRAIN_LOSS: report.train_loss,
-        wire.SKIPPED_STEPS: report.skipped_steps,
-        wire.REPLAY_RATE: report.replay_rate,
-        wire.CLIPPED: clipped,
-    })
+    for key, record in records.items():
+        content[key] = record
     return Message(content, reply_to=msg)
+
+
+def secure_seed_reply(msg: Message, cfg: RunConfig, report: Any) -> Message:
+    """A FedKSeed report as the dense per-seed vector, plus fedtune's clear state and metrics."""
+    vector, clipped = dense_seed_vector(report.keys, report.scalars, cfg.algorithm.num_candidates,
+                                        cfg.privacy.scalar_clip)
+    return secure_reply(msg, cfg, vector, report.num_examples, {
+        # not the step list: that would be the update in clear
+        wire.STATE: ConfigRecord({wire.ROUND: report.state_round, wire.DIGEST: report.digest}),
+        wire.METRICS: MetricRecord({
+            wire.NUM_EXAMPLES: report.num_examples,
+            wire.TRAIN_LOSS: report.train_loss,
+            wire.SKIPPED_STEPS: report.skipped_steps,
+            wire.REPLAY_RATE: report.replay_rate,
+            wire.CLIPPED: clipped,
+        }),
+    })

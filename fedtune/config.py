@@ -305,7 +305,7 @@ def _check_values(cfg: RunConfig) -> list[str]:
     return errors
 
 
-SECAGG_ALGORITHMS = ("fedkseed", "fedkseed-pro")  # a dense K-vector per client (fedtune.privacy)
+SECAGG_ALGORITHMS = ("fedkseed", "fedkseed-pro", *LORA_ALGORITHMS)  # what fedtune.privacy lays out as vectors
 SECAGG_MODULUS = 2**32  # Flower's SecAgg+ modulus_range: masked sums wrap at it
 
 
@@ -353,6 +353,12 @@ def _check_privacy(cfg: RunConfig) -> list[str]:
             errors.append(f"`privacy.secagg` needs clients_per_round >= 3 (SecAgg+ shares), got {f.clients_per_round}")
         if cfg.ondevice.clients:
             errors.append("`privacy.secagg` does not support ONNX device clients (`ondevice.clients` > 0) yet")
+        if a.name == "lorafair" and not cfg.lora.two_phase:
+            errors.append("`privacy.secagg` with algorithm.name = 'lorafair' needs `lora.two_phase = true` (its "
+                          "correction from sums only); the one-phase solve needs each client's factors")
+        if cfg.compress.method != "none":
+            errors.append(f"`privacy.secagg` sums dense vectors: `compress.method` must be 'none', got "
+                          f"{cfg.compress.method!r} (clients' sparse positions differ)")
     return errors
 
 

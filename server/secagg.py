@@ -43,10 +43,10 @@ from flwr.serverapp import Grid
 
 from fedtune import wire
 from fedtune.config import SECAGG_MODULUS
-from fedtune.privacy import SecAggSettings, error_bound, seed_sums_from_mean
+from fedtune.privacy import SecAggSettings, error_bound, seed_sums_from_mean, unflatten
 from fedtune.zo import SeedUpdate
 
-__all__ = ["run_secure_seed_round"]
+__all__ = ["run_secure_lora_round", "run_secure_seed_round", "secure_mean"]
 
 log = logging.getLogger(__name__)
 
@@ -133,63 +133,49 @@ def _masked_length_error(reply: Message, length: int) -> str | None:
     return None
 
 
-def run_secure_seed_round(strategy: Any, grid: Grid, server_round: int) -> dict[str, Any]:
-    """One FedKSeed round whose update the server learns only as SecAgg+'s sum.
+class _Refused(ValueError):
+    """A masked reply the server drops before the sum (SecAgg+ then recovers it as a drop-out)."""
 
-    ``strategy`` is a :class:`server.strategy.FedKSeed`; its sampling, train content, digest
-    checks and ``apply`` are used unchanged. Every sampled client gets the whole seed log
-    (there is no second message in a SecAgg+ round to catch a client up).
+
+def secure_mean(
+    cfg: Any,
+    grid: Grid,
+    server_round: int,
+    contents: dict[int, RecordDict],
+    length: int,
+    check: Callable[[Message], float],
+    stats: Any,
+) -> tuple[np.ndarray | None, list[float]]:
+    """One run of Flower's SecAgg+ over ``contents`` (node id -> train content).
+
+    Args:
+        length: the values each client's vector must hold.
+        check: validates a masked reply's clear records and returns its weight, or raises
+            :class:`_Refused` / ``KeyError`` / ``TypeError`` / ``WireError`` to drop it.
+        stats: the round's counters (``bytes_up``, ``bytes_down``, ``rejected``).
+
+    Returns:
+        ``(weighted mean float64 (length,), the summed clients' weights)``; the mean is None
+        if the protocol halted (too few clients left to unmask).
     """
-    from server.strategy import SeedRoundStats
-
-    cfg = strategy.cfg
-    stats = SeedRoundStats()
-    node_ids = strategy.sample(grid, server_round)
-    stats.sampled = len(node_ids)
-    settings = SecAggSettings.from_config(cfg, len(node_ids))
-    empty = np.zeros(0, np.uint64)
-    no_update = SeedUpdate(server_round, empty, empty, np.zeros(0, np.float32), cfg.algorithm.lr)
-    if len(node_ids) < max(settings.threshold, 3):
-        log.error("round %d: %d clients sampled, SecAgg+ needs at least %d (reconstruction_threshold): "
-                  "the global model stays as it is", server_round, len(node_ids), max(settings.threshold, 3))
-        stats.failed = len(node_ids)
-        strategy.apply(no_update)
-        return stats.as_metrics()
-    contents = {}
-    for n in node_ids:
-        message = strategy.tag(Message(strategy._train_content(server_round, 0), dst_node_id=n,
-                                       message_type=MessageType.TRAIN))
-        contents[n] = message.content
+    settings = SecAggSettings.from_config(cfg, len(contents))
     weights: list[float] = []
-    clipped = 0
-    num_candidates = cfg.algorithm.num_candidates
 
-    def check(reply: Message) -> bool:
-        nonlocal clipped
+    def checked(reply: Message) -> bool:
         node = reply.metadata.src_node_id
-        reason = _masked_length_error(reply, num_candidates)
         try:
-            state, metrics = reply.content[wire.STATE], reply.content[wire.METRICS]
-            weight = strategy.weight_of(metrics)
-        except (KeyError, TypeError, wire.WireError) as exc:
-            reason = reason or f"no usable state or metrics: {exc}"
-        else:
-            if reason is None and int(state[wire.ROUND]) != strategy.state_round:
-                reason = f"trained from state {state[wire.ROUND]}, not {strategy.state_round}"
-            if reason is None and cfg.eval.check_sync and state[wire.DIGEST] != strategy._state_digest():
-                stats.sync_mismatches += 1
-                reason = f"holds weights that differ from the server's at state {strategy.state_round}"
-        if reason is not None:
+            reason = _masked_length_error(reply, length)
+            if reason is not None:
+                raise _Refused(reason)
+            weight = check(reply)
+        except (_Refused, KeyError, TypeError, wire.WireError) as exc:
             stats.rejected += 1
-            log.warning("SecAgg+ round %d: dropped client %s before the sum: %s", server_round, node, reason)
+            log.warning("SecAgg+ round %d: dropped client %s before the sum: %s", server_round, node, exc)
             return False
-        strategy.node_rounds[node] = strategy.state_round
-        strategy.note_metrics(metrics, weight, stats)
-        clipped += int(metrics.get(wire.CLIPPED, 0))
         weights.append(weight)
         return True
 
-    legacy = _HandBack(node_ids, grid)
+    legacy = _HandBack(list(contents), grid)
     state = RecordDict({
         MAIN_CONFIGS_RECORD: ConfigRecord({WorkflowKey.CURRENT_ROUND: server_round}),
         MAIN_PARAMS_RECORD: ArrayRecord(),
@@ -206,20 +192,149 @@ def run_secure_seed_round(strategy: Any, grid: Grid, server_round: int) -> dict[
         modulus_range=SECAGG_MODULUS,
         timeout=cfg.federation.round_timeout_s,
     )
-    workflow(cast(Grid, _CheckedGrid(grid, stats, check)), context)
+    workflow(cast(Grid, _CheckedGrid(grid, stats, checked)), context)
+    return legacy.mean, weights
+
+
+def _too_few(cfg: Any, server_round: int, sampled: int) -> bool:
+    need = max(SecAggSettings.from_config(cfg, sampled).threshold, 3)
+    if sampled >= need:
+        return False
+    log.error("round %d: %d clients sampled, SecAgg+ needs at least %d (reconstruction_threshold, and 3 "
+              "for its shares): the global model stays as it is", server_round, sampled, need)
+    return True
+
+
+def run_secure_seed_round(strategy: Any, grid: Grid, server_round: int) -> dict[str, Any]:
+    """One FedKSeed round whose update the server learns only as SecAgg+'s sum.
+
+    ``strategy`` is a :class:`server.strategy.FedKSeed`; its sampling, train content, digest
+    checks and ``apply`` are used unchanged. Every sampled client gets the whole seed log
+    (there is no second message in a SecAgg+ round to catch a client up).
+    """
+    from server.strategy import SeedRoundStats
+
+    cfg = strategy.cfg
+    stats = SeedRoundStats()
+    node_ids = strategy.sample(grid, server_round)
+    stats.sampled = len(node_ids)
+    empty = np.zeros(0, np.uint64)
+    update = SeedUpdate(server_round, empty, empty, np.zeros(0, np.float32), float(cfg.algorithm.lr))
+    if _too_few(cfg, server_round, len(node_ids)):
+        stats.failed = len(node_ids)
+        strategy.apply(update)
+        return stats.as_metrics()
+    contents = {
+        n: strategy.tag(Message(strategy._train_content(server_round, 0), dst_node_id=n,
+                                message_type=MessageType.TRAIN)).content
+        for n in node_ids
+    }
+    clipped = 0
+
+    def check(reply: Message) -> float:
+        nonlocal clipped
+        state, metrics = reply.content[wire.STATE], reply.content[wire.METRICS]
+        weight = float(strategy.weight_of(metrics))
+        if int(state[wire.ROUND]) != strategy.state_round:
+            raise _Refused(f"trained from state {state[wire.ROUND]}, not {strategy.state_round}")
+        if cfg.eval.check_sync and state[wire.DIGEST] != strategy._state_digest():
+            stats.sync_mismatches += 1
+            raise _Refused(f"holds weights that differ from the server's at state {strategy.state_round}")
+        strategy.node_rounds[reply.metadata.src_node_id] = strategy.state_round
+        strategy.note_metrics(metrics, weight, stats)
+        clipped += int(metrics.get(wire.CLIPPED, 0))
+        return weight
+
+    mean, weights = secure_mean(cfg, grid, server_round, contents, cfg.algorithm.num_candidates, check, stats)
     stats.replies = len(weights)
     stats.failed = stats.sampled - stats.replies - stats.rejected
-    bound = error_bound(weights, settings)
-    if legacy.mean is None or len(weights) < cfg.federation.min_replies:
+    settings = SecAggSettings.from_config(cfg, len(node_ids))
+    if mean is None or len(weights) < cfg.federation.min_replies:
         log.warning("round %d: SecAgg+ produced no sum (%d usable replies, min_replies=%d): the global "
                     "model stays as it is", server_round, len(weights), cfg.federation.min_replies)
-        update = no_update
     else:
-        sums = seed_sums_from_mean(legacy.mean, weights, settings)
+        sums = seed_sums_from_mean(mean, weights, settings)
         keys = np.flatnonzero(sums.astype(np.float32)).astype(np.uint64)
-        update = SeedUpdate(server_round, keys, strategy.seed_of_key(keys), sums[keys.astype(np.int64)]
-                            .astype(np.float32), float(cfg.algorithm.lr))
+        update = SeedUpdate(server_round, keys, strategy.seed_of_key(keys),
+                            sums[keys.astype(np.int64)].astype(np.float32), float(cfg.algorithm.lr))
     strategy.apply(update)
     stats.distinct_seeds = len(update.keys)
-    return {**stats.as_metrics(), "secagg_error_bound": bound if math.isfinite(bound) else None,
-            "clipped_scalars": clipped}
+    return {**stats.as_metrics(), **_secagg_metrics(weights, settings, clipped)}
+
+
+def _secagg_metrics(weights: list[float], settings: SecAggSettings, clipped: int) -> dict[str, Any]:
+    bound = error_bound(weights, settings)
+    return {"secagg_error_bound": bound if math.isfinite(bound) else None, "clipped_scalars": clipped}
+
+
+def run_secure_lora_round(strategy: Any, grid: Grid, server_round: int) -> dict[str, Any]:
+    """One FedIT / FFA-LoRA round (or two-phase LoRA-FAIR: two SecAgg+ runs) from sums only.
+
+    ``strategy`` is a :class:`server.lora_strategy.FederatedLora`. Clients send their update
+    (trained - global) of the rule's uplink tensors; the new global adapter is the global
+    plus the securely averaged update, which is FedIT's (and FFA-LoRA's, A staying shared)
+    weighted mean. The aggregation-bias metrics need single clients' factors: null here.
+    """
+    import torch
+
+    from fedtune.lora import Aggregate
+    from fedtune.lora.factors import is_factor_a
+    from fedtune.lora.fair import correct
+    from fedtune.lora.payload import pack
+    from server.lora_strategy import LoraRoundStats
+
+    cfg = strategy.cfg
+    strategy._stats = stats = LoraRoundStats()
+    messages = list(strategy.configure_train(server_round, ArrayRecord(), ConfigRecord(), grid))
+    stats.sampled = len(messages)
+    if _too_few(cfg, server_round, len(messages)):
+        stats.failed = len(messages)
+        return stats.as_metrics()
+    contents = {m.metadata.dst_node_id: m.content for m in messages}
+    shapes = strategy.uplink_shapes
+    node_weight: dict[int, float] = {}
+    clipped = 0
+
+    def check(reply: Message) -> float:
+        nonlocal clipped
+        metrics = reply.content[wire.METRICS]
+        weight = float(strategy.weight_of(metrics))
+        strategy.note_metrics(metrics, weight, stats)
+        clipped += int(metrics.get(wire.CLIPPED, 0))
+        node_weight[reply.metadata.src_node_id] = weight
+        return weight
+
+    length = sum(int(np.prod(s)) for s in shapes.values())
+    mean, weights = secure_mean(cfg, grid, server_round, contents, length, check, stats)
+    stats.replies = len(weights)
+    stats.failed = stats.sampled - stats.replies - stats.rejected
+    settings = SecAggSettings.from_config(cfg, len(messages))
+    if mean is None or len(weights) < cfg.federation.min_replies:
+        log.warning("round %d: SecAgg+ produced no sum (%d usable replies, min_replies=%d): the global "
+                    "adapter stays as it is", server_round, len(weights), cfg.federation.min_replies)
+        return {**stats.as_metrics(), **_secagg_metrics(weights, settings, clipped)}
+    delta = unflatten(mean, shapes)
+    means = {n: (strategy.state[n].double() + torch.from_numpy(delta[n])).float() for n in shapes}
+    state = {n: means.get(n, strategy.state[n]) for n in strategy.state}
+    if cfg.lora.two_phase:
+        nodes = sorted(node_weight)
+        if _too_few(cfg, server_round, len(nodes)):
+            log.warning("round %d: phase 2 needs SecAgg+ again; B stays uncorrected (FedIT)", server_round)
+        else:
+            a_mean = pack({n: t for n, t in means.items() if is_factor_a(n)})[wire.BUNDLE]
+            phase2 = {
+                n: RecordDict({wire.CONFIG: strategy._config(server_round, 2),
+                               wire.A_MEAN: ConfigRecord({wire.BUNDLE: a_mean})})
+                for n in nodes
+            }
+            p_shapes = strategy.projection_shapes
+            p_length = sum(int(np.prod(s)) for s in p_shapes.values())
+            p_mean, _ = secure_mean(cfg, grid, server_round, phase2, p_length,
+                                    lambda reply: node_weight[reply.metadata.src_node_id], stats)
+            if p_mean is None:
+                log.warning("round %d: no phase-2 sum; B stays uncorrected (FedIT) this round", server_round)
+            else:
+                summed = {m: torch.from_numpy(t).float() for m, t in unflatten(p_mean, p_shapes).items()}
+                state = correct(state, summed, cfg.lora.fair_lambda, cfg.lora.fair_steps)
+    strategy.apply(Aggregate(state, math.nan, math.nan))
+    return {**stats.as_metrics(), **_secagg_metrics(weights, settings, clipped)}

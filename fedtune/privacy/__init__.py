@@ -9,8 +9,12 @@ from fedtune.privacy.secagg import (
     SecAggSettings,
     dense_seed_vector,
     error_bound,
+    flatten,
     q_ratio,
     seed_sums_from_mean,
+    unflatten,
 )
 
-__all__ = ["SecAggSettings", "dense_seed_vector", "error_bound", "q_ratio", "seed_sums_from_mean"]
+__all__ = [
+    "SecAggSettings", "dense_seed_vector", "error_bound", "flatten", "q_ratio", "seed_sums_from_mean", "unflatten",
+]

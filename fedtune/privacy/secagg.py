@@ -5,6 +5,9 @@ Bell et al., "Secure Single-Server Aggregation with (Poly)Logarithmic Overhead",
 server, ``secaggplus_mod`` on the client. This module only decides the protocol's numbers
 from a run's config and lays fedtune's updates out as the vectors the protocol sums:
 
+- LoRA (FedIT, FFA-LoRA): the rule's uplink tensors' update (trained - global), flattened
+  in name order (:func:`flatten`) and clipped to ``+-privacy.scalar_clip``; LoRA-FAIR's
+  second sum, the ``B_k A_k Āᵀ`` projections, the same way.
 - FedKSeed: a client's update is a dense ``(K,)`` vector, entry k the sum of the projected
   gradients of its steps on candidate k (zero for candidates it did not draw), clipped to
   ``+-privacy.scalar_clip``. The protocol returns ``sum_i q_i v_i / sum_i q_i`` with
@@ -20,8 +23,9 @@ recovered mean. Torch-free.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -31,8 +35,10 @@ __all__ = [
     "SecAggSettings",
     "dense_seed_vector",
     "error_bound",
+    "flatten",
     "q_ratio",
     "seed_sums_from_mean",
+    "unflatten",
 ]
 
 
@@ -148,3 +154,31 @@ def seed_sums_from_mean(mean: np.ndarray, weights: Sequence[float], settings: Se
     scale = sum(q_ratio(w, settings) for w in weights) / settings.quantization_range
     levels = np.rint(np.abs(mean) * scale / settings.step)
     return np.where(levels >= 1, mean, 0.0)
+
+
+def flatten(tensors: Mapping[str, Any], clip: float) -> tuple[np.ndarray, int]:
+    """Named arrays (numpy or torch) as one float64 vector, in sorted name order, clipped.
+
+    Returns:
+        ``(vector, how many entries the clip changed)``.
+    """
+    parts = [np.asarray(tensors[name], dtype=np.float64).ravel() for name in sorted(tensors)]
+    vector = np.concatenate(parts) if parts else np.zeros(0)
+    clipped = int(np.count_nonzero(np.abs(vector) > clip))
+    return np.clip(vector, -clip, clip), clipped
+
+
+def unflatten(vector: np.ndarray, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+    """The inverse of :func:`flatten`: ``{name: float64 array of its shape}``.
+
+    Raises:
+        ValueError: if the vector's length is not the shapes' total size.
+    """
+    sizes = {name: int(np.prod(shapes[name])) for name in sorted(shapes)}
+    if len(vector) != sum(sizes.values()):
+        raise ValueError(f"a vector of {len(vector)} values does not hold {sum(sizes.values())} values of {len(sizes)} tensors")
+    out, start = {}, 0
+    for name, size in sizes.items():
+        out[name] = vector[start : start + size].reshape(shapes[name])
+        start += size
+    return out

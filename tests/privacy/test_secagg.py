@@ -5,7 +5,15 @@ import pytest
 from flwr.common.secure_aggregation.quantization import dequantize, quantize
 
 from fedtune.config import ConfigError, parse_config
-from fedtune.privacy import SecAggSettings, dense_seed_vector, error_bound, q_ratio, seed_sums_from_mean
+from fedtune.privacy import (
+    SecAggSettings,
+    dense_seed_vector,
+    error_bound,
+    flatten,
+    q_ratio,
+    seed_sums_from_mean,
+    unflatten,
+)
 from fedtune.privacy.secagg import auto_quantization_range
 
 BASE = {"model": {"config": "micro-llama"}, "federation": {"num_clients": 10, "clients_per_round": 5}}
@@ -35,9 +43,30 @@ def test_secagg_needs_a_dense_vector_and_enough_clients():
                       "privacy": {"secagg": True, "num_shares": 2}})
 
     text = str(info.value)
-    assert "`privacy.secagg` supports algorithm.name fedkseed, fedkseed-pro, got 'mezo'" in text
+    assert "`privacy.secagg` supports algorithm.name fedkseed, fedkseed-pro, fedit, ffa-lora, lorafair, got 'mezo'" in text
     assert "needs clients_per_round >= 3" in text
     assert "`privacy.num_shares` must be 0 (every sampled client) or in [3, clients_per_round=2]" in text
+
+
+def test_secagg_refuses_compression_and_one_phase_lorafair():
+    with pytest.raises(ConfigError) as info:
+        _cfg({"secagg": True}, algorithm="lorafair", compress={"method": "topk"})
+
+    assert "needs `lora.two_phase = true`" in str(info.value)
+    assert "`compress.method` must be 'none', got 'topk'" in str(info.value)
+    assert len(info.value.errors) == 2
+
+
+def test_flatten_and_unflatten_round_trip_in_name_order():
+    tensors = {"b": np.arange(6.0).reshape(2, 3), "a": np.array([-9.0, 0.5])}
+
+    vector, clipped = flatten(tensors, clip=4.0)
+
+    assert vector.tolist() == [-4.0, 0.5, 0.0, 1.0, 2.0, 3.0, 4.0, 4.0] and clipped == 2
+    back = unflatten(vector, {"a": (2,), "b": (2, 3)})
+    assert back["b"].tolist() == [[0.0, 1.0, 2.0], [3.0, 4.0, 4.0]]
+    with pytest.raises(ValueError, match="does not hold 7 values"):
+        unflatten(vector, {"a": (1,), "b": (2, 3)})
 
 
 def test_auto_settings_resolve_from_the_config():
