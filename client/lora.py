@@ -11,6 +11,7 @@ Flower keeps between messages, in simulation and deployment alike).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -92,7 +93,7 @@ def _phase_two(client: LoraClient, msg: Message, context: Context, server_round:
     del context.state[wire.PENDING]
     del context.state[wire.PENDING_ROUND]
     if is_secure(msg):
-        vector, _ = flatten(projections, client.cfg.privacy.scalar_clip)
+        vector, _ = flatten(projections, math.inf)  # secure_reply clips
         weight = int(pending[wire.NUM_EXAMPLES])  # phase 1's weight: P is weighted as the factors were
         return secure_reply(msg, client.cfg, vector, weight, {})
     return Message(RecordDict({wire.PROJECTIONS: pack(projections)}), reply_to=msg)
@@ -101,7 +102,7 @@ def _phase_two(client: LoraClient, msg: Message, context: Context, server_round:
 def _secure_update(cfg: RunConfig, msg: Message, context: Context, server_round: int, report: LoraReport,
                    global_state: dict[str, Any]) -> Message:
     update = {n: report.state[n] - global_state[n] for n in global_state}
-    vector, clipped = flatten(update, cfg.privacy.scalar_clip)
+    vector, _ = flatten(update, math.inf)  # secure_reply clips (and adds DP noise)
     if cfg.lora.two_phase:  # the factors phase 2 projects: its own, as trained
         context.state[wire.PENDING] = pack(report.state)
         context.state[wire.PENDING_ROUND] = ConfigRecord({wire.ROUND: server_round,
@@ -110,7 +111,6 @@ def _secure_update(cfg: RunConfig, msg: Message, context: Context, server_round:
         wire.NUM_EXAMPLES: report.num_examples,
         wire.TRAIN_LOSS: report.train_loss,
         wire.SKIPPED_STEPS: report.skipped_steps,
-        wire.CLIPPED: clipped,
     })})
 
 

@@ -9,6 +9,7 @@ as the weights always did (FLOWER-NOTES.md: num_examples and metrics are plainte
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,7 @@ from flwr.compat.common.recorddict_compat import fitres_to_recorddict
 from fedtune import wire
 from fedtune.config import RunConfig
 from fedtune.privacy import SecAggSettings, dense_seed_vector
+from fedtune.privacy.dp import clip_and_noise
 
 __all__ = ["is_secure", "secagg_when_asked", "secure_reply", "secure_seed_reply"]
 
@@ -44,6 +46,10 @@ def secure_reply(
 ) -> Message:
     """``vector`` in the layout ``secaggplus_mod`` masks, with fedtune's clear ``records`` beside it.
 
+    Under ``privacy.dp`` the vector is first clipped to L2 norm ``dp_clip`` (and noised, in
+    distributed mode); then every value is clipped to ``+-scalar_clip``, SecAgg+'s range,
+    and how many that changed goes into the metrics (``clipped-scalars``).
+
     Raises:
         ValueError: if the client's weight exceeds ``max_weight`` (SecAgg+ would scale its
             update above 1 and clip it): the client drops out of the round.
@@ -55,17 +61,22 @@ def secure_reply(
             f"this client's weight {weight} exceeds privacy.max_weight={settings.max_weight}: SecAgg+ "
             "would clip its update; raise privacy.max_weight"
         )
+    if cfg.privacy.dp != "none":  # clipped to dp_clip, plus this client's share of the noise if distributed
+        vector, _ = clip_and_noise(vector, cfg)
+    clipped = int(np.count_nonzero(np.abs(vector) > settings.scalar_clip))
+    vector = np.clip(vector, -settings.scalar_clip, settings.scalar_clip)  # within SecAgg+'s range
     fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters([vector]), int(weight), {})
     content = fitres_to_recorddict(fitres, keep_input=False)
     for key, record in records.items():
         content[key] = record
+    if wire.METRICS in content:
+        content[wire.METRICS][wire.CLIPPED] = clipped
     return Message(content, reply_to=msg)
 
 
 def secure_seed_reply(msg: Message, cfg: RunConfig, report: Any) -> Message:
     """A FedKSeed report as the dense per-seed vector, plus fedtune's clear state and metrics."""
-    vector, clipped = dense_seed_vector(report.keys, report.scalars, cfg.algorithm.num_candidates,
-                                        cfg.privacy.scalar_clip)
+    vector, _ = dense_seed_vector(report.keys, report.scalars, cfg.algorithm.num_candidates, math.inf)
     return secure_reply(msg, cfg, vector, report.num_examples, {
         # not the step list: that would be the update in clear
         wire.STATE: ConfigRecord({wire.ROUND: report.state_round, wire.DIGEST: report.digest}),
@@ -74,6 +85,5 @@ def secure_seed_reply(msg: Message, cfg: RunConfig, report: Any) -> Message:
             wire.TRAIN_LOSS: report.train_loss,
             wire.SKIPPED_STEPS: report.skipped_steps,
             wire.REPLAY_RATE: report.replay_rate,
-            wire.CLIPPED: clipped,
         }),
     })

@@ -44,6 +44,7 @@ from flwr.serverapp import Grid
 from fedtune import wire
 from fedtune.config import SECAGG_MODULUS
 from fedtune.privacy import SecAggSettings, error_bound, seed_sums_from_mean, unflatten
+from fedtune.privacy.dp import add_central_noise, epsilon
 from fedtune.zo import SeedUpdate
 
 __all__ = ["run_secure_lora_round", "run_secure_seed_round", "secure_mean"]
@@ -253,18 +254,27 @@ def run_secure_seed_round(strategy: Any, grid: Grid, server_round: int) -> dict[
         log.warning("round %d: SecAgg+ produced no sum (%d usable replies, min_replies=%d): the global "
                     "model stays as it is", server_round, len(weights), cfg.federation.min_replies)
     else:
+        if cfg.privacy.dp == "central":
+            mean = add_central_noise(mean, cfg, len(weights))
         sums = seed_sums_from_mean(mean, weights, settings)
         keys = np.flatnonzero(sums.astype(np.float32)).astype(np.uint64)
         update = SeedUpdate(server_round, keys, strategy.seed_of_key(keys),
                             sums[keys.astype(np.int64)].astype(np.float32), float(cfg.algorithm.lr))
     strategy.apply(update)
     stats.distinct_seeds = len(update.keys)
-    return {**stats.as_metrics(), **_secagg_metrics(weights, settings, clipped)}
+    return {**stats.as_metrics(), **_secagg_metrics(cfg, server_round, weights, settings, clipped)}
 
 
-def _secagg_metrics(weights: list[float], settings: SecAggSettings, clipped: int) -> dict[str, Any]:
+def _secagg_metrics(
+    cfg: Any, server_round: int, weights: list[float], settings: SecAggSettings, clipped: int
+) -> dict[str, Any]:
     bound = error_bound(weights, settings)
-    return {"secagg_error_bound": bound if math.isfinite(bound) else None, "clipped_scalars": clipped}
+    metrics: dict[str, Any] = {"secagg_error_bound": bound if math.isfinite(bound) else None,
+                               "clipped_scalars": clipped}
+    if cfg.privacy.dp != "none":
+        eps = epsilon(cfg, server_round)
+        metrics.update(dp_epsilon=eps if math.isfinite(eps) else None, dp_delta=cfg.privacy.dp_delta)
+    return metrics
 
 
 def run_secure_lora_round(strategy: Any, grid: Grid, server_round: int) -> dict[str, Any]:
@@ -312,7 +322,9 @@ def run_secure_lora_round(strategy: Any, grid: Grid, server_round: int) -> dict[
     if mean is None or len(weights) < cfg.federation.min_replies:
         log.warning("round %d: SecAgg+ produced no sum (%d usable replies, min_replies=%d): the global "
                     "adapter stays as it is", server_round, len(weights), cfg.federation.min_replies)
-        return {**stats.as_metrics(), **_secagg_metrics(weights, settings, clipped)}
+        return {**stats.as_metrics(), **_secagg_metrics(cfg, server_round, weights, settings, clipped)}
+    if cfg.privacy.dp == "central":
+        mean = add_central_noise(mean, cfg, len(weights))
     delta = unflatten(mean, shapes)
     means = {n: (strategy.state[n].double() + torch.from_numpy(delta[n])).float() for n in shapes}
     state = {n: means.get(n, strategy.state[n]) for n in strategy.state}
@@ -337,4 +349,4 @@ def run_secure_lora_round(strategy: Any, grid: Grid, server_round: int) -> dict[
                 summed = {m: torch.from_numpy(t).float() for m, t in unflatten(p_mean, p_shapes).items()}
                 state = correct(state, summed, cfg.lora.fair_lambda, cfg.lora.fair_steps)
     strategy.apply(Aggregate(state, math.nan, math.nan))
-    return {**stats.as_metrics(), **_secagg_metrics(weights, settings, clipped)}
+    return {**stats.as_metrics(), **_secagg_metrics(cfg, server_round, weights, settings, clipped)}
