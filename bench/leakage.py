@@ -28,7 +28,7 @@ rounds (different batch seeds). No Flower here: the protocol is not what is meas
 Prints the set-up on the first line, then ``name=value`` lines, the headline last:
 ``secagg_sum_attack_success`` (goal: about chance).
 
-    python bench/leakage.py            # about 1-2 minutes on 2 cores
+    python bench/leakage.py            # about 10 minutes on 2 cores (the FedKSeed attack's forwards)
 """
 
 from __future__ import annotations
