@@ -9,7 +9,8 @@ code path users run), plain and with ``privacy.secagg = true``, side by side in 
 
 each at 10 and at 50 clients per round (every client sampled: ``num_clients`` =
 ``clients_per_round``), SecAgg+ with its defaults (every sampled client holds shares,
-majority threshold). A round's time is ``round_s - eval_s`` from metrics.jsonl, the mean
+majority threshold), IID partitions (at 50 clients the configs' Dirichlet splits leave
+some clients without examples; a run with a failed client is refused, not timed). A round's time is ``round_s - eval_s`` from metrics.jsonl, the mean
 over rounds 2.. (round 1 pays the workers' start-up and model build: the warm-up); upload
 bytes are ``bytes_up_per_client`` (every message of the round on Flower's Fleet API framing,
 the protocol's four stages included).
@@ -60,11 +61,14 @@ def _run(config: Path, out: Path, name: str, overrides: list[str]) -> list[dict[
     return [json.loads(line) for line in lines if line.strip()]
 
 
-def _measure(records: list[dict[str, Any]]) -> tuple[float, float]:
+def _measure(records: list[dict[str, Any]], name: str) -> tuple[float, float]:
     """(mean train-round seconds over rounds 2.., mean upload bytes per client)."""
     rounds = [r for r in records if r["round"] >= 2]
     if not rounds:
         raise SystemExit("need at least 2 rounds: round 1 is the warm-up")
+    partial = [(r["round"], r["replies"], r["sampled"]) for r in records if r["round"] >= 1 and r["replies"] < r["sampled"]]
+    if partial:  # a round with failed clients is not the round being compared
+        raise SystemExit(f"{name}: rounds with missing replies (round, replies, sampled): {partial}")
     seconds = sum(r["round_s"] - r["eval_s"] for r in rounds) / len(rounds)
     return seconds, sum(r["bytes_up_per_client"] for r in rounds) / len(rounds)
 
@@ -89,9 +93,10 @@ def main() -> None:
             for size in args.sizes:
                 common = [*extra, f"rounds={args.rounds}", f"seed={args.seed}", f"federation.num_clients={size}",
                           f"federation.clients_per_round={size}", f"federation.min_replies={max(2, size // 2)}",
-                          f"eval.every={args.rounds}"]
-                plain = _measure(_run(config, Path(tmp), f"{kind}-{size}-plain", common))
-                secure = _measure(_run(config, Path(tmp), f"{kind}-{size}-secagg", [*common, "privacy.secagg=true"]))
+                          f"eval.every={args.rounds}", 'data.partition="iid"']
+                plain = _measure(_run(config, Path(tmp), f"{kind}-{size}-plain", common), f"{kind}-{size}-plain")
+                secure = _measure(_run(config, Path(tmp), f"{kind}-{size}-secagg", [*common, "privacy.secagg=true"]),
+                                  f"{kind}-{size}-secagg")
                 for label, (s, b) in (("plain", plain), ("secagg", secure)):
                     print(f"{kind}_{size}_{label}_round_s={s:.3f}", flush=True)
                     print(f"{kind}_{size}_{label}_upload_bytes_per_client={b:.0f}", flush=True)
