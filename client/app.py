@@ -13,13 +13,14 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from client.node_log import extend_sync, remember_sync
+from client.secagg import secagg_when_asked
 from client.zo_protocol import answer_query, answer_train, partition_of
 from fedtune.config import LORA_ALGORITHMS
 from fedtune.runs import config_from_run_config
 
 APP_DIR = Path(__file__).resolve().parents[1]
 
-app = ClientApp()
+app = ClientApp(mods=[secagg_when_asked])  # SecAgg+ rounds (privacy.secagg) run through Flower's mod
 
 
 @app.query()

@@ -13,18 +13,22 @@ Flower keeps between messages, in simulation and deployment alike).
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
+from client.secagg import is_secure, secure_reply
 from client.zo_protocol import partition_of
 from fedtune import wire
 from fedtune.config import RunConfig
-from fedtune.lora.client import LoraClient, client_for
+from fedtune.lora.client import LoraClient, LoraReport, client_for
 from fedtune.lora.factors import is_factor_a
 from fedtune.lora.payload import apply_update, compress_update, pack, pack_compressed, unpack
 from fedtune.partition_state import PartitionState
+from fedtune.privacy import flatten
 from fedtune.rng import generator
 
 __all__ = ["train_lora"]
@@ -55,6 +59,8 @@ def train_lora(cfg: RunConfig, msg: Message, context: Context, run_dir: Path | N
     global_state = unpack(msg.content[wire.ADAPTER], client.uplink_shapes, "the server's adapter")
     partition_id, num_partitions = partition_of(msg, context)
     report = client.train(server_round, partition_id, num_partitions, global_state)
+    if is_secure(msg):  # SecAgg+ (privacy.secagg): the update as one vector for secaggplus_mod to mask
+        return _secure_update(cfg, msg, context, server_round, report, global_state)
     lent = wire.PARTITION in config and run_dir is not None  # this node plays another client next round
     if lent:
         residual = PartitionState(run_dir).load(partition_id, RESIDUAL_FILE)
@@ -98,7 +104,26 @@ def _phase_two(client: LoraClient, msg: Message, context: Context, server_round:
     projections = client.project(trained, a_mean)
     del context.state[wire.PENDING]
     del context.state[wire.PENDING_ROUND]
+    if is_secure(msg):
+        vector, _ = flatten(projections, math.inf)  # secure_reply clips
+        weight = int(pending[wire.NUM_EXAMPLES])  # phase 1's weight: P is weighted as the factors were
+        return secure_reply(msg, client.cfg, vector, weight, {})
     return Message(RecordDict({wire.PROJECTIONS: pack(projections)}), reply_to=msg)
+
+
+def _secure_update(cfg: RunConfig, msg: Message, context: Context, server_round: int, report: LoraReport,
+                   global_state: dict[str, Any]) -> Message:
+    update = {n: report.state[n] - global_state[n] for n in global_state}
+    vector, _ = flatten(update, math.inf)  # secure_reply clips (and adds DP noise)
+    if cfg.lora.two_phase:  # the factors phase 2 projects: its own, as trained
+        context.state[wire.PENDING] = pack(report.state)
+        context.state[wire.PENDING_ROUND] = ConfigRecord({wire.ROUND: server_round,
+                                                          wire.NUM_EXAMPLES: report.num_examples})
+    return secure_reply(msg, cfg, vector, report.num_examples, {wire.METRICS: MetricRecord({
+        wire.NUM_EXAMPLES: report.num_examples,
+        wire.TRAIN_LOSS: report.train_loss,
+        wire.SKIPPED_STEPS: report.skipped_steps,
+    })})
 
 
 def _arrays(record: ArrayRecord) -> dict[str, np.ndarray]:

@@ -14,6 +14,7 @@ from typing import Any
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from client.node_cache import cache_path, restore, store
+from client.secagg import is_secure, secure_seed_reply
 from fedtune import wire
 from fedtune.config import RunConfig
 from fedtune.zo.pro import probabilities_from_bytes
@@ -74,6 +75,8 @@ def answer_train(msg: Message, context: Context, cfg: RunConfig, client: Any) ->
     partition_id, num_partitions = partition_of(msg, context)
     report = client.train(server_round, partition_id, num_partitions, probabilities)
     store(cache, client)
+    if is_secure(msg):  # the stage of a SecAgg+ round that trains: secaggplus_mod masks the reply
+        return secure_seed_reply(msg, cfg, report)
     reply = RecordDict(
         {
             wire.STATE: ConfigRecord({

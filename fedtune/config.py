@@ -29,6 +29,7 @@ __all__ = [
     "LoraConfig",
     "ModelConfig",
     "OnDeviceConfig",
+    "PrivacyConfig",
     "RunConfig",
     "SimulationConfig",
     "dump_toml",
@@ -175,6 +176,23 @@ class OnDeviceConfig:
 
 
 @dataclass(frozen=True)
+class PrivacyConfig:
+    """Secure aggregation with Flower's SecAgg+ (docs/privacy.md)."""
+
+    secagg: bool = False  # clients' updates are summed by SecAgg+: the server sees only the sum
+    num_shares: int = 0  # shares of each client's secrets (SecAgg+ neighbours); 0 = every sampled client
+    reconstruction_threshold: int = 0  # shares needed to unmask a client; 0 = a majority of num_shares
+    scalar_clip: float = 128.0  # FedKSeed: each client's per-seed sum of g is clipped to +-this
+    clipping_range: float = 0.0  # SecAgg+'s clip before quantisation; 0 = scalar_clip
+    quantization_range: int = 0  # SecAgg+'s levels per value; 0 = the most that cannot overflow
+    max_weight: float = 0.0  # the largest client weight; 0 = data.num_examples (examples) or 1 (uniform)
+    dp: Literal["none", "central", "distributed"] = "none"  # who adds DP noise: the server, or each client
+    dp_clip: float = 1.0  # C: each client's update is clipped to this L2 norm (under dp)
+    noise_multiplier: float = 1.0  # z: Gaussian noise of std z*C on the sum of the clipped updates
+    dp_delta: float = 1e-5  # the delta at which epsilon is reported every round
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """A whole experiment."""
 
@@ -192,6 +210,7 @@ class RunConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
     compress: CompressConfig = field(default_factory=CompressConfig)
     ondevice: OnDeviceConfig = field(default_factory=OnDeviceConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
 
 def _check_values(cfg: RunConfig) -> list[str]:
@@ -296,6 +315,79 @@ def _check_values(cfg: RunConfig) -> list[str]:
          f"`ondevice.clients` > 0 supports data.source instructions, jsonl or csv, got {d.source!r}")
     need(not od.onnx_path or od.onnx_path.endswith(".onnx"),
          f"`ondevice.onnx_path` must name a .onnx file, got {od.onnx_path!r}")
+    errors += _check_privacy(cfg)
+    return errors
+
+
+SECAGG_ALGORITHMS = ("fedkseed", "fedkseed-pro", *LORA_ALGORITHMS)  # what fedtune.privacy lays out as vectors
+SECAGG_MODULUS = 2**32  # Flower's SecAgg+ modulus_range: masked sums wrap at it
+
+
+def _check_privacy(cfg: RunConfig) -> list[str]:
+    """The [privacy] section's illegal values and combinations, one line each."""
+    errors: list[str] = []
+    p, f = cfg.privacy, cfg.federation
+    if not math.isfinite(p.scalar_clip) or p.scalar_clip <= 0:
+        errors.append(f"`privacy.scalar_clip` must be > 0, got {p.scalar_clip}")
+    if not (p.clipping_range == 0 or math.isfinite(p.clipping_range) and p.clipping_range >= p.scalar_clip):
+        errors.append(
+            f"`privacy.clipping_range` ({p.clipping_range}) is smaller than `privacy.scalar_clip` "
+            f"({p.scalar_clip}): SecAgg+ would clip the clients' scalars a second time; raise it or "
+            "leave it 0 (= scalar_clip)")
+    if p.quantization_range != 0 and not 2 <= p.quantization_range <= 2**30:
+        errors.append(f"`privacy.quantization_range` must be 0 (auto) or in [2, 2**30], got {p.quantization_range}")
+    if p.quantization_range and f.clients_per_round * p.quantization_range >= SECAGG_MODULUS:
+        errors.append(
+            f"`privacy.quantization_range` ({p.quantization_range}) x clients_per_round "
+            f"({f.clients_per_round}) reaches SecAgg+'s modulus 2**32: the masked sum would overflow; "
+            f"use at most {SECAGG_MODULUS // (f.clients_per_round + 1)} or 0 (auto)")
+    if not (p.max_weight == 0 or math.isfinite(p.max_weight) and p.max_weight > 0):
+        errors.append(f"`privacy.max_weight` must be > 0 or 0 (auto), got {p.max_weight}")
+    if p.num_shares != 0 and not 3 <= p.num_shares <= f.clients_per_round:
+        errors.append(
+            f"`privacy.num_shares` must be 0 (every sampled client) or in [3, clients_per_round="
+            f"{f.clients_per_round}], got {p.num_shares}")
+    shares = p.num_shares or f.clients_per_round
+    if p.reconstruction_threshold != 0 and not 2 <= p.reconstruction_threshold <= shares:
+        errors.append(
+            f"`privacy.reconstruction_threshold` ({p.reconstruction_threshold}) must be 0 (a majority) or "
+            f"in [2, {shares}]: above the {shares} shares each client's secret is split into "
+            "(num_shares, else clients_per_round) no round could ever be unmasked")
+    if p.num_shares and p.reconstruction_threshold >= p.num_shares:
+        errors.append(
+            f"`privacy.reconstruction_threshold` ({p.reconstruction_threshold}) must be below "
+            f"`privacy.num_shares` ({p.num_shares}) (Flower's SecAgg+ requires it)")
+    if not (math.isfinite(p.dp_clip) and p.dp_clip > 0):
+        errors.append(f"`privacy.dp_clip` must be > 0, got {p.dp_clip}")
+    if not (math.isfinite(p.noise_multiplier) and p.noise_multiplier >= 0):
+        errors.append(f"`privacy.noise_multiplier` must be >= 0, got {p.noise_multiplier}")
+    if not 0 < p.dp_delta < 1:
+        errors.append(f"`privacy.dp_delta` must be in (0, 1), got {p.dp_delta}")
+    if p.dp != "none" and not p.secagg:
+        errors.append(f"`privacy.dp` = {p.dp!r} needs `privacy.secagg = true` (DP noise is added to the dense "
+                      "vectors SecAgg+ sums; the clear-text path sends sparse updates)")
+    if p.dp != "none" and cfg.algorithm.name == "lorafair":
+        errors.append("`privacy.dp` with 'lorafair' is not supported: its second secure sum (the projections) "
+                      "is a second release the accountant does not count yet")
+    if p.dp != "none" and cfg.algorithm.weighting != "uniform":
+        errors.append(f"`privacy.dp` = {p.dp!r} needs `algorithm.weighting = \"uniform\"`: with weights by "
+                      "examples one client's share of the mean, and so the noise it needs, is unbounded")
+    if p.secagg:
+        a = cfg.algorithm
+        if a.name not in SECAGG_ALGORITHMS:
+            errors.append(
+                f"`privacy.secagg` supports algorithm.name {', '.join(SECAGG_ALGORITHMS)}, got {a.name!r} "
+                "(MeZO's raw 64-bit seeds have no dense vector to sum)")
+        if f.clients_per_round < 3:
+            errors.append(f"`privacy.secagg` needs clients_per_round >= 3 (SecAgg+ shares), got {f.clients_per_round}")
+        if cfg.ondevice.clients:
+            errors.append("`privacy.secagg` does not support ONNX device clients (`ondevice.clients` > 0) yet")
+        if a.name == "lorafair" and not cfg.lora.two_phase:
+            errors.append("`privacy.secagg` with algorithm.name = 'lorafair' needs `lora.two_phase = true` (its "
+                          "correction from sums only); the one-phase solve needs each client's factors")
+        if cfg.compress.method != "none":
+            errors.append(f"`privacy.secagg` sums dense vectors: `compress.method` must be 'none', got "
+                          f"{cfg.compress.method!r} (clients' sparse positions differ)")
     return errors
 
 

@@ -105,6 +105,7 @@ NUM_EXAMPLES = "num-examples"  # int, size of the client's partition (the aggreg
 TRAIN_LOSS = "train-loss"  # float, mean loss over the client's local steps
 SKIPPED_STEPS = "skipped-steps"  # int, local steps skipped for a non-finite loss
 REPLAY_RATE = "replay-elements-per-s"  # float, the client's measured replay speed (0: none measured)
+CLIPPED = "clipped-scalars"  # int (SecAgg+ replies): entries of the client's dense vector the scalar clip changed
 
 _F32, _F16 = np.dtype("<f4"), np.dtype("<f2")
 _F32_MAX = float(np.finfo(np.float32).max)

@@ -217,6 +217,10 @@ class FederatedLora(RoundLoop):
 
     def run_round(self, grid: Grid, server_round: int) -> dict[str, Any]:
         """One full round: sample, send the global adapter, collect, aggregate, apply."""
+        if self.cfg.privacy.secagg:  # the same rules from sums only, through Flower's SecAgg+
+            from server.secagg import run_secure_lora_round
+
+            return run_secure_lora_round(self, grid, server_round)
         self._stats = stats = LoraRoundStats()
         messages = list(self.configure_train(server_round, ArrayRecord(), ConfigRecord(), grid))
         stats.sampled = len(messages)

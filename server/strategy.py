@@ -305,6 +305,10 @@ class FedKSeed(RoundLoop):
 
     def run_round(self, grid: Grid, server_round: int) -> dict[str, Any]:
         """One full round: sample, send, catch up whoever fell behind, aggregate, apply."""
+        if self.cfg.privacy.secagg:  # the same round, its update summed by Flower's SecAgg+
+            from server.secagg import run_secure_seed_round
+
+            return run_secure_seed_round(self, grid, server_round)
         self._stats = stats = SeedRoundStats()
         timeout = self.cfg.federation.round_timeout_s
         messages = list(self.configure_train(server_round, ArrayRecord(), ConfigRecord(), grid))

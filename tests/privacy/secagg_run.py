@@ -1,0 +1,144 @@
+"""A real `fedtune` SecAgg+ simulation, instrumented on both sides (tests/privacy/test_secagg_simulation.py).
+
+    python tests/privacy/secagg_run.py CONFIG OUT_DIR
+
+The real ServerApp and ClientApp in Flower's simulation engine, with two additions:
+
+- each client, after fedtune's train handler answered and before ``secaggplus_mod`` masks
+  the reply, saves its clear dense vector and weight to OUT_DIR/clear-r<round>-p<partition>.npz:
+  the reference the test sums in clear;
+- the ServerApp's grid records everything the server receives; the masked vectors of
+  stage 2 go to OUT_DIR/masked-r<round>-<n>.npy, and any reply that carries a step list
+  (an update in clear) is counted in OUT_DIR/server.json.
+
+From round 2 on, three clients misbehave: partition 0 raises when asked for its masked
+vector (it drops out in stage 2), partition 1 truncates its masked vector (the server must
+drop it), partition 2 fails in the unmask stage (after its masked vector was summed).
+"""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, os.getcwd())
+
+import numpy as np
+from flwr.app import ConfigRecord
+from flwr.clientapp import ClientApp
+from flwr.common import bytes_to_ndarray, ndarray_to_bytes
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
+from flwr.serverapp import ServerApp
+from flwr.simulation import run_simulation
+
+from fedtune import wire
+from fedtune.config import load_config
+from fedtune.runs import ENV_CONFIG, ENV_RESUME, ENV_RUN_DIR, configure_logging, create_run_dir
+
+config_path, out = sys.argv[1], Path(sys.argv[2])
+cfg = load_config(config_path)
+run_dir = create_run_dir(cfg)
+os.environ.update({ENV_CONFIG: str(run_dir / "config.toml"), ENV_RUN_DIR: str(run_dir), ENV_RESUME: "0"})
+configure_logging()
+
+import client.app as real_client
+import server.app as real_server
+from client.secagg import secagg_when_asked
+from client.zo_protocol import partition_of
+
+MISBEHAVE_FROM = 2
+NODE_PARTITION = "test.partition"
+
+
+def _stage(msg):
+    return msg.content.config_records[RECORD_KEY_CONFIGS][Key.STAGE]
+
+
+def misbehave(msg, context, call_next):
+    """Outside secaggplus_mod: sees the protocol's messages and the masked replies."""
+    if not msg.has_content() or RECORD_KEY_CONFIGS not in msg.content.config_records:
+        return call_next(msg, context)
+    stage = _stage(msg)
+    if stage == Stage.COLLECT_MASKED_VECTORS:
+        config = msg.content[wire.CONFIG]
+        partition, round_ = partition_of(msg, context)[0], int(config[wire.ROUND])
+        context.state[NODE_PARTITION] = ConfigRecord({"partition": partition, "round": round_})
+        if round_ >= MISBEHAVE_FROM and partition == 0:
+            raise RuntimeError("injected drop-out before the masked vector")
+        reply = call_next(msg, context)
+        if round_ >= MISBEHAVE_FROM and partition == 1:
+            configs = reply.content.config_records[RECORD_KEY_CONFIGS]
+            masked = [bytes_to_ndarray(b) for b in configs[Key.MASKED_PARAMETERS]]
+            configs[Key.MASKED_PARAMETERS] = [ndarray_to_bytes(masked[0]), ndarray_to_bytes(masked[1][:-1])]
+        return reply
+    if stage == Stage.UNMASK and NODE_PARTITION in context.state:
+        mine = context.state[NODE_PARTITION]
+        if int(mine["round"]) >= MISBEHAVE_FROM and int(mine["partition"]) == 2:
+            raise RuntimeError("injected drop-out in the unmask stage")
+    return call_next(msg, context)
+
+
+client = ClientApp(mods=[misbehave, secagg_when_asked])
+
+
+@client.query()
+def query(msg, context):
+    return real_client.query(msg, context)
+
+
+@client.train()
+def train(msg, context):
+    reply = real_client.train(msg, context)
+    if msg.has_content() and RECORD_KEY_CONFIGS in msg.content.config_records:
+        from flwr.common import parameters_to_ndarrays
+        from flwr.compat.common.recorddict_compat import recorddict_to_fitres
+
+        fitres = recorddict_to_fitres(reply.content, keep_input=True)
+        partition, round_ = partition_of(msg, context)[0], int(msg.content[wire.CONFIG][wire.ROUND])
+        np.savez(out / f"clear-r{round_}-p{partition}.npz", vector=parameters_to_ndarrays(fitres.parameters)[0],
+                 weight=fitres.num_examples)
+    return reply
+
+
+class RecordingGrid:
+    """The grid the ServerApp gets: forwards everything, keeps what the server receives."""
+
+    def __init__(self, grid):
+        self._grid, self.masked, self.clear_steps, self.replies = grid, 0, 0, 0
+
+    def __getattr__(self, name):
+        return getattr(self._grid, name)
+
+    def send_and_receive(self, messages, *, timeout=None):
+        messages = list(messages)
+        replies = list(self._grid.send_and_receive(messages, timeout=timeout))
+        for reply in replies:
+            if reply.has_error():
+                continue
+            self.replies += 1
+            state = reply.content.get(wire.STATE)
+            if state is not None and wire.STEP_LIST in state:
+                self.clear_steps += 1
+            configs = reply.content.config_records.get(RECORD_KEY_CONFIGS)
+            if configs is not None and Key.MASKED_PARAMETERS in configs:
+                round_ = int(messages[0].metadata.group_id)
+                vector = bytes_to_ndarray(configs[Key.MASKED_PARAMETERS][1])
+                np.save(out / f"masked-r{round_}-{self.masked}.npy", vector)
+                self.masked += 1
+        return replies
+
+
+server = ServerApp()
+
+
+@server.main()
+def main(grid, context):
+    recording = RecordingGrid(grid)
+    real_server.main(recording, context)
+    (out / "server.json").write_text(json.dumps(
+        {"replies": recording.replies, "masked": recording.masked, "clear_steps": recording.clear_steps,
+         "run_dir": str(run_dir)}))
+
+
+run_simulation(server, client, num_supernodes=cfg.federation.num_clients,
+               backend_config={"client_resources": {"num_cpus": 1}})
