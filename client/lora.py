@@ -59,8 +59,13 @@ def train_lora(cfg: RunConfig, msg: Message, context: Context, run_dir: Path | N
     global_state = unpack(msg.content[wire.ADAPTER], client.uplink_shapes, "the server's adapter")
     partition_id, num_partitions = partition_of(msg, context)
     report = client.train(server_round, partition_id, num_partitions, global_state)
+    metrics = MetricRecord({
+        wire.NUM_EXAMPLES: report.num_examples,
+        wire.TRAIN_LOSS: report.train_loss,
+        wire.SKIPPED_STEPS: report.skipped_steps,
+    })
     if is_secure(msg):  # SecAgg+ (privacy.secagg): the update as one vector for secaggplus_mod to mask
-        return _secure_update(cfg, msg, context, server_round, report, global_state)
+        return _secure_update(cfg, msg, context, server_round, report, global_state, metrics)
     lent = wire.PARTITION in config and run_dir is not None  # this node plays another client next round
     if lent:
         residual = PartitionState(run_dir).load(partition_id, RESIDUAL_FILE)
@@ -76,19 +81,7 @@ def train_lora(cfg: RunConfig, msg: Message, context: Context, run_dir: Path | N
     if cfg.lora.two_phase:  # keep the factors as the server will rebuild them
         context.state[wire.PENDING] = pack(apply_update(global_state, sent))
         context.state[wire.PENDING_ROUND] = ConfigRecord({wire.ROUND: server_round})
-    reply = RecordDict(
-        {
-            wire.ADAPTER: pack_compressed(sent),
-            wire.METRICS: MetricRecord(
-                {
-                    wire.NUM_EXAMPLES: report.num_examples,
-                    wire.TRAIN_LOSS: report.train_loss,
-                    wire.SKIPPED_STEPS: report.skipped_steps,
-                }
-            ),
-        }
-    )
-    return Message(reply, reply_to=msg)
+    return Message(RecordDict({wire.ADAPTER: pack_compressed(sent), wire.METRICS: metrics}), reply_to=msg)
 
 
 def _phase_two(client: LoraClient, msg: Message, context: Context, server_round: int) -> Message:
@@ -112,18 +105,14 @@ def _phase_two(client: LoraClient, msg: Message, context: Context, server_round:
 
 
 def _secure_update(cfg: RunConfig, msg: Message, context: Context, server_round: int, report: LoraReport,
-                   global_state: dict[str, Any]) -> Message:
+                   global_state: dict[str, Any], metrics: MetricRecord) -> Message:
     update = {n: report.state[n] - global_state[n] for n in global_state}
     vector, _ = flatten(update, math.inf)  # secure_reply clips (and adds DP noise)
     if cfg.lora.two_phase:  # the factors phase 2 projects: its own, as trained
         context.state[wire.PENDING] = pack(report.state)
         context.state[wire.PENDING_ROUND] = ConfigRecord({wire.ROUND: server_round,
                                                           wire.NUM_EXAMPLES: report.num_examples})
-    return secure_reply(msg, cfg, vector, report.num_examples, {wire.METRICS: MetricRecord({
-        wire.NUM_EXAMPLES: report.num_examples,
-        wire.TRAIN_LOSS: report.train_loss,
-        wire.SKIPPED_STEPS: report.skipped_steps,
-    })})
+    return secure_reply(msg, cfg, vector, report.num_examples, {wire.METRICS: metrics})
 
 
 def _arrays(record: ArrayRecord) -> dict[str, np.ndarray]:

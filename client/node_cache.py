@@ -77,7 +77,7 @@ def store(path: Path | None, client: Any) -> None:
     state = client.synced_round
     if path is None or state == 0:
         return
-    cached = _cached_round(path, client.key) if path.is_file() else None
+    cached = _cached_round(path, client.key)
     if cached is not None and cached >= state:
         return
     try:

@@ -74,16 +74,11 @@ def secure_reply(
     return Message(content, reply_to=msg)
 
 
-def secure_seed_reply(msg: Message, cfg: RunConfig, report: Any) -> Message:
-    """A FedKSeed report as the dense per-seed vector, plus fedtune's clear state and metrics."""
+def secure_seed_reply(msg: Message, cfg: RunConfig, report: Any, metrics: MetricRecord) -> Message:
+    """A FedKSeed report as the dense per-seed vector, plus fedtune's clear state and ``metrics``."""
     vector, _ = dense_seed_vector(report.keys, report.scalars, cfg.algorithm.num_candidates, math.inf)
     return secure_reply(msg, cfg, vector, report.num_examples, {
         # not the step list: that would be the update in clear
         wire.STATE: ConfigRecord({wire.ROUND: report.state_round, wire.DIGEST: report.digest}),
-        wire.METRICS: MetricRecord({
-            wire.NUM_EXAMPLES: report.num_examples,
-            wire.TRAIN_LOSS: report.train_loss,
-            wire.SKIPPED_STEPS: report.skipped_steps,
-            wire.REPLAY_RATE: report.replay_rate,
-        }),
+        wire.METRICS: metrics,
     })

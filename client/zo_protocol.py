@@ -75,8 +75,14 @@ def answer_train(msg: Message, context: Context, cfg: RunConfig, client: Any) ->
     partition_id, num_partitions = partition_of(msg, context)
     report = client.train(server_round, partition_id, num_partitions, probabilities)
     store(cache, client)
+    metrics = MetricRecord({
+        wire.NUM_EXAMPLES: report.num_examples,
+        wire.TRAIN_LOSS: report.train_loss,
+        wire.SKIPPED_STEPS: report.skipped_steps,
+        wire.REPLAY_RATE: report.replay_rate,
+    })
     if is_secure(msg):  # the stage of a SecAgg+ round that trains: secaggplus_mod masks the reply
-        return secure_seed_reply(msg, cfg, report)
+        return secure_seed_reply(msg, cfg, report, metrics)
     reply = RecordDict(
         {
             wire.STATE: ConfigRecord({
@@ -84,14 +90,7 @@ def answer_train(msg: Message, context: Context, cfg: RunConfig, client: Any) ->
                 wire.DIGEST: report.digest,
                 wire.STEP_LIST: wire.encode_steps(report.keys, report.scalars, client.universe),
             }),
-            wire.METRICS: MetricRecord(
-                {
-                    wire.NUM_EXAMPLES: report.num_examples,
-                    wire.TRAIN_LOSS: report.train_loss,
-                    wire.SKIPPED_STEPS: report.skipped_steps,
-                    wire.REPLAY_RATE: report.replay_rate,
-                }
-            ),
+            wire.METRICS: metrics,
         }
     )
     return Message(reply, reply_to=msg)
