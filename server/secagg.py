@@ -250,12 +250,8 @@ def run_secure_seed_round(strategy: Any, grid: Grid, server_round: int) -> dict[
     stats.replies = len(weights)
     stats.failed = stats.sampled - stats.replies - stats.rejected
     settings = SecAggSettings.from_config(cfg, len(node_ids))
-    if mean is None or len(weights) < cfg.federation.min_replies:
-        log.warning("round %d: SecAgg+ produced no sum (%d usable replies, min_replies=%d): the global "
-                    "model stays as it is", server_round, len(weights), cfg.federation.min_replies)
-    else:
-        if cfg.privacy.dp == "central":
-            mean = add_central_noise(mean, cfg, len(weights))
+    mean = _usable_mean(cfg, server_round, mean, weights, "model")
+    if mean is not None:
         sums = seed_sums_from_mean(mean, weights, settings)
         keys = np.flatnonzero(sums.astype(np.float32)).astype(np.uint64)
         update = SeedUpdate(server_round, keys, strategy.seed_of_key(keys),
@@ -263,6 +259,20 @@ def run_secure_seed_round(strategy: Any, grid: Grid, server_round: int) -> dict[
     strategy.apply(update)
     stats.distinct_seeds = len(update.keys)
     return {**stats.as_metrics(), **_secagg_metrics(cfg, server_round, weights, settings, clipped)}
+
+
+def _usable_mean(
+    cfg: Any, server_round: int, mean: np.ndarray | None, weights: list[float], what: str
+) -> np.ndarray | None:
+    """The round's mean to apply (with the server's noise under central DP), or None (logged)
+    if SecAgg+ produced none or fewer than ``min_replies`` clients are in it."""
+    if mean is None or len(weights) < cfg.federation.min_replies:
+        log.warning("round %d: SecAgg+ produced no sum (%d usable replies, min_replies=%d): the global "
+                    "%s stays as it is", server_round, len(weights), cfg.federation.min_replies, what)
+        return None
+    if cfg.privacy.dp == "central":
+        return add_central_noise(mean, cfg, len(weights))
+    return mean
 
 
 def _secagg_metrics(
@@ -319,12 +329,9 @@ def run_secure_lora_round(strategy: Any, grid: Grid, server_round: int) -> dict[
     stats.replies = len(weights)
     stats.failed = stats.sampled - stats.replies - stats.rejected
     settings = SecAggSettings.from_config(cfg, len(messages))
-    if mean is None or len(weights) < cfg.federation.min_replies:
-        log.warning("round %d: SecAgg+ produced no sum (%d usable replies, min_replies=%d): the global "
-                    "adapter stays as it is", server_round, len(weights), cfg.federation.min_replies)
+    mean = _usable_mean(cfg, server_round, mean, weights, "adapter")
+    if mean is None:
         return {**stats.as_metrics(), **_secagg_metrics(cfg, server_round, weights, settings, clipped)}
-    if cfg.privacy.dp == "central":
-        mean = add_central_noise(mean, cfg, len(weights))
     delta = unflatten(mean, shapes)
     means = {n: (strategy.state[n].double() + torch.from_numpy(delta[n])).float() for n in shapes}
     state = {n: means.get(n, strategy.state[n]) for n in strategy.state}
