@@ -228,14 +228,16 @@ class LoopbackFederation:
             self.wait_connected(i, connect_timeout)
         return self
 
-    def start_node(self, i: int, device: str = "cpu") -> subprocess.Popen[bytes]:
-        """Start SuperNode ``i`` (its key ``keys/silo-i``, partition ``i``)."""
+    def start_node(self, i: int, device: str = "cpu", clientapp_start: str = "warm") -> subprocess.Popen[bytes]:
+        """Start SuperNode ``i`` (its key ``keys/silo-i``, partition ``i``); ``clientapp_start``
+        as ``deploy.supernode --clientapp-start``."""
         self._log_offsets[i] = _log_size(self.log(f"node-{i}"))  # a restarted node appends to its log
         self.nodes[i] = self._spawn(f"node-{i}", [
             "deploy.supernode", "--superlink", self.node_address, "--ca", str(self.certs / CA_CERT),
             "--key", str(self.keys[i]), "--partition-id", str(i % self.num_nodes),
             "--num-partitions", str(self.num_nodes), "--device", device,
             "--runtime-port", str(self.runtime_ports[i]), "--flwr-home", str(self.workdir / f"flwr-home-node-{i}"),
+            "--clientapp-start", clientapp_start,
             *(["--threads", str(self.threads)] if self.threads else []),
         ])
         return self.nodes[i]

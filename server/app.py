@@ -18,6 +18,7 @@ from fedtune.onnx import onnx_path_for
 from fedtune.runs import RunWriter, config_from_run_config, configure_logging, create_run_dir, resuming
 from fedtune.workload import save_model
 from server.lora_strategy import FederatedLora
+from server.polling import prompt
 from server.strategy import FedKSeed
 
 APP_DIR = Path(__file__).resolve().parents[1]
@@ -30,6 +31,7 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     configure_logging()
+    grid = prompt(grid)  # deployed: replies seen within 0.5 s, not Flower's 3 s (server/polling.py)
     cfg, run_dir = config_from_run_config(context.run_config, APP_DIR)
     # `fedtune run` opened the run directory and runs Flower's simulation engine: virtual
     # nodes can play any partition, so the server assigns them instead of asking each node

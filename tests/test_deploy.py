@@ -312,7 +312,10 @@ def test_fedkseed_survives_a_killed_supernode_and_a_restarted_one_catches_up(fed
         federation.kill_node(2)  # SIGKILL, mid-run: no goodbye to the SuperLink; its node state is gone
         shutil.rmtree(_cache_dir(federation, 2))  # ... and its disk: it restarts on a new machine
         _wait_for_round(metrics, 3, timeout=240)
-        federation.start_node(2)  # same key, so the same node ID
+        # Same key, so the same node ID; this time with Flower's own SuperExec (a new process
+        # per message), so the run mixes warm-started and cold-started ClientApps.
+        restarted_at = federation.log("node-2").stat().st_size
+        federation.start_node(2, clientapp_start="cold")
         federation.wait_connected(2, timeout=120)
         run.wait(timeout=400)
     finally:
@@ -334,6 +337,12 @@ def test_fedkseed_survives_a_killed_supernode_and_a_restarted_one_catches_up(fed
     assert all(r["sync_mismatches"] == 0 for r in records[1:])  # every party bit-identical
     # Each node's last ClientApp process left the weights it trained from (state rounds - 1)
     # on the node's disk for the next one (client/node_cache.py).
+    # Nodes 0 and 1 forked every ClientApp from their warm SuperExec (deploy/superexec.py), one
+    # per message; node 2, restarted cold, started none that way.
+    for i in range(2):
+        forked = federation.log(f"node-{i}").read_text().count("ClientApp forked as process")
+        assert forked >= rounds + 1, f"node {i}: {forked} forked ClientApps"  # the query and every round
+    assert "ClientApp forked" not in federation.log("node-2").read_bytes()[restarted_at:].decode(errors="replace")
     key = run_key(load_config(config))
     for i in range(3):
         with safe_open(str(_cache_dir(federation, i) / f"{key}.safetensors"), "np") as f:
@@ -365,7 +374,7 @@ def test_deploy_scripts_are_where_the_docs_say(tmp_path):
     doc = (REPO / "docs" / "deployment.md").read_text()
     modules = sorted(p.stem for p in (REPO / "deploy").glob("*.py") if p.stem != "__init__")
 
-    assert modules == ["checks", "federation", "loopback", "pki", "superlink", "supernode"]
-    for module in ("pki", "superlink", "supernode", "federation", "loopback"):
+    assert modules == ["checks", "federation", "loopback", "pki", "superexec", "superlink", "supernode"]
+    for module in ("pki", "superlink", "supernode", "superexec", "federation", "loopback"):
         assert f"python -m deploy.{module}" in doc, module
     assert Path(REPO / "README.md").read_text().count("docs/deployment.md") >= 1
