@@ -15,7 +15,10 @@ TCP proxy. Prints ``name=value`` lines, the headline last:
   an idle SuperNode pulls every 3 s and the ServerApp pulls replies every 3 s, so a message
   waits 1.5 s + 1.5 s on average (0 to 6 s).
 - ``clientapp_cold_start_s``: a fresh process importing the ClientApp and building the model
-  and data, as Flower 1.41 does for every message (subprocess isolation), measured alone.
+  and data, as Flower 1.41 does for every message (``--clientapp-start cold``), measured
+  alone, one thread. ``clientapp_warm_start_s``: the same in a child forked from a process
+  that ran ``deploy.superexec``'s preload (``--clientapp-start warm``, the default), timed
+  from the fork.
 - ``deploy_slowest_node_busy_s``: per steady round, the slowest SuperNode's time from
   receiving its train message to sending the reply (its log's timestamps): process start
   plus local training. ``deploy_waiting_s`` is the rest of the deployed round (polls,
@@ -78,14 +81,31 @@ every = {rounds}
 batch_size = 32
 """
 
-COLD_START = """
-import sys, time
-t = time.perf_counter()
+# What a ClientApp process does before its first step: import the app, build the client
+# (model, data). Cold: in a new process. Warm: in a child forked from a parent that ran
+# deploy.superexec's preload, timed from the fork (the child imports the app itself).
+START = """
+import os, sys, time
+if sys.argv[3] == "warm":
+    from deploy.superexec import DEFAULT_PRELOAD, preload
+    preload(DEFAULT_PRELOAD)
+    read, write = os.pipe()
+    t = time.perf_counter()
+    if os.fork():
+        os.close(write)
+        print(os.read(read, 100).decode())
+        os.wait()
+        sys.exit(0)
+else:
+    t = time.perf_counter()
 import client.app  # what flwr-clientapp loads
 from fedtune.config import load_config
 from fedtune.zo.client import client_for
 client = client_for(load_config(sys.argv[1]))
 client._data(0, int(sys.argv[2]))
+if sys.argv[3] == "warm":
+    os.write(write, str(time.perf_counter() - t).encode())
+    os._exit(0)
 print(time.perf_counter() - t)
 """
 
@@ -124,7 +144,7 @@ def _busy_s(log: Path) -> list[float]:
 
 
 def _deploy(
-    config: Path, metrics: Path, workdir: Path, nodes: int, timeout: float, idle_s: float
+    config: Path, metrics: Path, workdir: Path, nodes: int, timeout: float, idle_s: float, clientapp_start: str
 ) -> tuple[dict[int, tuple[float, int, int]], float, LoopbackFederation]:
     """Run deployed; return ({round: (time seen, proxy bytes up, proxy bytes down)} at each
     round's end, idle channel bytes per node per second, the stopped federation)."""
@@ -132,7 +152,7 @@ def _deploy(
     # Ray gives each simulated client one CPU (one thread); the SuperNodes share this machine
     # too, so each ClientApp gets its share of the cores, not all of them.
     threads = max(1, (os.cpu_count() or 1) // nodes)
-    with LoopbackFederation(workdir, nodes, proxy=True, threads=threads) as federation:
+    with LoopbackFederation(workdir, nodes, proxy=True, threads=threads, clientapp_start=clientapp_start) as federation:
         assert federation.proxy is not None
         up0, down0 = federation.proxy.snapshot()  # connected and idle: polls and heartbeats only
         time.sleep(idle_s)
@@ -164,6 +184,8 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, help="keep everything here (default: a temporary directory)")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds for the deployed run")
     parser.add_argument("--idle-s", type=float, default=15.0, help="seconds of idle channel to measure")
+    parser.add_argument("--clientapp-start", choices=("warm", "cold"), default="warm",
+                        help="the SuperNodes' ClientApp start (deploy.supernode --clientapp-start; default warm)")
     args = parser.parse_args()
 
     import flwr
@@ -185,11 +207,14 @@ def main() -> None:
         ))
     print(f"# bench/deploy.py: cpu float32, model {args.model}, {args.nodes} clients x {args.local_steps} steps x "
           f"batch {args.batch_size} x {args.max_length} tokens, FedKSeed K=1024, {args.rounds} rounds, seed 0; "
-          f"{os.cpu_count()} cores; torch {torch.__version__}, flwr {flwr.__version__}; workdir {workdir}", flush=True)
+          f"{os.cpu_count()} cores; torch {torch.__version__}, flwr {flwr.__version__}; "
+          f"ClientApps {args.clientapp_start}; workdir {workdir}", flush=True)
 
-    cold = subprocess.run([sys.executable, "-c", COLD_START, str(configs["sim"]), str(args.nodes)], cwd=REPO,
-                          env=env, capture_output=True, text=True, check=True)
-    cold_start_s = float(cold.stdout.strip().splitlines()[-1])
+    start_s = {}
+    for kind in ("cold", "warm"):
+        run = subprocess.run([sys.executable, "-c", START, str(configs["sim"]), str(args.nodes), kind], cwd=REPO,
+                             env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, check=True)
+        start_s[kind] = float(run.stdout.strip().splitlines()[-1])
 
     _simulate(configs["sim"], env)
     sim = _steady(_records(workdir / "runs" / "sim" / "metrics.jsonl"), args.rounds)
@@ -201,7 +226,7 @@ def main() -> None:
 
     metrics = workdir / "runs" / "deploy" / "metrics.jsonl"
     marks, idle_rate, federation = _deploy(
-        configs["deploy"], metrics, workdir / "federation", args.nodes, args.timeout, args.idle_s
+        configs["deploy"], metrics, workdir / "federation", args.nodes, args.timeout, args.idle_s, args.clientapp_start
     )
     records = _records(metrics)
     dep = _steady(records, args.rounds)
@@ -226,7 +251,8 @@ def main() -> None:
     print(f"gap_s={gap:.2f}")
     print(f"polling_s_expected={polling:.2f}")
     print(f"polling_share_of_gap={polling / gap:.2f}" if gap > 0 else "polling_share_of_gap=n/a")
-    print(f"clientapp_cold_start_s={cold_start_s:.2f}")
+    print(f"clientapp_cold_start_s={start_s['cold']:.2f}")
+    print(f"clientapp_warm_start_s={start_s['warm']:.2f}")
     print(f"deploy_slowest_node_busy_s={busy:.2f}")
     print(f"deploy_waiting_s={deploy_round_s - busy:.2f}")
     print(f"waiting_share_of_gap={(deploy_round_s - busy) / gap:.2f}" if gap > 0 else "waiting_share_of_gap=n/a")

@@ -154,10 +154,12 @@ class LoopbackFederation:
         unregistered: extra keys that are made but not registered (for refusal tests).
         proxy: route the SuperNodes through a :class:`CountingProxy`.
         threads: CPU threads per ClientApp (the SuperNodes share this machine's cores).
+        clientapp_start: ``"warm"`` or ``"cold"``, as ``deploy.supernode --clientapp-start``.
     """
 
     def __init__(
-        self, workdir: Path, num_nodes: int, *, unregistered: int = 0, proxy: bool = False, threads: int | None = None
+        self, workdir: Path, num_nodes: int, *, unregistered: int = 0, proxy: bool = False, threads: int | None = None,
+        clientapp_start: str = "warm",
     ) -> None:
         self.workdir = Path(workdir)
         self.num_nodes = num_nodes
@@ -177,6 +179,7 @@ class LoopbackFederation:
         self._log_offsets: dict[int, int] = {}
         self._want_proxy = proxy
         self.threads = threads
+        self.clientapp_start = clientapp_start
 
     @property
     def address(self) -> str:
@@ -228,16 +231,16 @@ class LoopbackFederation:
             self.wait_connected(i, connect_timeout)
         return self
 
-    def start_node(self, i: int, device: str = "cpu", clientapp_start: str = "warm") -> subprocess.Popen[bytes]:
+    def start_node(self, i: int, device: str = "cpu", clientapp_start: str | None = None) -> subprocess.Popen[bytes]:
         """Start SuperNode ``i`` (its key ``keys/silo-i``, partition ``i``); ``clientapp_start``
-        as ``deploy.supernode --clientapp-start``."""
+        overrides the federation's for this node."""
         self._log_offsets[i] = _log_size(self.log(f"node-{i}"))  # a restarted node appends to its log
         self.nodes[i] = self._spawn(f"node-{i}", [
             "deploy.supernode", "--superlink", self.node_address, "--ca", str(self.certs / CA_CERT),
             "--key", str(self.keys[i]), "--partition-id", str(i % self.num_nodes),
             "--num-partitions", str(self.num_nodes), "--device", device,
             "--runtime-port", str(self.runtime_ports[i]), "--flwr-home", str(self.workdir / f"flwr-home-node-{i}"),
-            "--clientapp-start", clientapp_start,
+            "--clientapp-start", clientapp_start or self.clientapp_start,
             *(["--threads", str(self.threads)] if self.threads else []),
         ])
         return self.nodes[i]
