@@ -161,6 +161,9 @@ def progress_line(record: Mapping[str, Any], rounds: int) -> str:
         )
     if "replies" in record:
         parts.append(f"{record['replies']}/{record['sampled']} replied,")
+    if "dp_epsilon" in record:  # privacy.dp: the budget spent so far
+        eps = record["dp_epsilon"]
+        parts.append(f"epsilon {eps:.3g} at delta {record['dp_delta']:g}," if eps is not None else "epsilon inf,")
     timing = f"{record['round_s']:.1f} s (total {format_duration(record['elapsed_s'])}"
     if record.get("eta_s"):
         timing += f", ETA {format_duration(record['eta_s'])}"
