@@ -40,8 +40,10 @@ import logging
 import math
 import os
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from fedtune.config import RunConfig
 from fedtune.runs import atomic_write
@@ -99,14 +101,11 @@ class PrivacyLedger:
     """
 
     def __init__(self, cfg: RunConfig, path: Path | None = None) -> None:
-        from dp_accounting import rdp
-        from dp_accounting.privacy_accountant import NeighboringRelation
-
         if cfg.privacy.dp == "none":
             raise ValueError("`privacy.dp` is 'none': there is no privacy budget to account")
         self.mode, self.delta, self.path = cfg.privacy.dp, cfg.privacy.dp_delta, path
         self.releases: list[Release] = []
-        self._sampled_rounds = rdp.RdpAccountant(list(RDP_ORDERS), NeighboringRelation.REPLACE_ONE)
+        self._sampled_rounds = _accountant()
         self._per_client: defaultdict[int, list[float]] = defaultdict(list)  # partition id -> its multipliers
         if path is not None and path.is_file():
             self._read_back(path)
@@ -144,18 +143,13 @@ class PrivacyLedger:
                 for client in clients:
                     self._per_client[client].append(multiplier)
             return
-        if 0 in release.noise_multipliers:
-            self._sampled_rounds.compose(dp_event.NonPrivateDpEvent())
-            return
-        sums = dp_event.ComposedDpEvent([dp_event.GaussianDpEvent(m / 2) for m in release.noise_multipliers])
-        self._sampled_rounds.compose(
-            dp_event.SampledWithoutReplacementDpEvent(release.population, release.sampled, sums))
+        sums = _gaussians(release.noise_multipliers)
+        if 0 not in release.noise_multipliers:  # (a sum without noise is no privacy, sampled or not)
+            sums = dp_event.SampledWithoutReplacementDpEvent(release.population, release.sampled, sums)
+        self._sampled_rounds.compose(sums)
 
     def epsilon(self) -> float:
         """Epsilon at ``privacy.dp_delta`` over every release so far (0 before the first)."""
-        from dp_accounting import dp_event, rdp
-        from dp_accounting.privacy_accountant import NeighboringRelation
-
         if self.mode == "central":
             return float(self._sampled_rounds.get_epsilon(self.delta))
         if not self._per_client:
@@ -163,11 +157,27 @@ class PrivacyLedger:
         # Gaussian RDP is alpha / (2 sigma^2): additive in sigma^-2, so the client with the
         # largest sum of (m / 2)^-2 has the largest RDP at every order, and so the largest epsilon.
         worst = max(self._per_client.values(), key=lambda ms: sum(math.inf if m == 0 else (m / 2) ** -2 for m in ms))
-        if 0 in worst:
-            return math.inf
-        accountant = rdp.RdpAccountant(list(RDP_ORDERS), NeighboringRelation.REPLACE_ONE)
-        accountant.compose(dp_event.ComposedDpEvent([dp_event.GaussianDpEvent(m / 2) for m in worst]))
+        accountant = _accountant()
+        accountant.compose(_gaussians(worst))
         return float(accountant.get_epsilon(self.delta))
+
+
+def _accountant() -> Any:
+    """dp-accounting's RDP accountant at :data:`RDP_ORDERS`, replace-one neighbours."""
+    from dp_accounting import rdp
+    from dp_accounting.privacy_accountant import NeighboringRelation
+
+    return rdp.RdpAccountant(list(RDP_ORDERS), NeighboringRelation.REPLACE_ONE)
+
+
+def _gaussians(multipliers: Sequence[float]) -> Any:
+    """Sums with noise std ``m C`` as one dp-accounting event: Gaussians of multiplier ``m / 2``
+    (replace-one sensitivity 2C), or no privacy at all if one sum had no noise."""
+    from dp_accounting import dp_event
+
+    if 0 in multipliers:
+        return dp_event.NonPrivateDpEvent()
+    return dp_event.ComposedDpEvent([dp_event.GaussianDpEvent(m / 2) for m in multipliers])
 
 
 def ledger_for(cfg: RunConfig, run_dir: Path | None) -> PrivacyLedger | None:

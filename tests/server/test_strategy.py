@@ -1,5 +1,7 @@
-"""The FedKSeed strategy's front door: bad replies are rejected and counted, never applied."""
+"""The FedKSeed strategy: bad replies are rejected and counted, never applied; DP rounds clip, noise and account."""
 
+
+import math
 
 import numpy as np
 import pytest
@@ -151,3 +153,20 @@ def test_only_central_dp_draws_its_sample_from_os_entropy(task_identity):
     # 2 of 4 clients: 6 possible samples; 20 equal secret draws would have probability 6**-19
     assert len(samples("local")) == 1  # seeded by (seed, round): anyone with the config knows it
     assert len(samples("central")) > 1  # amplification by sampling needs a sample nobody else knows
+
+
+def test_a_distributed_round_is_accounted_with_the_noise_shares_actually_summed(task_identity):
+    cfg = parse_config({"model": {"config": "micro-llama"}, "data": {"num_examples": 100, "eval_examples": 8},
+                        "federation": {"num_clients": 4, "clients_per_round": 4},
+                        "algorithm": {"num_candidates": 16, "weighting": "uniform"},
+                        "privacy": {"secagg": True, "dp": "distributed", "noise_multiplier": 2.0}})
+    server = FedKSeed(cfg)
+    server.population, server.partitions = 4, {21: 0, 22: 1, 23: 2, 24: 3}
+    stats = RoundStats(sampled=4)
+
+    server.account(1, stats, [[21, 23]])  # two of the four masked vectors made it into the sum
+
+    # 2 of 4 noise shares: std 2 C sqrt(2 / 4)
+    assert stats.privacy["dp_noise_multiplier"] == pytest.approx(2.0 * math.sqrt(0.5))
+    assert server.ledger.releases[0].clients == ((0, 2),)
+    assert stats.privacy["dp_epsilon"] == server.ledger.epsilon() > 0
