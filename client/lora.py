@@ -13,11 +13,11 @@ Flower keeps between messages, in simulation and deployment alike).
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from client.secagg import is_secure, secure_reply
@@ -28,7 +28,8 @@ from fedtune.lora.client import LoraClient, LoraReport, client_for
 from fedtune.lora.factors import is_factor_a
 from fedtune.lora.payload import apply_update, compress_update, pack, pack_compressed, unpack
 from fedtune.partition_state import PartitionState
-from fedtune.privacy import flatten
+from fedtune.privacy import unflatten, update_vector
+from fedtune.privacy.dp import clip_and_noise
 from fedtune.rng import generator
 
 __all__ = ["train_lora"]
@@ -73,7 +74,8 @@ def train_lora(cfg: RunConfig, msg: Message, context: Context, run_dir: Path | N
         record = context.state.get(wire.RESIDUAL)
         residual = _arrays(record) if record is not None else None
     rng = generator(cfg.seed, "compress", server_round, partition_id)
-    sent, kept = compress_update(report.state, global_state, cfg.compress, residual, rng)
+    trained = _noised(cfg, report.state, global_state) if cfg.privacy.dp == "local" else report.state
+    sent, kept = compress_update(trained, global_state, cfg.compress, residual, rng)
     if kept is not None and lent:
         PartitionState(run_dir).save(partition_id, RESIDUAL_FILE, kept)
     elif kept is not None:
@@ -97,8 +99,10 @@ def _phase_two(client: LoraClient, msg: Message, context: Context, server_round:
     projections = client.project(trained, a_mean)
     del context.state[wire.PENDING]
     del context.state[wire.PENDING_ROUND]
-    if is_secure(msg):
-        vector, _ = flatten(projections, math.inf)  # secure_reply clips
+    if is_secure(msg):  # (B_k A_k - B A) Āᵀ: the server adds the old global's B A Āᵀ back (server/secagg.py)
+        base = unpack(context.state[wire.PENDING_BASE], client.uplink_shapes, "this node's pending global")
+        del context.state[wire.PENDING_BASE]
+        vector = update_vector(projections, client.project(base, a_mean))  # secure_reply clips and noises
         weight = int(pending[wire.NUM_EXAMPLES])  # phase 1's weight: P is weighted as the factors were
         return secure_reply(msg, client.cfg, vector, weight, {})
     return Message(RecordDict({wire.PROJECTIONS: pack(projections)}), reply_to=msg)
@@ -106,13 +110,21 @@ def _phase_two(client: LoraClient, msg: Message, context: Context, server_round:
 
 def _secure_update(cfg: RunConfig, msg: Message, context: Context, server_round: int, report: LoraReport,
                    global_state: dict[str, Any], metrics: MetricRecord) -> Message:
-    update = {n: report.state[n] - global_state[n] for n in global_state}
-    vector, _ = flatten(update, math.inf)  # secure_reply clips (and adds DP noise)
-    if cfg.lora.two_phase:  # the factors phase 2 projects: its own, as trained
+    vector = update_vector(report.state, global_state)  # secure_reply clips (and adds DP noise)
+    if cfg.lora.two_phase:  # the factors phase 2 projects: its own, as trained, and the global's
         context.state[wire.PENDING] = pack(report.state)
+        context.state[wire.PENDING_BASE] = pack(global_state)
         context.state[wire.PENDING_ROUND] = ConfigRecord({wire.ROUND: server_round,
                                                           wire.NUM_EXAMPLES: report.num_examples})
     return secure_reply(msg, cfg, vector, report.num_examples, {wire.METRICS: metrics})
+
+
+def _noised(cfg: RunConfig, trained: dict[str, Any], global_state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Local DP on the clear path: ``trained`` moved so that its update (trained - global),
+    as one vector, is clipped to ``dp_clip`` and carries the full noise before it leaves."""
+    vector, _ = clip_and_noise(update_vector(trained, global_state), cfg)
+    noised = unflatten(vector, {n: tuple(t.shape) for n, t in global_state.items()})
+    return {n: (t.double() + torch.from_numpy(noised[n])).float() for n, t in global_state.items()}
 
 
 def _arrays(record: ArrayRecord) -> dict[str, np.ndarray]:

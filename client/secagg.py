@@ -46,8 +46,8 @@ def secure_reply(
 ) -> Message:
     """``vector`` in the layout ``secaggplus_mod`` masks, with fedtune's clear ``records`` beside it.
 
-    Under ``privacy.dp`` the vector is first clipped to L2 norm ``dp_clip`` (and noised, in
-    distributed mode); then every value is clipped to ``+-scalar_clip``, SecAgg+'s range,
+    Under ``privacy.dp`` the vector is first clipped to L2 norm ``dp_clip`` (plus this client's
+    noise share in distributed mode, all of the noise in local mode); then every value is clipped to ``+-scalar_clip``, SecAgg+'s range,
     and how many that changed goes into the metrics (``clipped-scalars``).
 
     Raises:

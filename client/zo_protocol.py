@@ -17,6 +17,7 @@ from client.node_cache import cache_path, restore, store
 from client.secagg import is_secure, secure_seed_reply
 from fedtune import wire
 from fedtune.config import RunConfig
+from fedtune.privacy.dp import noised_seed_steps
 from fedtune.zo.pro import probabilities_from_bytes
 from fedtune.zo.seeds import SeedUpdate
 from fedtune.zo.sync import OutOfSync
@@ -83,12 +84,15 @@ def answer_train(msg: Message, context: Context, cfg: RunConfig, client: Any) ->
     })
     if is_secure(msg):  # the stage of a SecAgg+ round that trains: secaggplus_mod masks the reply
         return secure_seed_reply(msg, cfg, report, metrics)
+    keys, scalars = report.keys, report.scalars
+    if cfg.privacy.dp == "local":  # the steps leave this client as its clipped and noised dense vector
+        keys, scalars = noised_seed_steps(keys, scalars, cfg)
     reply = RecordDict(
         {
             wire.STATE: ConfigRecord({
                 wire.ROUND: report.state_round,
                 wire.DIGEST: report.digest,
-                wire.STEP_LIST: wire.encode_steps(report.keys, report.scalars, client.universe),
+                wire.STEP_LIST: wire.encode_steps(keys, scalars, client.universe),
             }),
             wire.METRICS: metrics,
         }

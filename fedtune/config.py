@@ -177,7 +177,7 @@ class OnDeviceConfig:
 
 @dataclass(frozen=True)
 class PrivacyConfig:
-    """Secure aggregation with Flower's SecAgg+ (docs/privacy.md)."""
+    """Secure aggregation with Flower's SecAgg+ and client-level differential privacy (docs/privacy.md)."""
 
     secagg: bool = False  # clients' updates are summed by SecAgg+: the server sees only the sum
     num_shares: int = 0  # shares of each client's secrets (SecAgg+ neighbours); 0 = every sampled client
@@ -186,9 +186,11 @@ class PrivacyConfig:
     clipping_range: float = 0.0  # SecAgg+'s clip before quantisation; 0 = scalar_clip
     quantization_range: int = 0  # SecAgg+'s levels per value; 0 = the most that cannot overflow
     max_weight: float = 0.0  # the largest client weight; 0 = data.num_examples (examples) or 1 (uniform)
-    dp: Literal["none", "central", "distributed"] = "none"  # who adds DP noise: the server, or each client
+    # who adds DP noise: the server (central), each client a share of it (distributed, SecAgg+ only), or
+    # each client all of it (local)
+    dp: Literal["none", "central", "distributed", "local"] = "none"
     dp_clip: float = 1.0  # C: each client's update is clipped to this L2 norm (under dp)
-    noise_multiplier: float = 1.0  # z: Gaussian noise of std z*C on the sum of the clipped updates
+    noise_multiplier: float = 1.0  # z: Gaussian noise of std z*C on the sum (local: on each client's update)
     dp_delta: float = 1e-5  # the delta at which epsilon is reported every round
 
 
@@ -363,15 +365,23 @@ def _check_privacy(cfg: RunConfig) -> list[str]:
         errors.append(f"`privacy.noise_multiplier` must be >= 0, got {p.noise_multiplier}")
     if not 0 < p.dp_delta < 1:
         errors.append(f"`privacy.dp_delta` must be in (0, 1), got {p.dp_delta}")
-    if p.dp != "none" and not p.secagg:
-        errors.append(f"`privacy.dp` = {p.dp!r} needs `privacy.secagg = true` (DP noise is added to the dense "
-                      "vectors SecAgg+ sums; the clear-text path sends sparse updates)")
-    if p.dp != "none" and cfg.algorithm.name == "lorafair":
-        errors.append("`privacy.dp` with 'lorafair' is not supported: its second secure sum (the projections) "
-                      "is a second release the accountant does not count yet")
+    if p.dp == "distributed" and not p.secagg:
+        errors.append("`privacy.dp` = 'distributed' needs `privacy.secagg = true`: in clear the server sees each "
+                      "client's update with only its 1/n share of the noise; use 'local' or 'central'")
+    if p.dp != "none" and cfg.algorithm.name == "lorafair" and not p.secagg:
+        errors.append("`privacy.dp` with 'lorafair' needs `privacy.secagg = true` (its two-phase correction "
+                      "from two noised secure sums); the clear-text LoRA-FAIR paths are not privatised")
     if p.dp != "none" and cfg.algorithm.weighting != "uniform":
         errors.append(f"`privacy.dp` = {p.dp!r} needs `algorithm.weighting = \"uniform\"`: with weights by "
                       "examples one client's share of the mean, and so the noise it needs, is unbounded")
+    if p.dp != "none" and cfg.algorithm.name not in SECAGG_ALGORITHMS:
+        errors.append(f"`privacy.dp` supports algorithm.name {', '.join(SECAGG_ALGORITHMS)}, got "
+                      f"{cfg.algorithm.name!r} (MeZO's raw 64-bit seeds have no dense vector to clip and noise)")
+    if p.dp != "none" and cfg.compress.method != "none":
+        errors.append(f"`privacy.dp` clips and noises dense update vectors: `compress.method` must be 'none', "
+                      f"got {cfg.compress.method!r}")
+    if p.dp != "none" and cfg.ondevice.clients:
+        errors.append("`privacy.dp` does not support ONNX device clients (`ondevice.clients` > 0) yet")
     if p.secagg:
         a = cfg.algorithm
         if a.name not in SECAGG_ALGORITHMS:

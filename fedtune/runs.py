@@ -25,6 +25,7 @@ __all__ = [
     "ENV_RESUME",
     "ENV_RUN_DIR",
     "RunWriter",
+    "atomic_write",
     "config_from_run_config",
     "create_run_dir",
     "format_bytes",
@@ -84,12 +85,13 @@ def create_run_dir(cfg: RunConfig, base: str | os.PathLike[str] | None = None) -
             run_dir.mkdir()
         except FileExistsError:
             continue
-        _atomic_write(run_dir / CONFIG_FILE, dump_toml(cfg))
+        atomic_write(run_dir / CONFIG_FILE, dump_toml(cfg))
         return run_dir
     raise RuntimeError(f"no free run directory name for {cfg.name!r} under {out}")
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def atomic_write(path: Path, text: str) -> None:
+    """Replace ``path``'s content with ``text`` (fsync'ed): a crash leaves the old or the new file."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
@@ -159,6 +161,9 @@ def progress_line(record: Mapping[str, Any], rounds: int) -> str:
         )
     if "replies" in record:
         parts.append(f"{record['replies']}/{record['sampled']} replied,")
+    if "dp_epsilon" in record:  # privacy.dp: the budget spent so far
+        eps = record["dp_epsilon"]
+        parts.append(f"epsilon {eps:.3g} at delta {record['dp_delta']:g}," if eps is not None else "epsilon inf,")
     timing = f"{record['round_s']:.1f} s (total {format_duration(record['elapsed_s'])}"
     if record.get("eta_s"):
         timing += f", ETA {format_duration(record['eta_s'])}"
@@ -221,7 +226,7 @@ class RunWriter:
             if record.get("round", 0) <= last_round:
                 kept.append(line)
                 last = max(last, int(record.get("round", 0)))
-        _atomic_write(self.metrics_path, "".join(line + "\n" for line in kept))
+        atomic_write(self.metrics_path, "".join(line + "\n" for line in kept))
         return last
 
     @property

@@ -45,6 +45,7 @@ __all__ = [
     "MAX_PAYLOAD_BYTES",
     "METRICS",
     "PENDING",
+    "PENDING_BASE",
     "PHASE",
     "PROJECTIONS",
     "RESIDUAL",
@@ -82,6 +83,7 @@ A_MEAN = "fedtune.a-mean"  # LoRA-FAIR phase 2, down: the averaged lora_A tensor
 PROJECTIONS = "fedtune.projections"  # phase 2, up: B_k A_k Ā^T (d x r) per LoRA module
 BUNDLE = "bundle"  # bytes inside the records above
 PENDING = "fedtune.pending"  # ArrayRecord in the client's context.state: its factors between phases
+PENDING_BASE = "fedtune.pending-base"  # context.state under SecAgg+: the global factors PENDING left from
 PENDING_ROUND = "fedtune.pending-round"  # ConfigRecord in context.state: {"round": r} of PENDING
 RESIDUAL = "fedtune.residual"  # ArrayRecord in context.state: the error-feedback residual
 PHASE = "phase"  # int in CONFIG (LoRA): 1 = train and send the adapter, 2 = send projections

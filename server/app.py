@@ -44,7 +44,7 @@ def main(grid: Grid, context: Context) -> None:
     if cfg.algorithm.name in LORA_ALGORITHMS:  # federated LoRA: its own strategy; saves a PEFT adapter
         if resume:
             raise ValueError(f"--resume is not supported for {cfg.algorithm.name!r} yet: start a new run")
-        lora = FederatedLora(cfg)
+        lora = FederatedLora(cfg, run_dir)
         lora.assign_partitions = simulated
         lora.start_rounds(grid, cfg.rounds, writer.write_round)
         save_model(lora.model, writer.model_dir, lora.workload.tokenizer)

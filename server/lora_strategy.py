@@ -21,8 +21,10 @@ import logging
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
@@ -34,6 +36,9 @@ from fedtune.lora.client import lora_run_key
 from fedtune.lora.factors import factor_pairs, is_factor_a, weighted_mean
 from fedtune.lora.fair import correct
 from fedtune.lora.payload import pack, unpack, unpack_update
+from fedtune.privacy import unflatten, update_vector
+from fedtune.privacy.accounting import ledger_for
+from fedtune.privacy.dp import private_mean
 from fedtune.workload import Workload, evaluate
 from server.rounds import RoundLoop, RoundStats
 
@@ -66,9 +71,10 @@ class FederatedLora(RoundLoop):
 
     Args:
         cfg: the run's configuration (``algorithm.name`` a registered LoRA rule).
+        run_dir: where the DP ledger goes (``privacy.dp``; None: in memory only).
     """
 
-    def __init__(self, cfg: RunConfig) -> None:
+    def __init__(self, cfg: RunConfig, run_dir: Path | None = None) -> None:
         self.cfg = cfg
         self.workload = Workload(cfg)
         self.rule = rule_class(cfg.algorithm.name)(cfg.lora)
@@ -82,6 +88,7 @@ class FederatedLora(RoundLoop):
         self.run_key = lora_run_key(cfg)
         self.partitions: dict[int, int] = {}  # node id -> partition id it reported
         self.state_round = 0  # no resume for the LoRA rules yet: every run starts fresh
+        self.ledger = ledger_for(cfg, run_dir)
         self._stats = LoraRoundStats()
 
     # --- Flower's Strategy interface -------------------------------------------------
@@ -147,12 +154,29 @@ class FederatedLora(RoundLoop):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Aggregate the round's adapters with the rule in clear text and apply the result."""
+        """Aggregate the round's adapters with the rule in clear text and apply the result.
+
+        Under ``privacy.dp`` (FedIT, FFA-LoRA) the rule's mean is taken over the updates as
+        vectors, clipped and noised (:func:`fedtune.privacy.dp.private_mean`)."""
         stats = self._stats
+        replies = list(replies)
         accepted = self._accept_all(replies, stats)
-        if self._enough(server_round, accepted):
+        usable = self._enough(server_round, accepted)
+        self.account(server_round, stats, self.clear_sums(replies, [item.node for item in accepted], usable))
+        if usable and self.cfg.privacy.dp != "none":
+            uplink = {n: self.state[n] for n in self.uplink}
+            mean = private_mean([update_vector(item.state, uplink) for item in accepted], self.cfg)
+            self.apply(Aggregate(self.plus_mean(mean), math.nan, math.nan))
+        elif usable:
             self.apply(self.rule.aggregate([(item.weight, item.state) for item in accepted], self.state))
         return None, MetricRecord({"replies": stats.replies})
+
+    def plus_mean(self, mean: np.ndarray) -> dict[str, torch.Tensor]:
+        """The global adapter plus a mean update vector (float64 ``(L,)``, name order) of the
+        uplink tensors; the others (FFA-LoRA's A) stay as they are. float32."""
+        delta = unflatten(mean, self.uplink_shapes)
+        return {n: (t.double() + torch.from_numpy(delta[n])).float() if n in delta else t
+                for n, t in self.state.items()}
 
     def _enough(self, server_round: int, accepted: list[_Accepted]) -> bool:
         self._stats.replies = len(accepted)

@@ -11,7 +11,7 @@ import logging
 import math
 import time
 from abc import abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +21,9 @@ from flwr.serverapp.strategy import Strategy
 
 from fedtune import wire
 from fedtune.config import RunConfig
-from fedtune.rng import generator
+from fedtune.privacy.accounting import PrivacyLedger, Release
+from fedtune.privacy.dp import noise_multiplier
+from fedtune.rng import generator, secret_generator
 
 __all__ = ["RoundLoop", "RoundStats", "error_reason"]
 
@@ -46,6 +48,7 @@ class RoundStats:
     bytes_up: int = 0
     bytes_down: int = 0
     train_losses: list[tuple[float, float]] = field(default_factory=list)  # (weight, loss)
+    privacy: dict[str, Any] = field(default_factory=dict)  # dp_epsilon and friends (RoundLoop.account)
 
     def as_metrics(self) -> dict[str, Any]:
         weights = sum(w for w, _ in self.train_losses)
@@ -60,6 +63,7 @@ class RoundStats:
             "skipped_steps": self.skipped_steps,
             "bytes_up_per_client": self.bytes_up / per_client,
             "bytes_down_per_client": self.bytes_down / per_client,
+            **self.privacy,
         }
 
 
@@ -83,6 +87,8 @@ class RoundLoop(Strategy):
     state_round: int  # the last finished round (0 on a fresh run)
     partitions: dict[int, int]  # node id -> the partition id it reported (or was assigned)
     assign_partitions: bool = False  # a `fedtune run` simulation: the server assigns partitions
+    ledger: PrivacyLedger | None = None  # the DP releases so far (privacy.dp), else None
+    population: int = 0  # the clients the last round's sample was drawn from
 
     @abstractmethod
     def run_round(self, grid: Grid, server_round: int) -> dict[str, Any]:
@@ -128,20 +134,62 @@ class RoundLoop(Strategy):
             log.warning("several nodes report the same partition id: their data overlaps")
 
     def sample(self, grid: Grid, server_round: int) -> list[int]:
-        """Seeded sample of the round's clients, by partition id; returns their node ids."""
+        """Seeded sample of the round's clients, by partition id; returns their node ids.
+
+        Under central DP the sample is drawn from OS entropy instead: its epsilon counts on
+        amplification by sampling, which holds only while nobody else (a client holds the
+        config, and so the seed) can tell who was sampled.
+        """
         num_clients = self.cfg.federation.num_clients
+        central = self.cfg.privacy.dp == "central"
+        rng = secret_generator() if central else generator(self.cfg.seed, "sample", server_round)
         if self.assign_partitions:  # sample the population, then lend each pick a node of the pool
             pool = sorted(grid.get_node_ids())[: self.cfg.federation.simulated_nodes]
             size = min(self.cfg.federation.clients_per_round, len(pool))
-            picks = generator(self.cfg.seed, "sample", server_round).choice(num_clients, size, replace=False)
+            picks = rng.choice(num_clients, size, replace=False)
             self.partitions = {node: int(p) for node, p in zip(pool, sorted(picks), strict=False)}
+            self.population = num_clients
             return pool[:size]
         self.discover(grid, self.cfg.federation.round_timeout_s)
         live = set(grid.get_node_ids())
         known = sorted((p, n) for n, p in self.partitions.items() if n in live)
         size = min(self.cfg.federation.clients_per_round, len(known))
-        picks = generator(self.cfg.seed, "sample", server_round).choice(len(known), size, replace=False)
+        picks = rng.choice(len(known), size, replace=False)
+        self.population = len(known)
         return [known[i][1] for i in sorted(picks)]
+
+    def account(self, server_round: int, stats: RoundStats, sums: Sequence[Collection[int]]) -> None:
+        """Record the round's DP releases in the ledger and put its DP numbers in ``stats``.
+
+        Args:
+            sums: per noised sum the round released (none if it released nothing), the node
+                ids of the clients whose vectors are in it.
+        """
+        if self.ledger is None:
+            return
+        p = self.cfg.privacy
+        multipliers = tuple(noise_multiplier(self.cfg, len(nodes)) for nodes in sums)
+        if sums:
+            clients = () if p.dp == "central" else tuple(tuple(sorted(self.partitions[n] for n in nodes))
+                                                         for nodes in sums)
+            self.ledger.record(Release(server_round, self.population, stats.sampled, multipliers, clients))
+        eps = self.ledger.epsilon()
+        stats.privacy = {"dp_epsilon": eps if math.isfinite(eps) else None, "dp_delta": p.dp_delta,
+                         "dp_noise_multiplier": multipliers[0] if multipliers else None}
+        if self.cfg.lora.two_phase:
+            stats.privacy["dp_noise_multiplier_phase2"] = multipliers[1] if len(multipliers) > 1 else None
+
+    def clear_sums(self, replies: Iterable[Message], summed: list[int], formed: bool) -> list[list[int]]:
+        """The sums a clear-text round released, for :meth:`account`.
+
+        Local DP: one, every client whose reply reached the server (its noised vector is a
+        release on its own, even if the server then rejected it). Central DP: the clients
+        in the noised mean (node ids ``summed``), if one was ``formed``.
+        """
+        if self.cfg.privacy.dp == "local":
+            seen = [r.metadata.src_node_id for r in replies if not r.has_error()]
+            return [seen] if seen else []
+        return [summed] if formed else []
 
     def tag(self, message: Message) -> Message:
         """Name the partition a node plays this round in its train message (simulation only)."""

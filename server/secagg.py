@@ -44,7 +44,7 @@ from flwr.serverapp import Grid
 from fedtune import wire
 from fedtune.config import SECAGG_MODULUS
 from fedtune.privacy import SecAggSettings, error_bound, seed_sums_from_mean, unflatten
-from fedtune.privacy.dp import add_central_noise, epsilon
+from fedtune.privacy.dp import add_central_noise
 from fedtune.zo import SeedUpdate
 
 __all__ = ["run_secure_lora_round", "run_secure_seed_round", "secure_mean"]
@@ -146,7 +146,7 @@ def secure_mean(
     length: int,
     check: Callable[[Message], float],
     stats: Any,
-) -> tuple[np.ndarray | None, list[float]]:
+) -> tuple[np.ndarray | None, dict[int, float]]:
     """One run of Flower's SecAgg+ over ``contents`` (node id -> train content).
 
     Args:
@@ -156,11 +156,11 @@ def secure_mean(
         stats: the round's counters (``bytes_up``, ``bytes_down``, ``rejected``).
 
     Returns:
-        ``(weighted mean float64 (length,), the summed clients' weights)``; the mean is None
-        if the protocol halted (too few clients left to unmask).
+        ``(weighted mean float64 (length,), {node id: weight} of the summed clients)``; the
+        mean is None if the protocol halted (too few clients left to unmask).
     """
     settings = SecAggSettings.from_config(cfg, len(contents))
-    weights: list[float] = []
+    summed: dict[int, float] = {}
 
     def checked(reply: Message) -> bool:
         node = reply.metadata.src_node_id
@@ -173,7 +173,7 @@ def secure_mean(
             stats.rejected += 1
             log.warning("SecAgg+ round %d: dropped client %s before the sum: %s", server_round, node, exc)
             return False
-        weights.append(weight)
+        summed[node] = weight
         return True
 
     legacy = _HandBack(list(contents), grid)
@@ -194,7 +194,7 @@ def secure_mean(
         timeout=cfg.federation.round_timeout_s,
     )
     workflow(cast(Grid, _CheckedGrid(grid, stats, checked)), context)
-    return legacy.mean, weights
+    return legacy.mean, summed
 
 
 def _too_few(cfg: Any, server_round: int, sampled: int) -> bool:
@@ -223,6 +223,7 @@ def run_secure_seed_round(strategy: Any, grid: Grid, server_round: int) -> dict[
     update = SeedUpdate(server_round, empty, empty, np.zeros(0, np.float32), float(cfg.algorithm.lr))
     if _too_few(cfg, server_round, len(node_ids)):
         stats.failed = len(node_ids)
+        strategy.account(server_round, stats, [])
         strategy.apply(update)
         return stats.as_metrics()
     contents = {
@@ -246,19 +247,30 @@ def run_secure_seed_round(strategy: Any, grid: Grid, server_round: int) -> dict[
         clipped += int(metrics.get(wire.CLIPPED, 0))
         return weight
 
-    mean, weights = secure_mean(cfg, grid, server_round, contents, cfg.algorithm.num_candidates, check, stats)
+    mean, summed = secure_mean(cfg, grid, server_round, contents, cfg.algorithm.num_candidates, check, stats)
+    weights = list(summed.values())
     stats.replies = len(weights)
     stats.failed = stats.sampled - stats.replies - stats.rejected
     settings = SecAggSettings.from_config(cfg, len(node_ids))
+    strategy.account(server_round, stats, _released(mean, summed))  # before the log has the round
     mean = _usable_mean(cfg, server_round, mean, weights, "model")
     if mean is not None:
-        sums = seed_sums_from_mean(mean, weights, settings)
-        keys = np.flatnonzero(sums.astype(np.float32)).astype(np.uint64)
-        update = SeedUpdate(server_round, keys, strategy.seed_of_key(keys),
-                            sums[keys.astype(np.int64)].astype(np.float32), float(cfg.algorithm.lr))
+        update = strategy.update_from_mean(server_round, seed_sums_from_mean(mean, weights, settings))
     strategy.apply(update)
     stats.distinct_seeds = len(update.keys)
-    return {**stats.as_metrics(), **_secagg_metrics(cfg, server_round, weights, settings, clipped)}
+    return {**stats.as_metrics(), **_secagg_metrics(weights, settings, clipped)}
+
+
+def _released(mean: np.ndarray | None, summed: dict[int, float]) -> list[list[int]]:
+    """A SecAgg+ run's sums for :meth:`server.rounds.RoundLoop.account`: the server saw one
+    (the summed clients') unless the protocol halted. Under central DP that counts a sum
+    too small to apply (below ``min_replies``, never noised nor used) as well: conservative."""
+    return [list(summed)] if mean is not None else []
+
+
+def _noised(cfg: Any, mean: np.ndarray, num_summed: int) -> np.ndarray:
+    """The server's central-DP noise on a secure mean; other modes' noise came from the clients."""
+    return add_central_noise(mean, cfg, num_summed) if cfg.privacy.dp == "central" else mean
 
 
 def _usable_mean(
@@ -270,21 +282,12 @@ def _usable_mean(
         log.warning("round %d: SecAgg+ produced no sum (%d usable replies, min_replies=%d): the global "
                     "%s stays as it is", server_round, len(weights), cfg.federation.min_replies, what)
         return None
-    if cfg.privacy.dp == "central":
-        return add_central_noise(mean, cfg, len(weights))
-    return mean
+    return _noised(cfg, mean, len(weights))
 
 
-def _secagg_metrics(
-    cfg: Any, server_round: int, weights: list[float], settings: SecAggSettings, clipped: int
-) -> dict[str, Any]:
+def _secagg_metrics(weights: list[float], settings: SecAggSettings, clipped: int) -> dict[str, Any]:
     bound = error_bound(weights, settings)
-    metrics: dict[str, Any] = {"secagg_error_bound": bound if math.isfinite(bound) else None,
-                               "clipped_scalars": clipped}
-    if cfg.privacy.dp != "none":
-        eps = epsilon(cfg, server_round)
-        metrics.update(dp_epsilon=eps if math.isfinite(eps) else None, dp_delta=cfg.privacy.dp_delta)
-    return metrics
+    return {"secagg_error_bound": bound if math.isfinite(bound) else None, "clipped_scalars": clipped}
 
 
 def run_secure_lora_round(strategy: Any, grid: Grid, server_round: int) -> dict[str, Any]:
@@ -295,12 +298,7 @@ def run_secure_lora_round(strategy: Any, grid: Grid, server_round: int) -> dict[
     plus the securely averaged update, which is FedIT's (and FFA-LoRA's, A staying shared)
     weighted mean. The aggregation-bias metrics need single clients' factors: null here.
     """
-    import torch
-
     from fedtune.lora import Aggregate
-    from fedtune.lora.factors import is_factor_a
-    from fedtune.lora.fair import correct
-    from fedtune.lora.payload import pack
     from server.lora_strategy import LoraRoundStats
 
     cfg = strategy.cfg
@@ -309,10 +307,9 @@ def run_secure_lora_round(strategy: Any, grid: Grid, server_round: int) -> dict[
     stats.sampled = len(messages)
     if _too_few(cfg, server_round, len(messages)):
         stats.failed = len(messages)
+        strategy.account(server_round, stats, [])
         return stats.as_metrics()
     contents = {m.metadata.dst_node_id: m.content for m in messages}
-    shapes = strategy.uplink_shapes
-    node_weight: dict[int, float] = {}
     clipped = 0
 
     def check(reply: Message) -> float:
@@ -321,39 +318,61 @@ def run_secure_lora_round(strategy: Any, grid: Grid, server_round: int) -> dict[
         weight = float(strategy.weight_of(metrics))
         strategy.note_metrics(metrics, weight, stats)
         clipped += int(metrics.get(wire.CLIPPED, 0))
-        node_weight[reply.metadata.src_node_id] = weight
         return weight
 
-    length = sum(int(np.prod(s)) for s in shapes.values())
-    mean, weights = secure_mean(cfg, grid, server_round, contents, length, check, stats)
+    length = sum(int(np.prod(s)) for s in strategy.uplink_shapes.values())
+    mean, summed = secure_mean(cfg, grid, server_round, contents, length, check, stats)
+    weights = list(summed.values())
     stats.replies = len(weights)
     stats.failed = stats.sampled - stats.replies - stats.rejected
     settings = SecAggSettings.from_config(cfg, len(messages))
+    released = _released(mean, summed)
     mean = _usable_mean(cfg, server_round, mean, weights, "adapter")
-    if mean is None:
-        return {**stats.as_metrics(), **_secagg_metrics(cfg, server_round, weights, settings, clipped)}
-    delta = unflatten(mean, shapes)
-    means = {n: (strategy.state[n].double() + torch.from_numpy(delta[n])).float() for n in shapes}
-    state = {n: means.get(n, strategy.state[n]) for n in strategy.state}
-    if cfg.lora.two_phase:
-        nodes = sorted(node_weight)
-        if _too_few(cfg, server_round, len(nodes)):
-            log.warning("round %d: phase 2 needs SecAgg+ again; B stays uncorrected (FedIT)", server_round)
-        else:
-            a_mean = pack({n: t for n, t in means.items() if is_factor_a(n)})[wire.BUNDLE]
-            phase2 = {
-                n: RecordDict({wire.CONFIG: strategy._config(server_round, 2),
-                               wire.A_MEAN: ConfigRecord({wire.BUNDLE: a_mean})})
-                for n in nodes
-            }
-            p_shapes = strategy.projection_shapes
-            p_length = sum(int(np.prod(s)) for s in p_shapes.values())
-            p_mean, _ = secure_mean(cfg, grid, server_round, phase2, p_length,
-                                    lambda reply: node_weight[reply.metadata.src_node_id], stats)
-            if p_mean is None:
-                log.warning("round %d: no phase-2 sum; B stays uncorrected (FedIT) this round", server_round)
-            else:
-                summed = {m: torch.from_numpy(t).float() for m, t in unflatten(p_mean, p_shapes).items()}
-                state = correct(state, summed, cfg.lora.fair_lambda, cfg.lora.fair_steps)
-    strategy.apply(Aggregate(state, math.nan, math.nan))
-    return {**stats.as_metrics(), **_secagg_metrics(cfg, server_round, weights, settings, clipped)}
+    if mean is not None:
+        state = strategy.plus_mean(mean)
+        if cfg.lora.two_phase:
+            state, second = _secure_correction(strategy, grid, server_round, state, summed)
+            released += second
+        strategy.apply(Aggregate(state, math.nan, math.nan))
+    strategy.account(server_round, stats, released)
+    return {**stats.as_metrics(), **_secagg_metrics(weights, settings, clipped)}
+
+
+def _secure_correction(
+    strategy: Any, grid: Grid, server_round: int, state: dict[str, Any], summed: dict[int, float]
+) -> tuple[dict[str, Any], list[list[int]]]:
+    """LoRA-FAIR's phase 2 under SecAgg+: ``state`` (the factors' means) with B corrected,
+    and the sums it released (for :meth:`server.rounds.RoundLoop.account`).
+
+    The phase-1 clients (``summed``: node id -> weight, so P is weighted as the factors were)
+    send ``(B_k A_k - B A) Āᵀ``, their projection minus the old global's, and the server adds
+    ``B A Āᵀ`` back: the same sum, but what a client clips (SecAgg+'s value clip, DP's L2
+    clip) is its own change, not the adapter's size. Without the sum (too few clients, the
+    protocol halted) B stays uncorrected, as FedIT's.
+    """
+    import torch
+
+    from fedtune.lora.factors import factor_pairs, is_factor_a
+    from fedtune.lora.fair import correct, project
+    from fedtune.lora.payload import pack
+
+    cfg, nodes = strategy.cfg, sorted(summed)
+    if _too_few(cfg, server_round, len(nodes)):
+        log.warning("round %d: phase 2 needs SecAgg+ again; B stays uncorrected (FedIT)", server_round)
+        return state, []
+    a_mean = {n: t for n, t in state.items() if is_factor_a(n)}
+    bundle = pack(a_mean)[wire.BUNDLE]
+    phase2 = {n: RecordDict({wire.CONFIG: strategy._config(server_round, 2),
+                             wire.A_MEAN: ConfigRecord({wire.BUNDLE: bundle})}) for n in nodes}
+    shapes = strategy.projection_shapes
+    length = sum(int(np.prod(s)) for s in shapes.values())
+    p_mean, p_summed = secure_mean(cfg, grid, server_round, phase2, length,
+                                   lambda reply: summed[reply.metadata.src_node_id], strategy._stats)
+    if p_mean is None:
+        log.warning("round %d: no phase-2 sum; B stays uncorrected (FedIT) this round", server_round)
+        return state, []
+    change = unflatten(_noised(cfg, p_mean, len(p_summed)), shapes)
+    old = strategy.state  # the global the clients trained from, still in place
+    projections = {m: (torch.from_numpy(change[m]) + project(old[a], old[b], a_mean[a])).float()
+                   for m, (a, b) in factor_pairs(old).items()}
+    return correct(state, projections, cfg.lora.fair_lambda, cfg.lora.fair_steps), [list(p_summed)]

@@ -10,7 +10,9 @@ prove it with a digest of their synced weights).
 Everything that decides a round is seeded and keyed by *partition id*, never by Flower's
 random node ids: which clients are sampled, in which order their scalars are summed. So a
 run resumed after a crash (``fedtune run --resume``) ends bit-identical to one that never
-stopped.
+stopped. Under ``privacy.dp`` the noise (and central DP's sample) come from OS entropy on
+purpose: such a run resumes to the same epsilon (:mod:`fedtune.privacy.accounting`), not to
+the same bits.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ from flwr.serverapp import Grid
 
 from fedtune import wire
 from fedtune.config import RunConfig
+from fedtune.privacy import dense_seed_vector
+from fedtune.privacy.accounting import ledger_for
+from fedtune.privacy.dp import private_mean
 from fedtune.workload import Workload, evaluate
 from fedtune.zo import SeedUpdate, aggregate, replay_
 from fedtune.zo.checkpoint import latest_checkpoint, save_checkpoint
@@ -109,6 +114,7 @@ class FedKSeed(RoundLoop):
             raise ValueError(f"{self.seedlog.path} already holds {self.seedlog.rounds} rounds: resume it instead")
         if resume and self.seedlog is not None:
             self._restore()
+        self.ledger = ledger_for(cfg, run_dir)  # on resume, read back with the releases so far
 
     # --- the global state -----------------------------------------------------------
 
@@ -158,6 +164,13 @@ class FedKSeed(RoundLoop):
         if self.run_dir is not None and every and update.round % every == 0:
             arrays = [(name, p.detach().cpu().numpy()) for name, p in self.params]
             save_checkpoint(self.run_dir / CHECKPOINT_DIR, update.round, arrays)
+
+    def update_from_mean(self, server_round: int, mean: np.ndarray) -> SeedUpdate:
+        """The round's update from a dense per-seed mean G ``(K,)``: its entries that are
+        non-zero in float32, keys ascending (what every party replays)."""
+        keys = np.flatnonzero(mean.astype(np.float32)).astype(np.uint64)
+        scalars = mean[keys.astype(np.int64)].astype(np.float32)
+        return SeedUpdate(server_round, keys, self.seed_of_key(keys), scalars, float(self.cfg.algorithm.lr))
 
     def _state_digest(self) -> str:
         if self._digest is None:
@@ -234,7 +247,7 @@ class FedKSeed(RoundLoop):
 
     def _accept(self, reply: Message, stats: SeedRoundStats) -> tuple[float, np.ndarray, np.ndarray] | None:
         """Validate one reply; return its ``(weight, keys, scalars)`` or None if rejected."""
-        node = reply.metadata.src_node_id
+        node, a = reply.metadata.src_node_id, self.cfg.algorithm
         if self.failed(reply, stats):
             return None
         try:
@@ -244,7 +257,8 @@ class FedKSeed(RoundLoop):
             keys, scalars = wire.decode_steps(
                 state[wire.STEP_LIST],
                 max_key=self.max_key,
-                max_steps=self.cfg.algorithm.local_steps,
+                # under local DP a client sends its noised dense vector: one step per candidate
+                max_steps=a.num_candidates if self.cfg.privacy.dp == "local" else a.local_steps,
                 max_bytes=self.max_bytes,
             )
             weight = self.weight_of(metrics)
@@ -277,23 +291,31 @@ class FedKSeed(RoundLoop):
         which node ids Flower handed out.
         """
         stats = self._stats
-        accepted = []
-        for reply in sorted(replies, key=self.partition_order):
+        replies = sorted(replies, key=self.partition_order)
+        accepted, nodes = [], []
+        for reply in replies:
             stats.bytes_up += wire.message_bytes(reply, downlink=False)
             contribution = self._accept(reply, stats)
             if contribution is not None:
                 accepted.append(contribution)
+                nodes.append(reply.metadata.src_node_id)
         stats.replies = len(accepted)
         lr = self.cfg.algorithm.lr
-        if len(accepted) < self.cfg.federation.min_replies or not any(len(k) for _, k, _ in accepted):
+        usable = len(accepted) >= self.cfg.federation.min_replies and any(len(k) for _, k, _ in accepted)
+        if not usable:
             log.warning(
                 "round %d: %d usable replies (min_replies=%d): the global model stays as it is",
                 server_round, len(accepted), self.cfg.federation.min_replies,
             )
             empty = np.zeros(0, np.uint64)
             update = SeedUpdate(server_round, empty, empty, np.zeros(0, np.float32), lr)
+        elif self.cfg.privacy.dp != "none":  # the dense per-seed vectors, clipped and noised
+            k = self.cfg.algorithm.num_candidates
+            mean = private_mean([dense_seed_vector(keys, g, k, math.inf)[0] for _, keys, g in accepted], self.cfg)
+            update = self.update_from_mean(server_round, mean)
         else:
             update = aggregate(accepted, round=server_round, lr=lr, seed_of_key=self.seed_of_key)
+        self.account(server_round, stats, self.clear_sums(replies, nodes, usable))  # before the log has it
         self.apply(update)
         stats.distinct_seeds = len(update.keys)
         return None, MetricRecord({"replies": stats.replies})

@@ -14,6 +14,14 @@ def test_progress_line_has_the_round_numbers_bytes_and_an_eta():
                     "down 100 B/client, 9/10 replied, 5.0 s (total 1m15s, ETA 1h06m)")
 
 
+def test_a_dp_run_shows_the_budget_spent_so_far():
+    record = {"round": 2, "replies": 3, "sampled": 3, "dp_epsilon": 7.7043, "dp_delta": 1e-5, "round_s": 1.0,
+              "elapsed_s": 2.0, "eta_s": 0.0}
+
+    assert progress_line(record, 2) == "round 2/2: 3/3 replied, epsilon 7.7 at delta 1e-05, 1.0 s (total 2 s)"
+    assert "epsilon inf," in progress_line({**record, "dp_epsilon": None}, 2)  # noise_multiplier = 0
+
+
 def test_the_last_round_has_no_eta():
     line = progress_line({"round": 20, "round_s": 1.0, "elapsed_s": 30.0, "eta_s": 0.0}, 20)
     assert line == "round 20/20: 1.0 s (total 30 s)"

@@ -1,63 +1,94 @@
-"""Client-level differential privacy: clipping, Gaussian noise, and the accountant.
+"""Client-level differential privacy: clipping and Gaussian noise (the accountant: :mod:`.accounting`).
 
 DP-FedAvg (McMahan et al., "Learning Differentially Private Recurrent Language Models",
-ICLR 2018, https://arxiv.org/abs/1710.06963): each client's update is clipped to L2 norm
-``C`` (``privacy.dp_clip``) and Gaussian noise of standard deviation ``z C`` (``z`` =
-``privacy.noise_multiplier``) is added to the sum of the clipped updates, i.e. ``z C / n``
-to their mean over ``n`` sampled clients. Clipping and the noise's scale are Flower's own
-(``flwr.supercore.differential_privacy``: ``clip_inputs_inplace``, ``compute_stdv``,
-``add_gaussian_noise_inplace``, the pieces behind its DP strategy wrappers and mods).
+ICLR 2018, https://arxiv.org/abs/1710.06963): each client's update vector (the vector
+SecAgg+ sums, :mod:`fedtune.privacy.secagg`) is clipped to L2 norm ``C``
+(``privacy.dp_clip``) and Gaussian noise of standard deviation ``z C`` (``z`` =
+``privacy.noise_multiplier``) protects it. Clipping and the noise's scale are Flower's own
+building blocks (``flwr.supercore.differential_privacy``: ``clip_inputs_inplace``,
+``compute_stdv``, ``add_gaussian_noise_inplace``, the pieces behind its DP strategy
+wrappers and mods).
 
-Two places to add the noise (``privacy.dp``):
+Who adds the noise (``privacy.dp``):
 
-- ``central``: the server adds it to the sum it got (from SecAgg+, or in clear); the server
-  is trusted with the noiseless sum.
-- ``distributed``: every client adds ``N(0, (z C)^2 / n)`` to its own clipped update, so
-  the sum carries ``N(0, (z C)^2)``; under SecAgg+ the server never sees a noiseless sum.
-  A client that drops out takes its share of the noise with it (the accountant assumes
-  all ``n`` shares; see docs/privacy.md).
+- ``central``: the server adds ``N(0, (z C)^2)`` to the sum (``z C / n`` on the mean of
+  ``n`` clipped updates): to SecAgg+'s sum, whose vectors the clients clipped, or on the
+  clear path to the mean of the updates it clipped itself (:func:`private_mean`). Clear
+  updates are clipped at the server, as Flower's ``DifferentialPrivacyServerSideFixedClipping``
+  does: the server is trusted with them in this mode and sees them either way, a client
+  cannot skip a clip the server applies, and FedKSeed's uplink stays a few bytes a step
+  instead of a dense ``(K,)`` vector.
+- ``distributed`` (SecAgg+ only): each of the ``n = clients_per_round`` clients adds
+  ``N(0, (z C)^2 / n)`` to its own clipped vector; the sum of all n carries
+  ``N(0, (z C)^2)`` and the server never sees a noiseless sum. A client that drops out takes
+  its share with it: :func:`noise_multiplier` is the round's actual ``z sqrt(s / n)``.
+- ``local``: each client adds the full ``N(0, (z C)^2)`` to its own clipped vector, which
+  is then private on its own, whoever sees it (with SecAgg+ or in clear).
 
-The guarantee (epsilon at ``privacy.dp_delta``) comes from the RDP accountant of Google's
-``dp-accounting`` library, for ``rounds`` compositions of the Gaussian mechanism with
-noise multiplier ``z`` on clients sampled at rate ``q = clients_per_round / num_clients``
-(Poisson sampling at that rate, the usual approximation of fedtune's fixed-size sample).
-Noise comes from numpy's global generator, seeded from OS entropy: a noise stream
-reproducible from the run's config would be no noise to a server that knows the config.
+Flower's ``LocalDpMod`` is not used for ``local``: it reads the legacy ``FitIns`` /
+``FitRes`` parameter arrays (fedtune's train messages carry a seed log or an adapter
+bundle, and a FedKSeed update is per-seed scalars, not parameters) and calibrates its noise
+from a per-release (epsilon, delta) with the classic bound (valid for epsilon < 1) rather
+than from a multiplier that the RDP accountant composes over rounds. The building blocks it
+uses are the ones used here. Noise comes from numpy's global generator, seeded from OS
+entropy: a noise stream reproducible from the run's config would be no noise to anyone who
+knows the config. Torch-free.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 from flwr.supercore.differential_privacy import add_gaussian_noise_inplace, clip_inputs_inplace, compute_stdv
 
 from fedtune.config import RunConfig
+from fedtune.privacy.secagg import dense_seed_vector
 
-__all__ = ["RDP_ORDERS", "add_central_noise", "clip_and_noise", "epsilon"]
+__all__ = ["add_central_noise", "clip_and_noise", "noise_multiplier", "noised_seed_steps", "private_mean"]
 
-# Integer orders only: dp-accounting's fractional orders log a warning per order when
-# their series does not converge (large q), and add little at these scales.
-RDP_ORDERS = tuple(range(2, 257))
+
+def _clipped(vector: np.ndarray, clip: float) -> tuple[np.ndarray, bool]:
+    """``vector`` as float64, scaled to L2 norm ``clip`` if it is longer; whether it was."""
+    out = [np.array(vector, dtype=np.float64)]
+    norm = float(np.linalg.norm(out[0]))
+    if norm > 0:  # Flower's clip divides by the norm
+        clip_inputs_inplace(out, clip)
+    return out[0], norm > clip
 
 
 def clip_and_noise(vector: np.ndarray, cfg: RunConfig) -> tuple[np.ndarray, bool]:
     """A client's update as it leaves the client under ``privacy.dp``: clipped to L2 norm
-    ``dp_clip``, plus its share of the noise in ``distributed`` mode.
+    ``dp_clip``, plus its share of the noise (``distributed``) or all of it (``local``).
 
     Returns:
         ``(float64 vector, whether the clip scaled it down)``.
     """
     p = cfg.privacy
-    out = [np.array(vector, dtype=np.float64)]
-    norm = float(np.linalg.norm(out[0]))
-    if norm > 0:  # Flower's clip divides by the norm
-        clip_inputs_inplace(out, p.dp_clip)
+    out, clipped = _clipped(vector, p.dp_clip)
     if p.dp == "distributed":
         n = cfg.federation.clients_per_round
-        # n shares of variance (z C / n)^2 x n each: their mean has std z C / n, as central's
-        add_gaussian_noise_inplace(out, compute_stdv(p.noise_multiplier, p.dp_clip, n) * math.sqrt(n))
-    return out[0], norm > p.dp_clip
+        # n shares of variance (z C / n)^2 x n each: their sum has std z C, as central's
+        add_gaussian_noise_inplace([out], compute_stdv(p.noise_multiplier, p.dp_clip, n) * math.sqrt(n))
+    elif p.dp == "local":
+        add_gaussian_noise_inplace([out], compute_stdv(p.noise_multiplier, p.dp_clip, 1))
+    return out, clipped
+
+
+def noised_seed_steps(keys: np.ndarray, scalars: np.ndarray, cfg: RunConfig) -> tuple[np.ndarray, np.ndarray]:
+    """A FedKSeed client's steps under local DP on the clear path: its dense per-seed vector,
+    clipped and noised, as one step per candidate, so it travels in the usual step list.
+
+    Args:
+        keys, scalars: the client's steps, ``uint64 (n,)`` candidates and ``float32 (n,)`` g.
+
+    Returns:
+        ``(keys uint64 (K,) = 0..K-1, scalars float32 (K,))``.
+    """
+    k = cfg.algorithm.num_candidates
+    vector, _ = clip_and_noise(dense_seed_vector(keys, scalars, k, math.inf)[0], cfg)
+    return np.arange(k, dtype=np.uint64), vector.astype(np.float32)
 
 
 def add_central_noise(mean: np.ndarray, cfg: RunConfig, num_summed: int) -> np.ndarray:
@@ -69,21 +100,40 @@ def add_central_noise(mean: np.ndarray, cfg: RunConfig, num_summed: int) -> np.n
     return out[0]
 
 
-def epsilon(cfg: RunConfig, rounds: int) -> float:
-    """The run's epsilon at ``privacy.dp_delta`` after ``rounds`` rounds (RDP accountant).
+def private_mean(vectors: Sequence[np.ndarray], cfg: RunConfig) -> np.ndarray:
+    """The server's uniform mean of clear update vectors under ``privacy.dp``.
+
+    ``central``: each vector clipped to ``dp_clip`` here, the mean noised with ``z C / n``.
+    ``local``: the clients clipped and noised their vectors; the mean is taken as is.
+
+    Args:
+        vectors: one float vector per client, all of one length ``(L,)``.
+
+    Returns:
+        float64 ``(L,)``.
 
     Raises:
-        ValueError: if DP is off.
+        ValueError: if there is no vector, or ``privacy.dp`` is not one of these two.
     """
-    from dp_accounting import dp_event, rdp
+    mode = cfg.privacy.dp
+    if mode not in ("central", "local"):
+        raise ValueError(f"a clear-text private mean needs privacy.dp 'central' or 'local', got {mode!r}")
+    if not vectors:
+        raise ValueError("`vectors` is empty: no client update to average")
+    if mode == "local":
+        return np.mean(np.asarray(vectors, dtype=np.float64), axis=0)
+    clipped = [_clipped(v, cfg.privacy.dp_clip)[0] for v in vectors]
+    return add_central_noise(np.mean(clipped, axis=0), cfg, len(clipped))
 
-    p, f = cfg.privacy, cfg.federation
-    if p.dp == "none":
-        raise ValueError("`privacy.dp` is 'none': there is no privacy budget to account")
-    if p.noise_multiplier == 0:
-        return math.inf
-    accountant = rdp.RdpAccountant(orders=list(RDP_ORDERS))
-    q = f.clients_per_round / f.num_clients
-    event = dp_event.GaussianDpEvent(p.noise_multiplier)
-    accountant.compose(dp_event.PoissonSampledDpEvent(q, event) if q < 1 else event, rounds)
-    return float(accountant.get_epsilon(p.dp_delta))
+
+def noise_multiplier(cfg: RunConfig, num_summed: int) -> float:
+    """The noise protecting one client's clipped vector in a sum of ``num_summed``, over ``C``.
+
+    ``z`` for ``central`` (the server's noise on the sum) and ``local`` (each client's own);
+    ``z sqrt(num_summed / clients_per_round)`` for ``distributed``, whose sum carries only the
+    noise shares of the clients in it.
+    """
+    p = cfg.privacy
+    if p.dp == "distributed":
+        return p.noise_multiplier * math.sqrt(num_summed / cfg.federation.clients_per_round)
+    return p.noise_multiplier

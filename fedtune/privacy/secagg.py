@@ -39,6 +39,7 @@ __all__ = [
     "q_ratio",
     "seed_sums_from_mean",
     "unflatten",
+    "update_vector",
 ]
 
 
@@ -166,6 +167,13 @@ def flatten(tensors: Mapping[str, Any], clip: float) -> tuple[np.ndarray, int]:
     vector = np.concatenate(parts) if parts else np.zeros(0)
     clipped = int(np.count_nonzero(np.abs(vector) > clip))
     return np.clip(vector, -clip, clip), clipped
+
+
+def update_vector(trained: Mapping[str, Any], base: Mapping[str, Any]) -> np.ndarray:
+    """A LoRA client's update, ``trained - base`` over ``base``'s names (the rule's uplink
+    tensors), as one float64 vector in name order (unclipped): the vector SecAgg+ sums."""
+    return flatten({n: np.asarray(trained[n], np.float64) - np.asarray(base[n], np.float64) for n in base},
+                   math.inf)[0]
 
 
 def unflatten(vector: np.ndarray, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, np.ndarray]:

@@ -36,6 +36,7 @@ __all__ = [
     "derive_seed",
     "generator",
     "rademacher",
+    "secret_generator",
     "tensor_key",
     "words",
 ]
@@ -113,6 +114,13 @@ def generator(seed: int, *labels: str | int) -> np.random.Generator:
     partitioning take theirs from here.
     """
     return np.random.default_rng(derive_seed(seed, *labels))
+
+
+def secret_generator() -> np.random.Generator:
+    """A numpy generator seeded from OS entropy, for draws that must not follow from the
+    config: under central DP, the round's client sample (amplification by sampling holds
+    only against whoever cannot tell who was sampled; fedtune.privacy.accounting)."""
+    return np.random.default_rng()
 
 
 def words(key: int, first_word: int, num_words: int) -> np.ndarray:

@@ -1,5 +1,7 @@
-"""The FedKSeed strategy's front door: bad replies are rejected and counted, never applied."""
+"""The FedKSeed strategy: bad replies are rejected and counted, never applied; DP rounds clip, noise and account."""
 
+
+import math
 
 import numpy as np
 import pytest
@@ -26,7 +28,7 @@ def server(task_identity):
 def _reply(server, steps: bytes, digest=None, num_examples=10):
     request = Message(RecordDict(), dst_node_id=5, message_type=MessageType.TRAIN)
     content = RecordDict({
-        wire.STATE: ConfigRecord({wire.ROUND: 0, wire.DIGEST: digest or state_digest(server.params),
+        wire.STATE: ConfigRecord({wire.ROUND: server.state_round, wire.DIGEST: digest or state_digest(server.params),
                                   wire.STEP_LIST: steps}),
         wire.METRICS: MetricRecord({wire.NUM_EXAMPLES: num_examples, wire.TRAIN_LOSS: 1.0}),
     })
@@ -83,3 +85,88 @@ def test_rejected_replies_leave_the_round_without_an_update(server):
 
     assert server.state_round == 1 and len(server.log[0].keys) == 0
     assert state_digest(server.params) == before
+
+
+def _dp(dp, noise_multiplier):
+    raw = {"model": {"config": "micro-llama"}, "data": {"num_examples": 100, "eval_examples": 8},
+           "federation": {"num_clients": 4, "clients_per_round": 2, "min_replies": 1},
+           "algorithm": {"num_candidates": 16, "local_steps": 4, "weighting": "uniform"},
+           "privacy": {"dp": dp, "dp_clip": 1.0, "noise_multiplier": noise_multiplier}}
+    return parse_config(raw)
+
+
+def _dp_round(server, steps):
+    server.population, server._stats = 4, RoundStats(sampled=len(steps))  # as `sample` would leave them
+    server.aggregate_train(server.state_round + 1, [_reply(server, s) for s in steps])
+    return server.log[-1], server._stats
+
+
+def test_central_dp_in_clear_clips_each_client_at_the_server_then_averages(task_identity):
+    server = FedKSeed(_dp("central", 0.0))  # no noise: the clipped mean itself
+
+    update, stats = _dp_round(server, [_steps([1, 3], [3.0, 4.0]), _steps([3], [0.5])])  # norms 5 and 0.5
+
+    # (0.6, 0.8) and 0.5, averaged: G_1 = 0.3, G_3 = (0.8 + 0.5) / 2
+    assert update.keys.tolist() == [1, 3] and update.scalars.tolist() == pytest.approx([0.3, 0.65])
+    assert stats.privacy["dp_epsilon"] is None and stats.privacy["dp_noise_multiplier"] == 0.0  # z = 0
+
+
+def test_central_dp_noises_every_seed_and_its_epsilon_survives_a_restart(task_identity, tmp_path):
+    server = FedKSeed(_dp("central", 1.0), tmp_path)
+
+    for _ in range(2):
+        update, stats = _dp_round(server, [_steps([1], [0.5]), _steps([2], [0.5])])
+    resumed = FedKSeed(_dp("central", 1.0), tmp_path, resume=True)
+
+    assert len(update.keys) == 16  # the server's noise reaches all K seeds: every party replays them
+    assert stats.privacy["dp_epsilon"] == server.ledger.epsilon() > 0
+    assert resumed.state_round == 2 and state_digest(resumed.params) == state_digest(server.params)
+    assert resumed.ledger.releases == server.ledger.releases
+    assert resumed.ledger.epsilon() == server.ledger.epsilon()
+
+
+def test_local_dp_takes_a_step_per_candidate_and_counts_every_client_seen(task_identity):
+    server = FedKSeed(_dp("local", 1.0))
+    server.partitions = {5: 3}
+    dense = _steps(range(16), [0.1] * 16)  # what a local-DP client sends: 16 > local_steps = 4
+
+    update, stats = _dp_round(server, [dense, _steps([1], [float("nan")])])  # the second is rejected
+
+    assert stats.replies == 1 and update.scalars.tolist() == pytest.approx([0.1] * 16)  # taken as sent
+    # both replies reached the server (one node id here): a release of partition 3's vector
+    assert server.ledger.releases[0].clients == ((3, 3),)
+
+
+class _Pool:
+    """The one grid call `sample` makes in simulation: the pool's node ids."""
+
+    def get_node_ids(self):
+        return [21, 22]
+
+
+def test_only_central_dp_draws_its_sample_from_os_entropy(task_identity):
+    def samples(dp):
+        server = FedKSeed(_dp(dp, 1.0))
+        server.assign_partitions = True
+        return {tuple(server.partitions[n] for n in server.sample(_Pool(), 1)) for _ in range(20)}
+
+    # 2 of 4 clients: 6 possible samples; 20 equal secret draws would have probability 6**-19
+    assert len(samples("local")) == 1  # seeded by (seed, round): anyone with the config knows it
+    assert len(samples("central")) > 1  # amplification by sampling needs a sample nobody else knows
+
+
+def test_a_distributed_round_is_accounted_with_the_noise_shares_actually_summed(task_identity):
+    cfg = parse_config({"model": {"config": "micro-llama"}, "data": {"num_examples": 100, "eval_examples": 8},
+                        "federation": {"num_clients": 4, "clients_per_round": 4},
+                        "algorithm": {"num_candidates": 16, "weighting": "uniform"},
+                        "privacy": {"secagg": True, "dp": "distributed", "noise_multiplier": 2.0}})
+    server = FedKSeed(cfg)
+    server.population, server.partitions = 4, {21: 0, 22: 1, 23: 2, 24: 3}
+    stats = RoundStats(sampled=4)
+
+    server.account(1, stats, [[21, 23]])  # two of the four masked vectors made it into the sum
+
+    # 2 of 4 noise shares: std 2 C sqrt(2 / 4)
+    assert stats.privacy["dp_noise_multiplier"] == pytest.approx(2.0 * math.sqrt(0.5))
+    assert server.ledger.releases[0].clients == ((0, 2),)
+    assert stats.privacy["dp_epsilon"] == server.ledger.epsilon() > 0

@@ -1,0 +1,107 @@
+"""Differential privacy in real Flower simulations (`fedtune run`): every mode's noise reaches
+the model, every party stays in sync, and metrics.jsonl carries the ledger's epsilon each round."""
+
+import json
+
+import pytest
+
+from fedtune.config import load_config
+from fedtune.privacy.accounting import LEDGER_FILE, PrivacyLedger
+from tests.conftest import SMALL_LORA_CONFIG, run_cli
+
+
+def _run(path, name, tmp_path):
+    result = run_cli("run", path, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run_dir = tmp_path / "runs" / name
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return records, load_config(run_dir / "config.toml"), run_dir
+
+
+def _uniform(path, privacy):
+    path.write_text(path.read_text().replace("[algorithm]\n", '[algorithm]\nweighting = "uniform"\n')
+                    + "\n[privacy]\n" + privacy)
+    return path
+
+
+def _epsilon_after_each_round(cfg, run_dir):
+    """The ledger file read back one release at a time: what each round should have reported."""
+    lines = (run_dir / LEDGER_FILE).read_text().splitlines()
+    values = []
+    for count in range(1, len(lines) + 1):
+        partial = run_dir / f"ledger-{count}.jsonl"
+        partial.write_text("".join(line + "\n" for line in lines[:count]))
+        values.append(PrivacyLedger(cfg, partial).epsilon())
+    return values
+
+
+@pytest.mark.slow
+def test_central_dp_in_clear_fedkseed_keeps_every_party_in_sync(small_config, tmp_path):
+    path = _uniform(small_config(name="central", rounds=2, num_clients=5, per_round=3),
+                    'dp = "central"\nnoise_multiplier = 1.0\ndp_clip = 4.0\n')
+
+    records, cfg, run_dir = _run(path, "central", tmp_path)
+
+    ledger = PrivacyLedger(cfg, run_dir / LEDGER_FILE)
+    assert [(r.round, r.population, r.sampled, r.noise_multipliers, r.clients) for r in ledger.releases] == [
+        (1, 5, 3, (1.0,), ()), (2, 5, 3, (1.0,), ())]  # no client list: central's sample stays secret
+    assert [r["dp_epsilon"] for r in records[1:]] == _epsilon_after_each_round(cfg, run_dir)
+    for record in records[1:]:
+        # round 2's clients replayed round 1's noised update and proved it with their digests
+        assert record["replies"] == record["sampled"] == 3 and record["sync_mismatches"] == 0
+        assert record["distinct_seeds"] == 64  # the server's noise reaches every candidate
+        assert record["dp_noise_multiplier"] == 1.0 and record["dp_delta"] == 1e-5
+
+
+@pytest.mark.slow
+def test_distributed_dp_under_secagg_reports_each_rounds_multiplier(small_config, tmp_path):
+    path = _uniform(small_config(name="distributed", rounds=2, num_clients=5, per_round=4),
+                    'secagg = true\ndp = "distributed"\nnoise_multiplier = 0.8\ndp_clip = 4.0\n')
+
+    records, cfg, run_dir = _run(path, "distributed", tmp_path)
+
+    releases = PrivacyLedger(cfg, run_dir / LEDGER_FILE).releases
+    assert [len(r.clients[0]) for r in releases] == [4, 4]  # the partitions whose vectors were summed
+    assert [r["dp_epsilon"] for r in records[1:]] == _epsilon_after_each_round(cfg, run_dir)
+    assert records[1]["dp_epsilon"] < records[2]["dp_epsilon"]
+    for record in records[1:]:
+        assert record["replies"] == 4 and record["sync_mismatches"] == 0
+        assert record["dp_noise_multiplier"] == 0.8  # all 4 shares in the sum
+        # each of the 4 clients drew at most 4 of the 64 seeds; the clients' noise reaches all 64
+        assert record["distinct_seeds"] == 64
+
+
+def _lora(tmp_path, name, rule, privacy):
+    path = tmp_path / f"{name}.toml"
+    text = SMALL_LORA_CONFIG.format(name=name, output_dir=tmp_path / "runs", num_clients=4, rule=rule,
+                                    two_phase="true" if rule == "lorafair" else "false", method="none")
+    path.write_text(text)
+    return _uniform(path, privacy)
+
+
+@pytest.mark.slow
+def test_local_dp_in_clear_fedit_counts_every_clients_releases(tmp_path):
+    path = _lora(tmp_path, "local", "fedit", 'dp = "local"\nnoise_multiplier = 2.0\ndp_clip = 1.0\n')
+
+    records, cfg, run_dir = _run(path, "local", tmp_path)
+
+    releases = PrivacyLedger(cfg, run_dir / LEDGER_FILE).releases
+    assert [len(r.clients[0]) for r in releases] == [3, 3]  # 3 of the 4 clients a round
+    assert [r["dp_epsilon"] for r in records[1:]] == _epsilon_after_each_round(cfg, run_dir)
+    for record in records[1:]:
+        assert record["replies"] == record["sampled"] == 3 and record["dp_noise_multiplier"] == 2.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dp", ["central", "local"])
+def test_two_phase_lorafair_under_secagg_and_dp_accounts_two_sums_a_round(tmp_path, dp):
+    path = _lora(tmp_path, dp, "lorafair", f'secagg = true\nscalar_clip = 4.0\ndp = "{dp}"\nnoise_multiplier = 2.0\n')
+
+    records, cfg, run_dir = _run(path, dp, tmp_path)
+
+    releases = PrivacyLedger(cfg, run_dir / LEDGER_FILE).releases
+    assert [r.noise_multipliers for r in releases] == [(2.0, 2.0), (2.0, 2.0)]  # the factors, the projections
+    assert [r["dp_epsilon"] for r in records[1:]] == _epsilon_after_each_round(cfg, run_dir)
+    for record in records[1:]:
+        assert record["replies"] == record["sampled"] == 3
+        assert record["dp_noise_multiplier"] == record["dp_noise_multiplier_phase2"] == 2.0
