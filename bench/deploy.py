@@ -11,9 +11,9 @@ TCP proxy. Prints ``name=value`` lines, the headline last:
 
 - ``sim_round_s``, ``deploy_round_s``: median round time over the rounds without start-up or
   final evaluation (rounds 2 .. R-1), from each run's metrics.jsonl.
-- ``polling_s_expected``: what Flower's polling adds to one message round trip on average:
-  an idle SuperNode pulls every 3 s and the ServerApp pulls replies every 3 s, so a message
-  waits 1.5 s + 1.5 s on average (0 to 6 s).
+- ``polling_s_expected``: what polling adds to one message round trip on average: an idle
+  SuperNode pulls every 3 s (Flower's constant) and the ServerApp pulls replies every 0.5 s
+  (``server/polling.py``), so a message waits 1.5 s + 0.25 s on average (0 to 3.5 s).
 - ``clientapp_cold_start_s``: a fresh process importing the ClientApp and building the model
   and data, as Flower 1.41 does for every message (``--clientapp-start cold``), measured
   alone, one thread. ``clientapp_warm_start_s``: the same in a child forked from a process
@@ -50,6 +50,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from deploy.loopback import LoopbackFederation
+from server.polling import POLL_S
 
 CONFIG = """
 name = "{name}"
@@ -176,7 +177,7 @@ def _deploy(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="opt-125m", help="named model config (default opt-125m shape)")
-    parser.add_argument("--local-steps", type=int, default=10)  # simulated rounds >= 20 s here (idle, 2 cores)
+    parser.add_argument("--local-steps", type=int, default=12)  # simulated rounds >= 20 s here (idle, 2 cores)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--nodes", type=int, default=3)
@@ -240,7 +241,7 @@ def main() -> None:
     client_rounds = len(dep) * args.nodes
     channel = (up + down) / client_rounds
     payload = sum(r["bytes_up_per_client"] + r["bytes_down_per_client"] for r in dep) / len(dep)
-    polling = 3.0  # 1.5 s SuperNode pull + 1.5 s ServerApp pull, on average
+    polling = 3.0 / 2 + POLL_S / 2  # on average: half the SuperNode's 3 s pull, half the ServerApp's 0.5 s
     gap = deploy_round_s - sim_round_s
     # Per round, the slowest node's receive -> reply span; the rest of the round is waiting
     # on polls, transfers and the server's own work (aggregate, replay, log).
