@@ -1,13 +1,18 @@
 """Differential privacy in real Flower simulations (`fedtune run`): every mode's noise reaches
 the model, every party stays in sync, and metrics.jsonl carries the ledger's epsilon each round."""
 
+import dataclasses
 import json
+import math
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from fedtune.config import load_config
 from fedtune.privacy.accounting import LEDGER_FILE, PrivacyLedger
-from tests.conftest import SMALL_LORA_CONFIG, run_cli
+from tests.conftest import REPO, SMALL_LORA_CONFIG, run_cli
 
 
 def _run(path, name, tmp_path):
@@ -69,6 +74,36 @@ def test_distributed_dp_under_secagg_reports_each_rounds_multiplier(small_config
         assert record["dp_noise_multiplier"] == 0.8  # all 4 shares in the sum
         # each of the 4 clients drew at most 4 of the 64 seeds; the clients' noise reaches all 64
         assert record["distinct_seeds"] == 64
+
+
+@pytest.mark.slow
+def test_distributed_dp_accounts_a_round_with_drop_outs_at_its_survivors_multiplier(small_config, tmp_path):
+    # tests/privacy/secagg_run.py: in round 2, partition 0 drops out before its masked vector,
+    # partition 1's masked vector is truncated (refused), partition 2 fails after its vector
+    # was summed: 4 of the 6 noise shares are in round 2's sum.
+    path = _uniform(small_config(name="dropouts", rounds=2, num_clients=6, per_round=6),
+                    'secagg = true\nreconstruction_threshold = 3\ndp = "distributed"\nnoise_multiplier = 0.9\n'
+                    "dp_clip = 4.0\n")
+    out = tmp_path / "out"
+    out.mkdir()
+
+    result = subprocess.run([sys.executable, str(REPO / "tests/privacy/secagg_run.py"), str(path), str(out)],
+                            cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run_dir = Path(json.loads((out / "server.json").read_text())["run_dir"])
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    cfg = load_config(run_dir / "config.toml")
+    releases = PrivacyLedger(cfg, run_dir / LEDGER_FILE).releases
+    assert [r.clients for r in releases] == [((0, 1, 2, 3, 4, 5),), ((2, 3, 4, 5),)]
+    assert [r["dp_noise_multiplier"] for r in records[1:]] == [0.9, pytest.approx(0.9 * math.sqrt(4 / 6))]
+    assert [r["dp_epsilon"] for r in records[1:]] == _epsilon_after_each_round(cfg, run_dir)
+    # the survivors' weaker noise costs more than a full round would have
+    full = PrivacyLedger(cfg)
+    for release in releases:
+        full.record(dataclasses.replace(release, noise_multipliers=(0.9,)))
+    assert records[2]["dp_epsilon"] > full.epsilon()
+    assert all(r["sync_mismatches"] == 0 for r in records[1:])
 
 
 def _lora(tmp_path, name, rule, privacy):
