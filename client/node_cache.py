@@ -12,7 +12,13 @@ The file is ``<cache-dir>/<run key>.safetensors`` with the state round in its me
 written atomically; a file of another run, of a later state than the server's, or
 unreadable is ignored (the log path then works as before). The server still checks every
 client's digest, so a cache can never make a node train from wrong weights unnoticed.
-Torch-free: the torch and the device client both use it.
+
+A file is the size of the trainable weights (350 MB at OPT-125m, 28 GB for a 7B model in
+float32), one per run: after each write, only the ``cache-keep`` most recently written runs'
+files stay (node config, default 2, so that two runs sharing the node do not evict each
+other), and temporary files a killed process left behind are removed once an hour old.
+An evicted run that comes back replays the seed log instead. Torch-free: the torch and the
+device client both use it.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +35,12 @@ from flwr.app import Context
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import load_file, save_file
 
-__all__ = ["CACHE_DIR", "cache_path", "restore", "store"]
+__all__ = ["CACHE_DIR", "CACHE_KEEP", "cache_path", "keep_of", "prune", "restore", "store"]
 
 CACHE_DIR = "cache-dir"  # node config key: a directory on the node's own disk
+CACHE_KEEP = "cache-keep"  # node config key: how many runs' files to keep (default DEFAULT_KEEP)
+DEFAULT_KEEP = 2
+STALE_TMP_S = 3600.0  # a temporary file this old belongs to no live write
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +82,9 @@ def restore(path: Path | None, client: Any, state_round: int) -> None:
     log.info("loaded the synced weights of state %d from %s", cached, path)
 
 
-def store(path: Path | None, client: Any) -> None:
-    """Write ``client``'s synced weights if they are newer than the cached ones."""
+def store(path: Path | None, client: Any, keep: int = DEFAULT_KEEP) -> None:
+    """Write ``client``'s synced weights if they are newer than the cached ones, then
+    :func:`prune` the directory to the ``keep`` newest runs."""
     state = client.synced_round
     if path is None or state == 0:
         return
@@ -94,6 +105,39 @@ def store(path: Path | None, client: Any) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    prune(path.parent, keep)
+
+
+def keep_of(context: Context) -> int:
+    """The node's ``cache-keep`` (at least 1: the run being written)."""
+    return max(1, int(context.node_config.get(CACHE_KEEP, DEFAULT_KEEP)))
+
+
+def prune(directory: Path, keep: int) -> list[Path]:
+    """Remove all but the ``keep`` most recently written cache files in ``directory``, and
+    temporary files older than :data:`STALE_TMP_S`; returns what was removed."""
+    now, removed = time.time(), []
+    files = []
+    for entry in directory.iterdir():
+        try:
+            mtime = entry.stat().st_mtime
+        except OSError:  # removed meanwhile
+            continue
+        if entry.suffix == ".safetensors":
+            files.append((mtime, entry))
+        elif entry.suffix == ".tmp" and now - mtime > STALE_TMP_S:
+            removed.append(entry)
+    removed += [entry for _, entry in sorted(files, reverse=True)[keep:]]
+    done = []
+    for entry in removed:
+        try:
+            entry.unlink(missing_ok=True)
+        except OSError as exc:  # never fail the round over a cache file
+            log.warning("could not remove %s from the node's weight cache: %s", entry, exc)
+            continue
+        log.info("removed %s from the node's weight cache", entry.name)
+        done.append(entry)
+    return done
 
 
 def _numpy(t: Any) -> Any:

@@ -13,7 +13,7 @@ from typing import Any
 
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from client.node_cache import cache_path, restore, store
+from client.node_cache import cache_path, keep_of, restore, store
 from client.secagg import is_secure, secure_seed_reply
 from fedtune import wire
 from fedtune.config import RunConfig
@@ -75,7 +75,7 @@ def answer_train(msg: Message, context: Context, cfg: RunConfig, client: Any) ->
         probabilities = probabilities_from_bytes(levels, a.num_candidates, a.pro_temperature)
     partition_id, num_partitions = partition_of(msg, context)
     report = client.train(server_round, partition_id, num_partitions, probabilities)
-    store(cache, client)
+    store(cache, client, keep_of(context))
     metrics = MetricRecord({
         wire.NUM_EXAMPLES: report.num_examples,
         wire.TRAIN_LOSS: report.train_loss,

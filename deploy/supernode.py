@@ -72,7 +72,9 @@ def cache_dir(args: argparse.Namespace) -> Path | None:
 def supernode_command(args: argparse.Namespace) -> list[str]:
     """The ``flower-supernode`` command line for the parsed arguments."""
     cache = cache_dir(args)
-    extra = f'{args.node_config} cache-dir="{cache}"' if cache is not None else args.node_config
+    extra = args.node_config
+    if cache is not None:
+        extra += f' cache-dir="{cache}" cache-keep={args.cache_keep}'
     return [
         "flower-supernode",
         "--superlink", args.superlink,
@@ -141,6 +143,10 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         '"" for none: every message then replays the seed log from round 0)',
     )
     parser.add_argument(
+        "--cache-keep", type=int, default=2,
+        help="how many runs' weight caches the node keeps, the most recently written (default 2)",
+    )
+    parser.add_argument(
         "--threads", type=int,
         help="CPU threads per ClientApp (OMP_NUM_THREADS); set it when SuperNodes share a machine (default: all cores)",
     )
@@ -160,6 +166,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         help="seconds Flower keeps reconnecting to a lost SuperLink before it gives up (default 300)",
     )
     args = parser.parse_args(argv)
+    if args.cache_keep < 1:
+        parser.error(f"--cache-keep must be >= 1 (the run being written), got {args.cache_keep}")
     if not 0 <= args.partition_id < args.num_partitions:
         parser.error(f"--partition-id must be in [0, {args.num_partitions}), got {args.partition_id}")
     return args

@@ -1,9 +1,12 @@
 """A deployed node's weight cache (client/node_cache.py): a fresh ClientApp process per
 message, as in Flower's deployment engine, resumes from its node's disk instead of state 0."""
 
+import os
+import time
+
 import numpy as np
 
-from client.node_cache import CACHE_DIR, cache_path, restore, store
+from client.node_cache import CACHE_DIR, CACHE_KEEP, cache_path, keep_of, prune, restore, store
 from client.zo_protocol import answer_train
 from fedtune.config import parse_config
 from fedtune.zo.client import ZOClient
@@ -90,3 +93,36 @@ def test_a_cache_with_other_tensors_is_ignored_before_anything_is_overwritten(ta
     restore(path, client, state_round=4)
 
     assert client.synced_round == 0 and all(t.equal(initial[n]) for n, t in client.base)
+
+
+def test_the_cache_keeps_the_newest_runs_and_clears_stale_temporary_files(task_identity, tmp_path):
+    now = time.time()
+    for age, name in enumerate(["run-a", "run-b", "run-c"], start=1):  # run-a newest
+        (tmp_path / f"{name}.safetensors").write_bytes(b"x")
+        os.utime(tmp_path / f"{name}.safetensors", (now - 60 * age, now - 60 * age))
+    stale, fresh = tmp_path / "run-c.safetensorsab12.tmp", tmp_path / "run-a.safetensorscd34.tmp"
+    for path, age in ((stale, 2 * 3600), (fresh, 10)):  # a killed write long ago; one under way
+        path.write_bytes(b"x")
+        os.utime(path, (now - age, now - age))
+    client = ZOClient(CFG)
+    client.synced_round = 1
+
+    store(tmp_path / f"{client.key}.safetensors", client, keep=2)
+
+    # this run's file (just written) and the newest other run's stay; the older runs go, and
+    # so does the temporary file nobody is writing any more
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [f"{client.key}.safetensors", "run-a.safetensors", fresh.name])
+    assert prune(tmp_path, keep=1) == [tmp_path / "run-a.safetensors"]
+    assert (tmp_path / f"{client.key}.safetensors").is_file()
+
+
+def test_the_node_config_says_how_many_runs_to_keep():
+    from flwr.app import Context, RecordDict
+
+    def context(node_config):
+        return Context(run_id=1, node_id=1, node_config=node_config, state=RecordDict(), run_config={})
+
+    assert keep_of(context({})) == 2
+    assert keep_of(context({CACHE_KEEP: 5})) == 5
+    assert keep_of(context({CACHE_KEEP: 0})) == 1  # never the run being written
