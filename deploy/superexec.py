@@ -18,8 +18,10 @@ What the parent holds, and why that is safe:
 
 - Only third-party modules: the app's own code (``fedtune``, ``client/``) is imported by the
   child from the installed FAB, as in a fresh process, so a newer FAB is never shadowed.
-- No torch op has run, so no thread pool exists to be copied half-way; the parent's only
-  threads are Flower's parent monitor and retry timers, which hold no lock across a fork.
+- No torch op has run, so no thread pool exists to be copied half-way, and CUDA is not
+  initialised (torch does that lazily), so a child can still use ``cuda:N``; the parent's
+  other threads (Flower's parent monitor, OpenBLAS's pool, which handles forks itself) hold
+  no lock a child needs.
 - Every child reseeds Python's, numpy's and torch's global generators from the OS: a forked
   child would otherwise draw the parent's stream again at every message, and fedtune's DP
   noise comes from numpy's global generator.
