@@ -26,9 +26,9 @@ from fedtune import wire
 from fedtune.config import RunConfig
 from fedtune.lora.client import LoraClient, LoraReport, client_for
 from fedtune.lora.factors import is_factor_a
-from fedtune.lora.payload import apply_update, compress_update, pack, pack_compressed, unpack
+from fedtune.lora.payload import apply_update, compress_update, pack, pack_compressed, plus_vector, unpack
 from fedtune.partition_state import PartitionState
-from fedtune.privacy import unflatten, update_vector
+from fedtune.privacy import update_vector
 from fedtune.privacy.dp import clip_and_noise
 from fedtune.rng import generator
 
@@ -123,8 +123,7 @@ def _noised(cfg: RunConfig, trained: dict[str, Any], global_state: dict[str, Any
     """Local DP on the clear path: ``trained`` moved so that its update (trained - global),
     as one vector, is clipped to ``dp_clip`` and carries the full noise before it leaves."""
     vector, _ = clip_and_noise(update_vector(trained, global_state), cfg)
-    noised = unflatten(vector, {n: tuple(t.shape) for n, t in global_state.items()})
-    return {n: (t.double() + torch.from_numpy(noised[n])).float() for n, t in global_state.items()}
+    return plus_vector(global_state, vector, {n: tuple(t.shape) for n, t in global_state.items()})
 
 
 def _arrays(record: ArrayRecord) -> dict[str, np.ndarray]:

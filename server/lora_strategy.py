@@ -35,8 +35,8 @@ from fedtune.lora import Aggregate, adapter_parameters, inject_lora, read_state,
 from fedtune.lora.client import lora_run_key
 from fedtune.lora.factors import factor_pairs, is_factor_a, weighted_mean
 from fedtune.lora.fair import correct
-from fedtune.lora.payload import pack, unpack, unpack_update
-from fedtune.privacy import unflatten, update_vector
+from fedtune.lora.payload import pack, plus_vector, unpack, unpack_update
+from fedtune.privacy import update_vector
 from fedtune.privacy.accounting import ledger_for
 from fedtune.privacy.dp import private_mean
 from fedtune.workload import Workload, evaluate
@@ -174,9 +174,7 @@ class FederatedLora(RoundLoop):
     def plus_mean(self, mean: np.ndarray) -> dict[str, torch.Tensor]:
         """The global adapter plus a mean update vector (float64 ``(L,)``, name order) of the
         uplink tensors; the others (FFA-LoRA's A) stay as they are. float32."""
-        delta = unflatten(mean, self.uplink_shapes)
-        return {n: (t.double() + torch.from_numpy(delta[n])).float() if n in delta else t
-                for n, t in self.state.items()}
+        return plus_vector(self.state, mean, self.uplink_shapes)
 
     def _enough(self, server_round: int, accepted: list[_Accepted]) -> bool:
         self._stats.replies = len(accepted)

@@ -22,8 +22,11 @@ from flwr.app import ConfigRecord
 from fedtune import wire
 from fedtune.compress import Compressed, Compressor, ErrorFeedback
 from fedtune.config import CompressConfig
+from fedtune.privacy import unflatten
 
-__all__ = ["apply_update", "compress_update", "pack", "pack_compressed", "shapes_of", "unpack", "unpack_update"]
+__all__ = [
+    "apply_update", "compress_update", "pack", "pack_compressed", "plus_vector", "shapes_of", "unpack", "unpack_update",
+]
 
 
 def shapes_of(state: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
@@ -83,6 +86,16 @@ def unpack_update(
 def apply_update(base: Mapping[str, torch.Tensor], update: Mapping[str, Compressed]) -> dict[str, torch.Tensor]:
     """``base + update`` per tensor, float32: the adapter as the server rebuilds it."""
     return {n: base[n].float() + torch.from_numpy(update[n].decompress()) for n in base}
+
+
+def plus_vector(
+    state: Mapping[str, torch.Tensor], vector: np.ndarray, shapes: Mapping[str, tuple[int, ...]]
+) -> dict[str, torch.Tensor]:
+    """``state`` plus an update laid out as one flat vector (:func:`fedtune.privacy.flatten`:
+    the tensors of ``shapes``, in name order), added in float64 and rounded to float32 once;
+    tensors not in ``shapes`` stay as they are."""
+    delta = unflatten(vector, shapes)
+    return {n: (t.double() + torch.from_numpy(delta[n])).float() if n in delta else t for n, t in state.items()}
 
 
 def compress_update(
