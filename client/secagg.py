@@ -47,8 +47,9 @@ def secure_reply(
     """``vector`` in the layout ``secaggplus_mod`` masks, with fedtune's clear ``records`` beside it.
 
     Under ``privacy.dp`` the vector is first clipped to L2 norm ``dp_clip`` (plus this client's
-    noise share in distributed mode, all of the noise in local mode); then every value is clipped to ``+-scalar_clip``, SecAgg+'s range,
-    and how many that changed goes into the metrics (``clipped-scalars``).
+    noise share in distributed mode, all of the noise in local mode); then every value is
+    clipped to ``+-scalar_clip``, SecAgg+'s range, and how many that changed goes into the
+    metrics (``clipped-scalars``).
 
     Raises:
         ValueError: if the client's weight exceeds ``max_weight`` (SecAgg+ would scale its
@@ -61,7 +62,7 @@ def secure_reply(
             f"this client's weight {weight} exceeds privacy.max_weight={settings.max_weight}: SecAgg+ "
             "would clip its update; raise privacy.max_weight"
         )
-    if cfg.privacy.dp != "none":  # clipped to dp_clip, plus this client's share of the noise if distributed
+    if cfg.privacy.dp != "none":  # clipped to dp_clip, plus the noise this client adds (distributed, local)
         vector, _ = clip_and_noise(vector, cfg)
     clipped = int(np.count_nonzero(np.abs(vector) > settings.scalar_clip))
     vector = np.clip(vector, -settings.scalar_clip, settings.scalar_clip)  # within SecAgg+'s range

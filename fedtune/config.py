@@ -374,30 +374,24 @@ def _check_privacy(cfg: RunConfig) -> list[str]:
     if p.dp != "none" and cfg.algorithm.weighting != "uniform":
         errors.append(f"`privacy.dp` = {p.dp!r} needs `algorithm.weighting = \"uniform\"`: with weights by "
                       "examples one client's share of the mean, and so the noise it needs, is unbounded")
-    if p.dp != "none" and cfg.algorithm.name not in SECAGG_ALGORITHMS:
-        errors.append(f"`privacy.dp` supports algorithm.name {', '.join(SECAGG_ALGORITHMS)}, got "
-                      f"{cfg.algorithm.name!r} (MeZO's raw 64-bit seeds have no dense vector to clip and noise)")
-    if p.dp != "none" and cfg.compress.method != "none":
-        errors.append(f"`privacy.dp` clips and noises dense update vectors: `compress.method` must be 'none', "
-                      f"got {cfg.compress.method!r}")
-    if p.dp != "none" and cfg.ondevice.clients:
-        errors.append("`privacy.dp` does not support ONNX device clients (`ondevice.clients` > 0) yet")
+    # Both work on each client's update as one dense vector (fedtune.privacy): the same limits.
+    for key, on, what in (("privacy.dp", p.dp != "none", "clips and noises"), ("privacy.secagg", p.secagg, "sums")):
+        if not on:
+            continue
+        if cfg.algorithm.name not in SECAGG_ALGORITHMS:
+            errors.append(f"`{key}` supports algorithm.name {', '.join(SECAGG_ALGORITHMS)}, got "
+                          f"{cfg.algorithm.name!r} (MeZO's raw 64-bit seeds have no dense vector it {what})")
+        if cfg.compress.method != "none":
+            errors.append(f"`{key}` {what} dense update vectors: `compress.method` must be 'none', got "
+                          f"{cfg.compress.method!r} (clients' sparse positions differ)")
+        if cfg.ondevice.clients:
+            errors.append(f"`{key}` does not support ONNX device clients (`ondevice.clients` > 0) yet")
     if p.secagg:
-        a = cfg.algorithm
-        if a.name not in SECAGG_ALGORITHMS:
-            errors.append(
-                f"`privacy.secagg` supports algorithm.name {', '.join(SECAGG_ALGORITHMS)}, got {a.name!r} "
-                "(MeZO's raw 64-bit seeds have no dense vector to sum)")
         if f.clients_per_round < 3:
             errors.append(f"`privacy.secagg` needs clients_per_round >= 3 (SecAgg+ shares), got {f.clients_per_round}")
-        if cfg.ondevice.clients:
-            errors.append("`privacy.secagg` does not support ONNX device clients (`ondevice.clients` > 0) yet")
-        if a.name == "lorafair" and not cfg.lora.two_phase:
+        if cfg.algorithm.name == "lorafair" and not cfg.lora.two_phase:
             errors.append("`privacy.secagg` with algorithm.name = 'lorafair' needs `lora.two_phase = true` (its "
                           "correction from sums only); the one-phase solve needs each client's factors")
-        if cfg.compress.method != "none":
-            errors.append(f"`privacy.secagg` sums dense vectors: `compress.method` must be 'none', got "
-                          f"{cfg.compress.method!r} (clients' sparse positions differ)")
     return errors
 
 
