@@ -20,7 +20,7 @@ from typing import Any
 
 import tomllib
 
-from fedtune.config import ConfigError, RunConfig, config_to_dict, load_config
+from fedtune.config import ZO_ALGORITHMS, ConfigError, RunConfig, config_to_dict, load_config
 from fedtune.runs import configure_logging
 
 log = logging.getLogger("fedtune")
@@ -75,6 +75,29 @@ def _check_environment(cfg: RunConfig) -> None:
             raise UsageError(f"device = {cfg.device!r} but CUDA is not available; use auto or cpu")
 
 
+def _check_model(cfg: RunConfig) -> None:
+    """Build what a config's head and trainable subset need, once, before anything is written.
+
+    Label names that do not fit the data, a ``model.trainable`` pattern that matches nothing
+    and LoRA target modules the model lacks all surface here as one line (exit 2) rather
+    than inside the ServerApp. Only configs that use these features pay the model build.
+    """
+    from fedtune.workload import Workload, label_names
+
+    m, a = cfg.model, cfg.algorithm
+    zo = a.name in ZO_ALGORITHMS
+    if m.head == "default" and a.params == "model" and not (zo and m.trainable):
+        return
+    try:
+        workload = Workload(cfg)
+        if m.head == "label-names":
+            label_names(cfg, workload.num_labels)
+        if zo and (m.trainable or a.params == "lora" or m.head != "default"):
+            workload.trainable(workload.build_model())
+    except ValueError as exc:
+        raise UsageError(str(exc).replace("\n", " ")) from None
+
+
 def _check_memory(cfg: RunConfig) -> Any:
     """Refuse, before anything starts, a simulation this machine cannot hold."""
     from fedtune.capacity import available_memory, estimate_memory, parameter_count
@@ -127,6 +150,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         raise UsageError(f"{config_path}: {exc}") from None
     _check_environment(cfg)
+    _check_model(cfg)
     memory = _check_memory(cfg)
 
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")

@@ -37,7 +37,8 @@ __all__ = [
     "parse_config",
 ]
 
-ALGORITHMS = ("fedkseed", "mezo")
+ZO_ALGORITHMS = ("fedkseed", "fedkseed-pro", "mezo")
+GENERATED_LABEL_NAMES = ("topics", "news")  # generated sources that name their own classes
 LORA_ALGORITHMS = ("fedit", "ffa-lora", "lorafair")  # server rules in fedtune.lora (its registry)
 DEVICE_ALGORITHMS = ("fedkseed", "fedkseed-pro", "mezo")  # what ONNX device clients run (fedtune.device)
 
@@ -59,6 +60,11 @@ class ModelConfig:
     task: Literal["causal-lm", "seq-cls"] = "causal-lm"
     dtype: Literal["float32"] = "float32"  # replay is canonical in float32
     trainable: tuple[str, ...] = ()  # fnmatch patterns of trainable tensor names; empty = all
+    # seq-cls head: "default" = the architecture's own (a new one is randomly initialised);
+    # "label-names" = starts at the zero-shot classifier from the label names (fedtune.models
+    # LabelNameClassifier for encoders, VerbalizerClassifier for causal LMs)
+    head: Literal["default", "label-names"] = "default"
+    head_scale: float = 20.0  # label-names head on an encoder: logits = head_scale * cosine at the start
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,9 @@ class DataConfig:
     partition: Literal["iid", "dirichlet", "by-label"] = "dirichlet"
     alpha: float = 0.5  # Dirichlet concentration: smaller is more skewed
     labels_per_partition: int = 2  # for partition = "by-label"
+    # one natural-language name per class, in label order, for model.head = "label-names";
+    # empty = the generated task's own names (a file source must give them)
+    label_names: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -105,6 +114,9 @@ class AlgorithmConfig:
 
     # mezo: a fresh seed per step, no pool; fedit, ffa-lora, lorafair: federated LoRA ([lora])
     name: Literal["fedkseed", "fedkseed-pro", "mezo", "fedit", "ffa-lora", "lorafair"] = "fedkseed"
+    # what a zeroth-order algorithm perturbs: "model" = the model's tensors (model.trainable selects),
+    # "lora" = PEFT LoRA adapters from [lora] (and a seq-cls head), MeZO's LoRA mode
+    params: Literal["model", "lora"] = "model"
     num_candidates: int = 1024  # K, FedKSeed's pool of candidate seeds
     local_steps: int = 10  # ZO steps per client per round
     batch_size: int = 16  # examples per step
@@ -152,6 +164,7 @@ class EvalConfig:
     every: int = 1  # evaluate every N rounds (and always after the last)
     batch_size: int = 64
     check_sync: bool = True  # clients report a digest of their synced weights; server compares
+    diverge_after: int = 3  # a run is flagged diverging when eval loss rose this many evaluations in a row
 
 
 @dataclass(frozen=True)
@@ -286,6 +299,20 @@ def _check_values(cfg: RunConfig) -> list[str]:
     need(a.name not in LORA_ALGORITHMS or not m.trainable,
          f"`model.trainable` selects tensors for the zeroth-order algorithms; {a.name!r} trains "
          "`lora.target_modules` (and a seq-cls head): leave model.trainable empty")
+    need(math.isfinite(m.head_scale) and m.head_scale > 0, f"`model.head_scale` must be > 0, got {m.head_scale}")
+    need(m.head == "default" or m.task == "seq-cls",
+         f"`model.head` = {m.head!r} applies to model.task = 'seq-cls', got {m.task!r}")
+    need(not d.label_names or len(set(d.label_names)) == len(d.label_names) >= 2
+         and all(n.strip() for n in d.label_names),
+         f"`data.label_names` must be >= 2 distinct non-empty names, got {list(d.label_names)}")
+    need(m.head != "label-names" or d.source in GENERATED_LABEL_NAMES or bool(d.label_names),
+         f"`model.head` = 'label-names' needs `data.label_names` for data.source = {d.source!r} "
+         "(one name per class, in label order)")
+    need(a.params == "model" or a.name in ZO_ALGORITHMS,
+         f"`algorithm.params` = {a.params!r} is for the zeroth-order algorithms ({', '.join(ZO_ALGORITHMS)}); "
+         f"{a.name!r} trains LoRA adapters already")
+    need(a.params == "model" or not cfg.ondevice.clients,
+         "`algorithm.params` = 'lora' is not supported by ONNX device clients (`ondevice.clients` > 0) yet")
     c = cfg.compress
     need(0 < c.topk <= 1, f"`compress.topk` must be in (0, 1], got {c.topk}")
     need(c.bits in (2, 4, 8), f"`compress.bits` must be 8, 4 or 2, got {c.bits}")
@@ -294,6 +321,7 @@ def _check_values(cfg: RunConfig) -> list[str]:
          f"{a.name!r} uploads (seed, scalar) pairs, already a few bytes a step: leave it 'none'")
     need(f.max_payload_mb > 0, f"`federation.max_payload_mb` must be > 0, got {f.max_payload_mb}")
     need(cfg.eval.every >= 1, f"`eval.every` must be >= 1, got {cfg.eval.every}")
+    need(cfg.eval.diverge_after >= 1, f"`eval.diverge_after` must be >= 1, got {cfg.eval.diverge_after}")
     need(cfg.eval.batch_size >= 1, f"`eval.batch_size` must be >= 1, got {cfg.eval.batch_size}")
     s = cfg.simulation
     need(s.num_cpus_per_client > 0,

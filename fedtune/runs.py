@@ -164,6 +164,8 @@ def progress_line(record: Mapping[str, Any], rounds: int) -> str:
     if "dp_epsilon" in record:  # privacy.dp: the budget spent so far
         eps = record["dp_epsilon"]
         parts.append(f"epsilon {eps:.3g} at delta {record['dp_delta']:g}," if eps is not None else "epsilon inf,")
+    if record.get("diverging"):
+        parts.append(f"DIVERGING ({record['diverging']}),")
     timing = f"{record['round_s']:.1f} s (total {format_duration(record['elapsed_s'])}"
     if record.get("eta_s"):
         timing += f", ETA {format_duration(record['eta_s'])}"
@@ -188,14 +190,39 @@ def _json_safe(value: Any) -> Any:
 
 
 class RunWriter:
-    """Appends per-round records to ``metrics.jsonl`` and prints the progress line."""
+    """Appends per-round records to ``metrics.jsonl`` and prints the progress line.
 
-    def __init__(self, run_dir: Path, rounds: int) -> None:
+    A record whose losses went non-finite, or whose eval loss rose ``diverge_after``
+    evaluations in a row, is marked ``"diverging": "<why>"`` in both: a diverging run says
+    so instead of silently training on.
+    """
+
+    def __init__(self, run_dir: Path, rounds: int, *, diverge_after: int = 3) -> None:
         self.run_dir = Path(run_dir)
         self.rounds = rounds
         self.metrics_path = self.run_dir / METRICS_FILE
+        self.diverge_after = diverge_after
+        self._eval_losses: list[float] = []
+
+    def _divergence(self, record: Mapping[str, Any]) -> str:
+        """Why ``record`` looks diverging ("" if it does not)."""
+        train, evaluated = record.get("train_loss"), record.get("eval_loss")
+        if record.get("replies", 0) > 0 and "train_loss" in record and (train is None or not math.isfinite(train)):
+            return "train loss is not finite"  # (a round nobody answered has no train loss either)
+        if "eval_loss" not in record:
+            return ""
+        if evaluated is None or not math.isfinite(evaluated):
+            return "eval loss is not finite"
+        self._eval_losses.append(float(evaluated))
+        recent = self._eval_losses[-(self.diverge_after + 1):]
+        if len(recent) == self.diverge_after + 1 and all(b > a for a, b in zip(recent, recent[1:])):
+            return f"eval loss rose {self.diverge_after} evaluations in a row"
+        return ""
 
     def write_round(self, record: Mapping[str, Any]) -> None:
+        why = self._divergence(record)
+        if why:
+            record = {**record, "diverging": why}
         line = json.dumps({k: _json_safe(v) for k, v in record.items()}, sort_keys=False)
         with open(self.metrics_path, "a", encoding="utf-8") as f:
             f.write(line + "\n")

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -75,8 +76,10 @@ class Workload:
         if self.cfg.data.source == "instructions":
             return fdata.WordTokenizer.for_instructions()
         train, held_out = self.examples
-        words = sorted({w for ex in train + held_out for w in f"{ex.prompt} {ex.response}".split()})
-        return fdata.WordTokenizer(words)
+        texts = [f"{ex.prompt} {ex.response}" for ex in train + held_out]
+        if self.cfg.model.head == "label-names":  # the head scores (or embeds) the names' words
+            texts += list(self.label_names)
+        return fdata.WordTokenizer(sorted({w for text in texts for w in text.split()}))
 
     @cached_property
     def examples(self) -> tuple[list[fdata.Example], list[fdata.Example]]:
@@ -88,19 +91,69 @@ class Workload:
         train, held_out = self.examples
         return max(2, 1 + max(ex.label for ex in train + held_out))
 
+    @cached_property
+    def label_names(self) -> tuple[str, ...]:
+        """One name per class (``data.label_names``, else the generated task's own).
+
+        Raises:
+            ValueError: if their number differs from the data's classes.
+        """
+        names = label_names(self.cfg, self.num_labels)
+        return names
+
     def build_model(self) -> torch.nn.Module:
-        """A fresh copy of the base model on this party's device, in eval mode."""
+        """A fresh copy of the base model on this party's device, in eval mode.
+
+        With ``model.head = "label-names"`` the seq-cls head starts as the zero-shot
+        classifier (:mod:`fedtune.models`' heads); with ``algorithm.params = "lora"`` (a
+        zeroth-order run over adapters) the model comes wrapped in PEFT LoRA adapters.
+        """
         m = self.cfg.model
         vocab = None if m.path else self.tokenizer.vocab_size
-        num_labels = self.num_labels if m.task == "seq-cls" else None
-        model: torch.nn.Module = models.load_model(
-            path=models.resolve_model_path(m.path) if m.path else None, config=m.config or None,
-            task=m.task, vocab_size=vocab, num_labels=num_labels, seed=self.cfg.seed,
-        )
+        path = models.resolve_model_path(m.path) if m.path else None
+        model: torch.nn.Module
+        if m.head == "label-names":
+            causal = self._is_causal_lm(path)
+            base = models.load_model(
+                path=path, config=m.config or None, task="causal-lm" if causal else "encoder",
+                vocab_size=vocab, seed=self.cfg.seed,
+            )
+            if causal:
+                model = models.VerbalizerClassifier(base, self.tokenizer, self.label_names)
+            else:  # the head is computed on CPU, before the move: every party gets the same bits
+                model = models.LabelNameClassifier(base, self.tokenizer, self.label_names, scale=m.head_scale)
+        else:
+            num_labels = self.num_labels if m.task == "seq-cls" else None
+            model = models.load_model(
+                path=path, config=m.config or None,
+                task=m.task, vocab_size=vocab, num_labels=num_labels, seed=self.cfg.seed,
+            )
+        if self.cfg.algorithm.params == "lora":
+            from fedtune.lora.adapters import inject_lora
+
+            model = inject_lora(model, self.cfg.lora, m.task, self.cfg.seed)
         model.to(self.device)
         return model.eval()
 
+    def _is_causal_lm(self, path: str | None) -> bool:
+        if path is None:
+            return models.is_causal_lm_config(models.build_config(self.cfg.model.config, vocab_size=None))
+        from transformers import AutoConfig
+
+        return models.is_causal_lm_config(AutoConfig.from_pretrained(path, local_files_only=True))
+
     def trainable(self, model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
+        """The tensors a zeroth-order run perturbs, with the names that key their directions.
+
+        ``algorithm.params = "lora"``: the PEFT adapter's tensors (and a seq-cls head) under
+        their PEFT file names; otherwise the model's parameters. ``model.trainable``'s
+        patterns, when given, select among them.
+        """
+        if self.cfg.algorithm.params == "lora":
+            from fedtune.lora.adapters import adapter_parameters
+
+            named = list(adapter_parameters(model).items())
+            return select_parameters(named, self.cfg.model.trainable)
         return list(models.trainable_parameters(model, self.cfg.model.trainable))
 
     @cached_property
@@ -130,6 +183,43 @@ class Workload:
     @cached_property
     def eval_set(self) -> dict[str, torch.Tensor]:
         return self.encode(self.examples[1])
+
+
+def label_names(cfg: RunConfig, num_labels: int) -> tuple[str, ...]:
+    """The class names of a run: ``data.label_names``, else the generated task's own.
+
+    Raises:
+        ValueError: if there are none, or their number differs from ``num_labels``.
+    """
+    names = tuple(cfg.data.label_names) or fdata.GENERATED_LABEL_NAMES.get(cfg.data.source, ())
+    if not names:
+        raise ValueError(f"data.source = {cfg.data.source!r} names no classes: set `data.label_names`")
+    if len(names) != num_labels:
+        raise ValueError(
+            f"`data.label_names` has {len(names)} names but the data has {num_labels} classes "
+            f"(labels 0..{num_labels - 1}): give one name per class, in label order"
+        )
+    return names
+
+
+def select_parameters(
+    named: Sequence[tuple[str, torch.Tensor]], patterns: tuple[str, ...]
+) -> list[tuple[str, torch.Tensor]]:
+    """``named`` filtered by fnmatch ``patterns`` (empty: all).
+
+    Raises:
+        ValueError: naming a pattern that matches nothing, with example names.
+    """
+    from fnmatch import fnmatchcase
+
+    if not patterns:
+        return list(named)
+    unmatched = [p for p in patterns if not any(fnmatchcase(n, p) for n, _ in named)]
+    if unmatched:
+        raise ValueError(
+            f"`model.trainable` patterns {unmatched} match no tensor; names look like {[n for n, _ in named[:4]]}"
+        )
+    return [(n, t) for n, t in named if any(fnmatchcase(n, p) for p in patterns)]
 
 
 def batch_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:

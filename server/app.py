@@ -39,7 +39,7 @@ def main(grid: Grid, context: Context) -> None:
     if run_dir is None:  # under `flwr run`: nobody has opened the run directory yet
         run_dir = create_run_dir(cfg)
     log.info("run directory: %s", run_dir)
-    writer = RunWriter(run_dir, cfg.rounds)
+    writer = RunWriter(run_dir, cfg.rounds, diverge_after=cfg.eval.diverge_after)
     resume = resuming()
     if cfg.algorithm.name in LORA_ALGORITHMS:  # federated LoRA: its own strategy; saves a PEFT adapter
         if resume:

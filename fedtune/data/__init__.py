@@ -9,12 +9,17 @@ from .files import load_csv, load_jsonl
 from .partition import partition_by_label, partition_dirichlet, partition_iid
 from .tasks import SYMBOLS, TASK_TYPES, Example, generate_instructions
 from .tokenizer import WordTokenizer
-from .topics import TOPICS, generate_topics
+from .topics import TOPIC_LABEL_NAMES, TOPICS, generate_topics
+
+GENERATED_LABEL_NAMES: dict[str, tuple[str, ...]] = {"topics": TOPIC_LABEL_NAMES}
+"""The class names of each generated classification source (``data.source``)."""
 
 __all__ = [
+    "GENERATED_LABEL_NAMES",
     "SYMBOLS",
     "TASK_TYPES",
     "TOPICS",
+    "TOPIC_LABEL_NAMES",
     "Example",
     "WordTokenizer",
     "generate_instructions",

@@ -26,12 +26,17 @@ from fedtune import rng
 
 from .tasks import Example
 
-__all__ = ["TOPICS", "generate_topics"]
+__all__ = ["TOPICS", "TOPIC_LABEL_NAMES", "generate_topics"]
 
 logger = logging.getLogger(__name__)
 
 TOPICS: tuple[str, ...] = ("world", "sports", "business", "science")
 """The classes; an example's ``label`` is its topic's index in this tuple."""
+
+TOPIC_LABEL_NAMES: tuple[str, ...] = (
+    "world politics news", "sports news", "business and economy news", "science and technology news",
+)
+"""A natural-language name per class, for a head that starts from the label names."""
 
 # Per topic: subjects, actions (verb phrases), objects, settings. Some entries are shared
 # across topics on purpose (see the module docstring).

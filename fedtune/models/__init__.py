@@ -5,11 +5,16 @@ since importing it takes seconds.
 """
 
 from ._configs import build_config, config_names, register_config
+from ._heads import HEAD_FILE, LabelNameClassifier, VerbalizerClassifier, is_causal_lm_config
 from ._loading import ModelTask, load_model, load_tokenizer
 from ._packaged import PACKAGE_PREFIX, resolve_model_path
 from ._parameters import fingerprint, trainable_parameters
 
 __all__ = [
+    "HEAD_FILE",
+    "LabelNameClassifier",
+    "VerbalizerClassifier",
+    "is_causal_lm_config",
     "PACKAGE_PREFIX",
     "ModelTask",
     "build_config",

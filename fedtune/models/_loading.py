@@ -27,7 +27,7 @@ __all__ = ["ModelTask", "load_model", "load_tokenizer"]
 
 logger = logging.getLogger(__name__)
 
-ModelTask = Literal["causal-lm", "seq-cls"]
+ModelTask = Literal["causal-lm", "seq-cls", "encoder"]  # encoder: the bare AutoModel (hidden states)
 _TASKS: tuple[str, ...] = get_args(ModelTask)
 _WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin")
 _TOKENIZER_FILES = (
@@ -71,9 +71,9 @@ def _check_arguments(
         errors.append(f"`task` must be one of {_TASKS}, got {task!r}")
     if task == "seq-cls" and num_labels is None:
         errors.append("`num_labels` is required for task='seq-cls'")
-    if task == "causal-lm" and num_labels is not None:
+    if task != "seq-cls" and num_labels is not None:
         errors.append(
-            f"`num_labels` applies only to task='seq-cls', got {num_labels!r} with task='causal-lm'"
+            f"`num_labels` applies only to task='seq-cls', got {num_labels!r} with task={task!r}"
         )
     if num_labels is not None and (
         isinstance(num_labels, bool) or not isinstance(num_labels, int) or num_labels < 2
@@ -116,8 +116,9 @@ def load_model(
     Args:
         path: a local Hugging Face model directory; never looked up on the Hub.
         config: a registered config name (see :func:`fedtune.models.config_names`).
-        task: ``"causal-lm"`` (``AutoModelForCausalLM``) or ``"seq-cls"``
-            (``AutoModelForSequenceClassification``).
+        task: ``"causal-lm"`` (``AutoModelForCausalLM``), ``"seq-cls"``
+            (``AutoModelForSequenceClassification``) or ``"encoder"`` (``AutoModel``, the
+            bare encoder under a :class:`~fedtune.models.LabelNameClassifier`).
         vocab_size: vocabulary override for ``config`` (not allowed with ``path``).
         num_labels: number of classes, >= 2; required for, and only for, ``"seq-cls"``.
         seed: initialisation seed (weights of a named config; new heads with ``path``).
@@ -132,9 +133,11 @@ def load_model(
         FileNotFoundError: if ``path`` is not a directory with config.json and weights.
     """
     _check_arguments(path, config, task, vocab_size, num_labels, dtype)
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    auto_class: Any = AutoModelForSequenceClassification if task == "seq-cls" else AutoModelForCausalLM
+    auto_class: Any = {
+        "seq-cls": AutoModelForSequenceClassification, "causal-lm": AutoModelForCausalLM, "encoder": AutoModel,
+    }[task]
     if path is not None:
         directory = _check_model_dir(path)
         model_config = AutoConfig.from_pretrained(directory, local_files_only=True)
