@@ -1,4 +1,4 @@
-"""Data for fedtune: the generated instruction and topic tasks, local files, tokenizer, partitioners.
+"""Data for fedtune: the generated instruction, topic and news tasks, local files, tokenizer, partitioners.
 
 Everything re-exported here is torch-free, so an on-device client can use it without
 torch. Tensor encoding and batching live in :mod:`fedtune.data.batches` (torch), which is
@@ -6,16 +6,19 @@ deliberately not imported here.
 """
 
 from .files import load_csv, load_jsonl
+from .news import NEWS_CLASSES, NEWS_LABEL_NAMES, generate_news
 from .partition import partition_by_label, partition_dirichlet, partition_iid
 from .tasks import SYMBOLS, TASK_TYPES, Example, generate_instructions
 from .tokenizer import WordTokenizer
 from .topics import TOPIC_LABEL_NAMES, TOPICS, generate_topics
 
-GENERATED_LABEL_NAMES: dict[str, tuple[str, ...]] = {"topics": TOPIC_LABEL_NAMES}
+GENERATED_LABEL_NAMES: dict[str, tuple[str, ...]] = {"topics": TOPIC_LABEL_NAMES, "news": NEWS_LABEL_NAMES}
 """The class names of each generated classification source (``data.source``)."""
 
 __all__ = [
     "GENERATED_LABEL_NAMES",
+    "NEWS_CLASSES",
+    "NEWS_LABEL_NAMES",
     "SYMBOLS",
     "TASK_TYPES",
     "TOPICS",
@@ -23,6 +26,7 @@ __all__ = [
     "Example",
     "WordTokenizer",
     "generate_instructions",
+    "generate_news",
     "generate_topics",
     "load_csv",
     "load_jsonl",
