@@ -30,3 +30,42 @@ def test_the_last_round_has_no_eta():
 def test_format_duration():
     assert [format_duration(s) for s in (0.4, 59, 60, 3599, 3600, 86399)] == [
         "0 s", "59 s", "1m00s", "59m59s", "1h00m", "23h59m"]
+
+
+def _round(n, eval_loss, train_loss=1.0, replies=3):
+    return {"round": n, "train_loss": train_loss, "eval_loss": eval_loss, "eval_accuracy": 0.5,
+            "replies": replies, "sampled": 3, "round_s": 1.0, "elapsed_s": float(n)}
+
+
+def test_a_run_whose_eval_loss_rises_three_evaluations_in_a_row_is_flagged(tmp_path, caplog):
+    import json
+    import logging
+
+    from fedtune.runs import RunWriter
+
+    writer = RunWriter(tmp_path, 10, diverge_after=3)
+    losses = [2.0, 1.8, 1.9, 2.0, 2.1]  # rises after round 1: rounds 2, 3, 4 are each above the last
+
+    with caplog.at_level(logging.INFO, logger="fedtune.runs"):
+        for n, loss in enumerate(losses):
+            writer.write_round(_round(n, loss))
+
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r.get("diverging") for r in records] == [None, None, None, None,
+                                                     "eval loss rose 3 evaluations in a row"]
+    assert "DIVERGING (eval loss rose 3 evaluations in a row)" in caplog.text
+
+
+def test_a_non_finite_loss_is_flagged_but_a_round_nobody_answered_is_not(tmp_path):
+    import json
+
+    from fedtune.runs import RunWriter
+
+    writer = RunWriter(tmp_path, 10)
+
+    writer.write_round(_round(1, 1.0, train_loss=float("nan"), replies=0))  # no replies: no train loss
+    writer.write_round(_round(2, float("nan")))
+    writer.write_round(_round(3, 1.0, train_loss=float("inf")))
+
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r.get("diverging") for r in records] == [None, "eval loss is not finite", "train loss is not finite"]
