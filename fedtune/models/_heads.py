@@ -132,9 +132,7 @@ class LabelNameClassifier(torch.nn.Module):
         self.encoder.save_pretrained(directory, **kwargs)
         head = {k: v.detach().cpu().contiguous() for k, v in self.classifier.state_dict().items()}
         save_file(head, str(directory / "classifier.safetensors"))
-        (directory / HEAD_FILE).write_text(
-            json.dumps({"head": "label-names", "label_names": self.label_names}, indent=2) + "\n", encoding="utf-8"
-        )
+        _write_head_file(directory, self.label_names)
 
 
 class VerbalizerClassifier(torch.nn.Module):
@@ -190,9 +188,13 @@ class VerbalizerClassifier(torch.nn.Module):
     def save_pretrained(self, directory: str | os.PathLike[str], **kwargs: Any) -> None:
         directory = Path(directory)
         self.lm.save_pretrained(directory, **kwargs)
-        (directory / HEAD_FILE).write_text(
-            json.dumps({"head": "label-names", "label_names": self.label_names}, indent=2) + "\n", encoding="utf-8"
-        )
+        _write_head_file(directory, self.label_names)
+
+
+def _write_head_file(directory: Path, label_names: list[str]) -> None:
+    """``fedtune_head.json``: which head a saved model has, and its label names."""
+    text = json.dumps({"head": "label-names", "label_names": label_names}, indent=2) + "\n"
+    (directory / HEAD_FILE).write_text(text, encoding="utf-8")
 
 
 def _encode_names(tokenizer: Any, names: list[str]) -> dict[str, torch.Tensor]:
