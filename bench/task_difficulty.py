@@ -10,8 +10,10 @@ For the topic task (:mod:`fedtune.data.topics`) and the good/bad-news task
 * **nearest centroid**: the class means of the training embeddings, re-normalised, and the
   centroid of highest cosine similarity;
 * **logistic-regression probe**: a linear layer on the frozen embeddings, trained full-batch
-  with L-BFGS on the cross-entropy plus a small L2 penalty on the weights (a convex problem,
-  started from zeros, so the result is deterministic);
+  with L-BFGS on the cross-entropy plus an L2 penalty on the weights (a convex problem,
+  started from zeros, so the result is deterministic); the penalty is chosen from a small
+  grid by accuracy on the last fifth of the training set, then the probe is refitted on
+  all of it;
 * **leakage**: how many distinct evaluation sentences also occur verbatim in the training
   set;
 * with ``--finetune-epochs N`` (off by default: several minutes per epoch on 2 cores), the
@@ -19,13 +21,14 @@ For the topic task (:mod:`fedtune.data.topics`) and the good/bad-news task
   the same training set.
 
 For the news task it also splits the frozen models' accuracy into the domain (label // 2)
-and the outcome (label % 2), and gives the probe's accuracy on sentences without a side
-clause.
+and the outcome (label % 2).
 
 Training and evaluation sets are drawn with seeds derived differently from ``--seed``
 (``derive_seed(seed, "train-data")``, ``derive_seed(seed, "eval-data")``). A task is hard for
 a frozen encoder when all three accuracies sit well below 1; the news task is designed for
-that (see its module docstring), the topic task is not.
+that (see its module docstring), the topic task is not. The probe's accuracy grows with its
+training set: the news task's structure is partly linear in the frozen embedding, and with
+``--train 8000`` the probe reaches about 0.82 (0.67 with the default 2,000).
 
 Prints the set-up on the first line, then ``name=value`` lines, the headline last:
 ``news_probe_accuracy`` (the logistic-regression probe on the news task).
@@ -185,7 +188,16 @@ def _measure(
     y_train = torch.tensor([ex.label for ex in train])
     y_test = torch.tensor([ex.label for ex in test])
 
-    probe = _fit_probe(x_train, y_train, num_classes, args.weight_decay, args.probe_steps)
+    # The L2 strength: the one of best accuracy on the last fifth of the training set, with
+    # the probe fitted on the rest; then refitted on the whole training set.
+    split = len(train) * 4 // 5
+    validation = {}
+    for decay in args.weight_decay:
+        held_out = _fit_probe(x_train[:split], y_train[:split], num_classes, decay, args.probe_steps)
+        with torch.no_grad():
+            validation[decay] = _accuracy(held_out(x_train[split:]), y_train[split:])
+    weight_decay = max(validation, key=lambda decay: (validation[decay], decay))  # ties: the stronger
+    probe = _fit_probe(x_train, y_train, num_classes, weight_decay, args.probe_steps)
     with torch.no_grad():
         probe_train = _accuracy(probe(x_train), y_train)
         probe_test = _accuracy(probe(x_test), y_test)
@@ -199,6 +211,8 @@ def _measure(
         f"{name}_eval_in_train": len(eval_prompts & train_prompts),
         f"{name}_zero_shot": _accuracy(x_test @ x_names.T, y_test),
         f"{name}_centroid_accuracy": _accuracy(x_test @ centroids.T, y_test),
+        f"{name}_probe_weight_decay": weight_decay,
+        f"{name}_probe_validation_accuracy": validation[weight_decay],
         f"{name}_probe_train_accuracy": probe_train,
         f"{name}_probe_accuracy": probe_test,
     }
@@ -209,10 +223,6 @@ def _measure(
         for method, predicted in predictions.items():
             results[f"news_{method}_domain_accuracy"] = float((predicted // 2 == y_test // 2).float().mean())
             results[f"news_{method}_outcome_accuracy"] = float((predicted % 2 == y_test % 2).float().mean())
-        # The probe on sentences without a side clause: what the outcome interaction alone costs.
-        single = torch.tensor([" , " not in ex.prompt for ex in test])
-        with torch.no_grad():
-            results["news_probe_single_clause_accuracy"] = _accuracy(probe(x_test[single]), y_test[single])
     if args.finetune_epochs > 0:
         results[f"{name}_finetune_accuracy"] = _finetune(encoder, train, test, num_classes, args)
     return results
@@ -222,11 +232,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train", type=int, default=2000, help="training examples per task")
     parser.add_argument("--eval", type=int, default=2000, help="evaluation examples per task")
+    parser.add_argument("--tasks", nargs="+", choices=tuple(_TASKS), default=list(_TASKS))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-length", type=int, default=48, help="tokens per sentence")
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--weight-decay", type=float, default=1e-4, help="L2 on the probe's weights")
-    parser.add_argument("--probe-steps", type=int, default=500, help="L-BFGS iterations")
+    parser.add_argument(
+        "--weight-decay", type=float, nargs="+", default=[0.0, 1e-5, 1e-4, 1e-3],
+        help="L2 strengths on the probe's weights to choose from on a validation split",
+    )
+    parser.add_argument("--probe-steps", type=int, default=1000, help="L-BFGS iterations")
     parser.add_argument(
         "--finetune-epochs", type=int, default=0,
         help="also fine-tune the whole encoder this many epochs per task (0: skip; minutes per epoch on CPU)",
@@ -247,16 +261,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     start = time.perf_counter()
     encoder = Encoder(str(path), args.max_length, args.batch_size)
     results: dict[str, float | int] = {}
-    for name in _TASKS:
+    for name in args.tasks:
         results.update(_measure(name, encoder, args))
     results["truncated_sentences"] = encoder.truncated
     results["wall_s"] = round(time.perf_counter() - start, 1)
 
     headline = "news_probe_accuracy"
-    for key, value in results.items():
-        if key != headline:
-            print(f"{key}={value:.3f}" if isinstance(value, float) else f"{key}={value}")
-    print(f"{headline}={results[headline]:.3f}")
+    for key, value in sorted(results.items(), key=lambda item: item[0] == headline):  # stable: headline last
+        exact = not isinstance(value, float) or key.endswith("weight_decay")
+        print(f"{key}={value}" if exact else f"{key}={value:.3f}")
 
 
 if __name__ == "__main__":

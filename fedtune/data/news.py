@@ -1,39 +1,46 @@
 """fedtune's harder generated text-classification task: who got good or bad news.
 
 Ten classes, five domains (business, sports, politics, health, environment) times two
-outcomes (good, bad news for that domain). Every sentence reports one or two changes, a
-*main* clause and, usually, a *side* clause joined by ``while`` or ``even as``; only the
-main clause decides the label. The task is built so that what a frozen, mean-pooled
-sentence embedding keeps (roughly, which words occur) does not decide the label:
+outcomes (good, bad news for that domain). Every sentence joins two reports of the same
+shape: a *side* clause introduced by a connective (``while``, ``even as``, ``although``,
+``whereas``), then the *main* clause, which alone decides the label. The task is built so
+that what a frozen, mean-pooled sentence embedding keeps best (which words occur, not how
+they are arranged) does not decide the label:
 
-* **The outcome is an interaction of two words.** A clause says that a quantity moved
-  ("profits fell", "losses fell"). Whether that is good or bad news is the quantity's
-  valence (profits are good, losses bad) times the direction of the move (up, down). Every
-  domain has as many good quantities as bad ones and every quantity moves up as often as
-  down, so neither word alone says anything about the outcome: it is an XOR, which no
-  linear function of word counts can represent.
-* **A sibling class is always in the sentence.** The side clause has exactly the shape of a
-  main clause and is drawn from another class: half the time the same domain with the
-  opposite outcome, otherwise another domain. Which clause is the main one is decided by
-  syntax only (the clause not introduced by the connective), and the side clause comes
-  first as often as last, so word counts cannot tell which domain is the label's.
-* **Shared vocabulary.** The verbs of change, the reporting frames and the modifiers are
+* **Every sentence holds good and bad news.** The side clause always has the outcome
+  opposite to the main clause's, so the words of outcome ("recovered", "collapsed") in a
+  sentence are always one of each, and say nothing about the label by their presence.
+* **A sibling class is always in the sentence.** Half the time the side clause is about the
+  same domain (the label's sibling class, same domain and other outcome), otherwise about
+  another domain; so the domain words are often those of two domains.
+* **Only syntax says which clause counts:** the one after the comma, not introduced by the
+  connective. A main-first order ("X , while Y .") was tried and dropped: a linear probe on
+  frozen all-MiniLM-L6-v2 embeddings reads those sentences' label far better (91 % against
+  62 % for side-first ones), mean pooling apparently keeping the opening clause best.
+* **Shared vocabulary.** The words of outcome, the reporting frames and the modifiers are
   common to all classes, a few sources ("officials", "analysts", "researchers") report in
-  several domains, and sibling quantities overlap in wording ("quarterly sales", "ticket
-  sales"), so the domain rests on the quantity phrase.
+  several domains, and quantities of different domains overlap in wording ("quarterly
+  sales", "ticket sales"; "recovery rates", "recycling rates"): the domain rests on the
+  quantity phrase.
 
-The label is still a deterministic function of the text, with no noise: find the clause
-not introduced by ``while``/``even as``, read its quantity and its direction, and look both
-up. A model that reads the sentence (a fine-tuned encoder, a person) can get every example
-right; the quantity and direction lists never overlap, so no sentence has two labels.
+An earlier design made the outcome an XOR inside the main clause (a quantity's valence
+times its direction: "losses fell" is good news). Frozen probes failed on it, but so did
+fine-tuning for long: training MiniLM's top two layers (8,000 examples, batch 32), the
+outcome stayed at chance for 1,750 steps and reached 64 % after 2,000, where this design
+is at 100 % after 500. It was dropped: federated runs are short.
+
+The label is still a deterministic function of the text, with no noise: take the clause
+after the comma, read its quantity (the domain) and what happened to it (the outcome). A
+model that reads the sentence (a fine-tuned encoder, a person) can get every example
+right; no quantity or outcome phrase is in two lists, so no sentence has two labels.
 
 An example::
 
-    prompt:   "while the airline said new orders fell this year , the bank said losses fell
-               for a third month ." (one line)
+    prompt:   "although the airline reported that revenue declined last month , analysts
+               reported that profits recovered this quarter ." (one line)
     response: ""
-    label:    0  (business-good: the main clause is the bank's, and losses fell; the side
-                 clause, orders falling, is its sibling business-bad)
+    label:    0  (business-good: the main clause says profits recovered; the side clause,
+                 revenue worsening, is the sibling class business-bad)
 
 Torch-free, like the rest of :mod:`fedtune.data` apart from ``batches``.
 """
@@ -73,22 +80,17 @@ NEWS_LABEL_NAMES: tuple[str, ...] = (
 """A short natural-language name per class, in :data:`NEWS_CLASSES` order (for zero-shot
 classification by similarity to the names)."""
 
-# Per domain: who reports, and the quantities whose rise is good news ("good") and whose
-# rise is bad news ("bad"). The two valences have the same number of entries, so that a
-# quantity says nothing about the outcome. No quantity appears in two lists.
+# Per domain: who reports, and what is reported on (quantities where more is better, so
+# that "improved" is good news for every one of them). No quantity is in two domains.
 _WORDS: dict[str, dict[str, tuple[str, ...]]] = {
     "business": {
         "source": (
             "the retailer", "the carmaker", "the bank", "the airline", "the chief executive",
             "analysts",
         ),
-        "good": (
+        "quantity": (
             "profits", "quarterly sales", "its share price", "revenue", "new orders",
             "its market share",
-        ),
-        "bad": (
-            "losses", "its debts", "operating costs", "job cuts", "customer complaints",
-            "product recalls",
         ),
     },
     "sports": {
@@ -96,13 +98,9 @@ _WORDS: dict[str, dict[str, tuple[str, ...]]] = {
             "the club", "the head coach", "the league", "the champions", "the captain",
             "analysts",
         ),
-        "good": (
-            "ticket sales", "its points total", "home attendance", "its goal tally",
-            "the team's win rate", "sponsorship income",
-        ),
-        "bad": (
-            "injuries", "goals conceded", "red cards", "fines from the league",
-            "player suspensions", "home defeats",
+        "quantity": (
+            "ticket sales", "the team's form", "home attendance", "its league position",
+            "the squad's fitness", "its goal tally",
         ),
     },
     "politics": {
@@ -110,13 +108,9 @@ _WORDS: dict[str, dict[str, tuple[str, ...]]] = {
             "the government", "the ruling party", "the prime minister", "pollsters",
             "the opposition", "officials",
         ),
-        "good": (
+        "quantity": (
             "approval ratings", "voter support", "its poll lead", "public trust",
-            "party membership", "donations",
-        ),
-        "bad": (
-            "street protests", "ministerial resignations", "corruption complaints",
-            "defections", "strikes", "calls for a snap election",
+            "party membership", "relations with parliament",
         ),
     },
     "health": {
@@ -124,13 +118,9 @@ _WORDS: dict[str, dict[str, tuple[str, ...]]] = {
             "the hospital", "the health ministry", "doctors", "the clinic", "researchers",
             "officials",
         ),
-        "good": (
-            "recovery rates", "vaccination rates", "survival rates", "the number of nurses",
-            "life expectancy", "hospital beds available",
-        ),
-        "bad": (
-            "infections", "hospital admissions", "deaths from the flu", "waiting times",
-            "measles cases", "overdoses",
+        "quantity": (
+            "recovery rates", "vaccination rates", "survival rates", "staffing levels",
+            "life expectancy", "hospital capacity",
         ),
     },
     "environment": {
@@ -138,76 +128,71 @@ _WORDS: dict[str, dict[str, tuple[str, ...]]] = {
             "the environment agency", "climate scientists", "conservationists",
             "the city council", "researchers", "analysts",
         ),
-        "good": (
-            "forest cover", "fish stocks", "bee populations", "recycling rates",
-            "solar power output", "sea ice",
-        ),
-        "bad": (
-            "carbon emissions", "air pollution", "plastic waste", "wildfires",
-            "sea temperatures", "oil spills",
+        "quantity": (
+            "forest cover", "fish stocks", "air quality", "bee populations",
+            "recycling rates", "water quality",
         ),
     },
 }
 
-# Verbs of change, shared by every class; index 0 = up, 1 = down.
-_DIRECTIONS: tuple[tuple[str, ...], tuple[str, ...]] = (
-    ("rose", "climbed", "jumped", "increased", "surged", "grew", "doubled", "went up"),
-    ("fell", "dropped", "declined", "slumped", "shrank", "halved", "eased", "went down"),
+# What happened to the quantity, shared by every domain; index 0 = good news, 1 = bad.
+_CHANGES: tuple[tuple[str, ...], tuple[str, ...]] = (
+    (
+        "improved", "recovered", "got better", "beat expectations", "rose to a record high",
+        "picked up", "bounced back", "grew strongly",
+    ),
+    (
+        "worsened", "collapsed", "declined", "missed expectations", "fell to a record low",
+        "slipped", "deteriorated", "shrank sharply",
+    ),
 )
 _MODIFIERS: tuple[str, ...] = (
-    "sharply", "slightly", "this year", "last month", "for a third month", "since january",
-    "across the country", "again",
+    "this year", "last month", "for a third month", "since january", "across the country",
+    "again", "this quarter", "after the holidays",
 )
 _CLAUSES: tuple[str, ...] = (
-    "{source} said {quantity} {verb} {modifier}",
-    "{source} reported that {quantity} {verb} {modifier}",
-    "figures from {source} show {quantity} {verb} {modifier}",
+    "{source} said {quantity} {change} {modifier}",
+    "{source} reported that {quantity} {change} {modifier}",
+    "figures from {source} show {quantity} {change} {modifier}",
 )
-# The main clause is the one not introduced by a connective.
+# The side clause first, introduced by a connective; the main clause last. (Main-first
+# orders were tried: a frozen mean-pooled embedding reads the label off them far better,
+# see the module docstring.)
 _TEMPLATES: tuple[str, ...] = (
-    "{main} , while {side} .",
     "while {side} , {main} .",
-    "{main} , even as {side} .",
     "even as {side} , {main} .",
-    "{main} .",
+    "although {side} , {main} .",
+    "whereas {side} , {main} .",
 )
-# Columns of a clause: source, quantity, valence, verb, modifier, clause shape.
-_CLAUSE_COLUMNS = 6
-# Columns of a row: class, template, side class (2), then the main and the side clause.
+# Columns of a clause: source, quantity, change, modifier, clause shape.
+_CLAUSE_COLUMNS = 5
+# Columns of a row: class, template, side domain (2), then the main and the side clause.
 _COLUMNS = 4 + 2 * _CLAUSE_COLUMNS
 
 
 def _clause(label: int, u: Sequence[float]) -> str:
-    """The clause reporting news of class ``label``, its words picked by the uniforms ``u``.
-
-    The quantity's valence (good, bad) is drawn; the direction follows from it and the
-    class's outcome: up when the valence matches the outcome, down when it does not.
-    """
+    """The clause reporting news of class ``label``, its words picked by the uniforms ``u``."""
     domain, outcome = divmod(label, len(_OUTCOMES))
     words = _WORDS[_DOMAINS[domain]]
-    valence = int(u[2] * 2)
-    quantities = words[_OUTCOMES[valence]]
-    direction = 0 if valence == outcome else 1
-    verbs = _DIRECTIONS[direction]
-    return _CLAUSES[int(u[5] * len(_CLAUSES))].format(
+    changes = _CHANGES[outcome]
+    return _CLAUSES[int(u[4] * len(_CLAUSES))].format(
         source=words["source"][int(u[0] * len(words["source"]))],
-        quantity=quantities[int(u[1] * len(quantities))],
-        verb=verbs[int(u[3] * len(verbs))],
-        modifier=_MODIFIERS[int(u[4] * len(_MODIFIERS))],
+        quantity=words["quantity"][int(u[1] * len(words["quantity"]))],
+        change=changes[int(u[2] * len(changes))],
+        modifier=_MODIFIERS[int(u[3] * len(_MODIFIERS))],
     )
 
 
 def generate_news(num_examples: int, seed: int) -> list[Example]:
     """Generate the good/bad-news task deterministically from ``seed``.
 
-    Example ``i`` is decided by row ``i`` of a ``(num_examples, 16)`` matrix of uniform
+    Example ``i`` is decided by row ``i`` of a ``(num_examples, 14)`` matrix of uniform
     ``[0, 1)`` floats from ``fedtune.rng.generator(seed, "news")``: column 0 picks the class
-    (uniformly), column 1 the template, columns 2-3 the side clause's class (with
-    probability 1/2 the same domain with the opposite outcome, else a uniformly drawn other
-    domain and outcome), columns 4-9 the main clause's words and 10-15 the side clause's
-    (source, quantity, valence, verb, modifier, clause shape). One template in five has no
-    side clause. Rows are filled one by one, so ``generate_news(n, s)`` is a prefix of
-    ``generate_news(m, s)`` for ``n <= m``.
+    (uniformly), column 1 the connective, columns 2-3 the side clause's domain (with
+    probability 1/2 the same domain, else a uniformly drawn other one; its outcome is always
+    the other outcome), columns 4-8 the main clause's words and 9-13 the side clause's
+    (source, quantity, outcome phrase, modifier, clause shape). Rows are filled one by one,
+    so ``generate_news(n, s)`` is a prefix of ``generate_news(m, s)`` for ``n <= m``.
 
     Args:
         num_examples: how many examples, >= 1.
@@ -232,14 +217,13 @@ def generate_news(num_examples: int, seed: int) -> list[Example]:
     for row in uniform:
         label = int(row[0] * num_classes)
         domain, outcome = divmod(label, num_outcomes)
-        if row[2] < 0.5:
-            side = domain * num_outcomes + (1 - outcome)  # the sibling: same domain, other outcome
-        else:
-            other = (domain + 1 + int(row[3] * (num_domains - 1))) % num_domains
-            side = other * num_outcomes + int((row[3] * 997) % 1 * num_outcomes)
-        main_words = row[4 : 4 + _CLAUSE_COLUMNS]
-        side_words = row[4 + _CLAUSE_COLUMNS :]
+        side_domain = domain  # the sibling class: same domain, the other outcome
+        if row[2] >= 0.5:
+            side_domain = (domain + 1 + int(row[3] * (num_domains - 1))) % num_domains
+        side = side_domain * num_outcomes + (1 - outcome)
         template = _TEMPLATES[int(row[1] * len(_TEMPLATES))]
-        prompt = template.format(main=_clause(label, main_words), side=_clause(side, side_words))
+        prompt = template.format(
+            main=_clause(label, row[4 : 4 + _CLAUSE_COLUMNS]), side=_clause(side, row[4 + _CLAUSE_COLUMNS :])
+        )
         examples.append(Example(prompt=prompt, response="", label=label))
     return examples

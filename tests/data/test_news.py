@@ -7,34 +7,30 @@ import pytest
 from fedtune.data import NEWS_CLASSES, NEWS_LABEL_NAMES, Example, generate_news
 from fedtune.data import news
 
+_CONNECTIVES = ("while ", "even as ", "although ", "whereas ")
+
 
 def _reference_label(prompt: str) -> int:
     """The label read off the sentence the way a person would, independently of the generator.
 
-    Take the clause not introduced by "while" / "even as", find its quantity and its verb of
-    change, and combine: good news when a good quantity went up or a bad one went down.
+    Take the clause after the connective's clause, find its quantity (the domain) and what
+    happened to it (the outcome).
     """
     assert prompt.endswith(" .")
-    body = prompt[: -len(" .")]
-    if body.startswith(("while ", "even as ")):
-        _, main = body.split(" , ", 1)
-    else:
-        main = body.split(" , ", 1)[0]
-    assert " , " not in main and not main.startswith(("while ", "even as "))
+    side, main = prompt[: -len(" .")].split(" , ")
+    assert side.startswith(_CONNECTIVES) and not main.startswith(_CONNECTIVES)
     padded = f" {main} "
     found = [
-        (domain, valence, direction)
+        (domain, outcome)
         for domain, words in news._WORDS.items()
-        for valence in ("good", "bad")
-        for quantity in words[valence]
-        for direction, verbs in enumerate(news._DIRECTIONS)
-        for verb in verbs
-        if f" {quantity} {verb} " in padded
+        for quantity in words["quantity"]
+        for outcome, changes in enumerate(news._CHANGES)
+        for change in changes
+        if f" {quantity} {change} " in padded
     ]
     assert len(found) == 1, (prompt, found)
-    domain, valence, direction = found[0]
-    good = (valence == "good") == (direction == 0)
-    return NEWS_CLASSES.index(f"{domain}-{'good' if good else 'bad'}")
+    domain, outcome = found[0]
+    return NEWS_CLASSES.index(f"{domain}-{('good', 'bad')[outcome]}")
 
 
 def test_same_seed_same_examples_and_prefix_property():
@@ -68,17 +64,21 @@ def test_label_is_a_function_of_the_text():
     assert all(_reference_label(ex.prompt) == ex.label for ex in examples)
 
 
-def test_no_single_word_gives_the_outcome_and_a_sibling_is_usually_present():
-    examples = generate_news(8000, 2)
+def test_every_sentence_holds_one_good_and_one_bad_report():
+    examples = generate_news(4000, 2)
 
-    # "losses" and "profits" each come with good and bad news about equally often: the
-    # outcome is quantity x direction, not either word.
-    for word in ("losses", "profits", " fell ", " rose "):
-        outcomes = [ex.label % 2 for ex in examples if word in ex.prompt]
-        assert 0.4 < sum(outcomes) / len(outcomes) < 0.6, word
-    # Four templates in five carry a side clause of another class.
-    two_clauses = sum(" , " in ex.prompt for ex in examples) / len(examples)
-    assert 0.77 < two_clauses < 0.83
+    for ex in examples:
+        # Exactly one outcome phrase of each kind: the words of outcome never give the label.
+        padded = f" {ex.prompt} "
+        counts = [sum(f" {change} " in padded for change in changes) for changes in news._CHANGES]
+        assert counts == [1, 1], ex.prompt
+    # The side clause is about the label's domain half the time.
+    same_domain = 0
+    for ex in examples:
+        domain = NEWS_CLASSES[ex.label].split("-")[0]
+        same_domain += sum(f" {ex.prompt} ".count(f" {q} ") for q in news._WORDS[domain]["quantity"]) == 2
+    # Two quantities of the label's domain: the side clause is the sibling class (1/2).
+    assert 0.45 < same_domain / len(examples) < 0.55
 
 
 def test_bad_arguments_are_named():
