@@ -58,13 +58,8 @@ from transformers import AutoModel, AutoTokenizer
 
 from fedtune import rng
 from fedtune.data import NEWS_LABEL_NAMES, Example, generate_news, generate_topics
+from fedtune.data.topics import TOPIC_LABEL_NAMES
 
-TOPIC_LABEL_NAMES: tuple[str, ...] = (
-    "world politics news",
-    "sports news",
-    "business and economy news",
-    "science and technology news",
-)
 _TASKS: dict[str, tuple[Callable[[int, int], list[Example]], tuple[str, ...]]] = {
     "topics": (generate_topics, TOPIC_LABEL_NAMES),
     "news": (generate_news, NEWS_LABEL_NAMES),
