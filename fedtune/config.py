@@ -155,6 +155,7 @@ class CompressConfig:
     bits: int = 8  # bits per value for quantize and topk-quantize: 8, 4 or 2
     stochastic: bool = False  # stochastic (unbiased) rounding instead of round-to-nearest
     error_feedback: bool = True  # clients carry what compression dropped into their next update
+    rescale: bool = True  # topk/topk-quantize/ternary scale what they keep up to the update's norm
 
 
 @dataclass(frozen=True)

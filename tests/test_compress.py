@@ -82,11 +82,34 @@ def test_stochastic_rounding_needs_an_rng():
         Compressor("quantize", stochastic=True)(np.ones(3, np.float32))
 
 
+@pytest.mark.parametrize("method", ["topk", "topk-quantize", "ternary"])
+def test_rescale_sends_the_norm_of_the_update_never_less(method):
+    x = np.random.default_rng(8).standard_normal((64, 32)).astype(np.float32)
+    plain = Compressor(method, topk=0.1, bits=8)(x).decompress()
+    rescaled = Compressor(method, topk=0.1, bits=8, rescale=True)(x)
+    values = rescaled.decompress()
+
+    assert np.linalg.norm(plain) < 0.7 * np.linalg.norm(x)  # top-10 % of a Gaussian: 44 % of its energy
+    assert np.linalg.norm(values) == pytest.approx(np.linalg.norm(x), rel=1e-5)
+    np.testing.assert_array_equal(values != 0, plain != 0)  # the same positions, the same signs
+    np.testing.assert_array_equal(np.sign(values), np.sign(plain))
+    # a target shorter than what is kept never scales down
+    assert np.linalg.norm(Compressor(method, topk=0.1, bits=8, rescale=True)(x, norm=0.1).decompress()) == (
+        pytest.approx(np.linalg.norm(plain), rel=1e-5))
+
+
+def test_rescale_leaves_the_dense_methods_alone():
+    x = np.random.default_rng(9).standard_normal(500).astype(np.float32)
+    for method in ("none", "quantize"):
+        np.testing.assert_array_equal(Compressor(method, rescale=True)(x).decompress(), Compressor(method)(x).decompress())
+
+
+@pytest.mark.parametrize("rescale", [False, True])
 @pytest.mark.parametrize("method", ["topk", "quantize", "topk-quantize", "ternary"])
-def test_error_feedback_loses_nothing_only_delays_it(method):
-    """After any number of rounds: sum(sent) + residual == sum(updates)."""
+def test_error_feedback_loses_nothing_only_delays_it(method, rescale):
+    """After any number of rounds: sum(sent) + residual == sum(updates), rescaled or not."""
     rng = np.random.default_rng(5)
-    feedback = ErrorFeedback(Compressor(method, topk=0.05, bits=2))
+    feedback = ErrorFeedback(Compressor(method, topk=0.05, bits=2, rescale=rescale))
     total_in = {"w": np.zeros((32, 16)), "v": np.zeros(40)}
     total_sent = {"w": np.zeros((32, 16)), "v": np.zeros(40)}
     for _ in range(30):

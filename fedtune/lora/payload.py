@@ -119,7 +119,7 @@ def compress_update(
         round (None when ``cfg.error_feedback`` is off or nothing is compressed away).
     """
     update = {n: _numpy(trained[n]) - _numpy(base[n]) for n in trained}
-    compressor = Compressor(cfg.method, cfg.topk, cfg.bits, cfg.stochastic)
+    compressor = Compressor(cfg.method, cfg.topk, cfg.bits, cfg.stochastic, cfg.rescale)
     if cfg.method == "none" or not cfg.error_feedback:  # nothing to carry over
         return {n: compressor(u, rng) for n, u in update.items()}, None
     feedback = ErrorFeedback(compressor, residual)
