@@ -27,11 +27,19 @@ Prints the set-up first, then ``name=value`` lines, the headline last:
     python bench/quality.py                      # the full run (hours on 2 cores)
     python bench/quality.py --quick              # a smoke test: 1 seed, 2 rounds, few contenders
     python bench/quality.py --tasks news --seeds 0,1,2 --only fedkseed-head,fedit
+    python bench/quality.py --resume             # reuse the cells an earlier (interrupted) run left
+
+Every finished cell (one task, seed and contender) is appended to ``docs/results/cells.jsonl``
+with the overrides and config that made it; ``--resume`` reuses the cells whose key matches
+instead of running them again (so a bench killed after an hour loses at most one run, and a
+long bench can be run in parts). The key does not see code changes: after changing fedtune,
+run without ``--resume``.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -56,7 +64,8 @@ from fedtune.config import RunConfig, load_config
 # any seed of this bench ran (SETTINGS_NOTE, printed into docs/results.md).
 ZO = ["algorithm.eps=1e-2"]
 SETTINGS_NOTE = (
-    "How the ZO settings were chosen (central MeZO steps, batch 16, eps 1e-2, seed 0, `news`, 300 eval "
+    "How the ZO settings were chosen (central MeZO steps, batch 16, eps 1e-2, seed 0, the first (XOR) version of "
+    "`news`, 300 eval "
     "examples, before any seed of this bench ran): LoRA + head at lr 1e-2 diverged (eval loss 1.34 -> 7.7 "
     "in 300 steps) and at 3e-3 after ~150 steps (1.34 -> 2.39); lr 1e-3 was stable (on `topics`: "
     "0.312 -> 0.299 in 200 steps). The head alone at lr 0.3 diverged (1.34 -> 1.64); at 0.03 it was "
@@ -71,6 +80,7 @@ CONTENDERS: dict[str, list[str]] = {
     "fedit": ["algorithm.name=fedit"],
     "ffa-lora": ["algorithm.name=ffa-lora"],
     "lorafair": ["algorithm.name=lorafair"],
+    "fedit+quantize2": ["algorithm.name=fedit", "compress.method=quantize", "compress.bits=2"],
     "fedit+topk": ["algorithm.name=fedit", "compress.method=topk", "compress.topk=0.1"],
     "fedit+topk-quantize": ["algorithm.name=fedit", "compress.method=topk-quantize", "compress.topk=0.1"],
     "fedit+ternary": ["algorithm.name=fedit", "compress.method=ternary", "compress.topk=0.1"],
@@ -193,6 +203,47 @@ def federated(config: Path, out: Path, name: str, overrides: list[str]) -> dict[
     }
 
 
+class Cells:
+    """Finished cells, one JSON line each, keyed by (task, seed, contender, overrides, config text)."""
+
+    def __init__(self, path: Path | None, config: Path, *, resume: bool, command: str) -> None:
+        self.path = path
+        self.command = command
+        self.commands: dict[str, str] = {}  # key -> the bench command that computed it
+        self.config_sha = hashlib.sha256(config.read_bytes()).hexdigest()[:16]
+        self.known: dict[str, Any] = {}
+        self.used: set[str] = set()  # the commands that computed the cells in this report
+        if path is None:
+            return
+        if resume and path.exists():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                if line.strip():
+                    record = json.loads(line)
+                    self.known[record["key"]] = record["result"]
+                    self.commands[record["key"]] = record.get("command", "")
+        elif not resume:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("", encoding="utf-8")
+
+    def _key(self, task: str, seed: int, name: str, overrides: list[str]) -> str:
+        return json.dumps([task, seed, name, overrides, self.config_sha])
+
+    def get(self, task: str, seed: int, name: str, overrides: list[str]) -> Any:
+        key = self._key(task, seed, name, overrides)
+        if key in self.known:
+            self.used.add(self.commands.get(key, ""))
+        return self.known.get(key)
+
+    def put(self, task: str, seed: int, name: str, overrides: list[str], result: Any) -> Any:
+        key = self._key(task, seed, name, overrides)
+        self.known[key] = result
+        self.used.add(self.command)
+        if self.path is not None:
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps({"key": key, "command": self.command, "result": result}) + "\n")
+        return result
+
+
 # --- the report ------------------------------------------------------------------------------------
 
 
@@ -280,8 +331,10 @@ def targets(all_results: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str
 def write_report(path: Path, command: str, setup: str, all_results: dict[str, Any], figures: dict[str, float],
                  plots: dict[str, list[str]]) -> None:
     lines = ["# Results: fine-tuning through fedtune beside its baselines", "",
-             "Written by `bench/quality.py`; do not edit by hand. Command:", "", "```", command, "```", "",
-             setup, "", SETTINGS_NOTE, "",
+             "Written by `bench/quality.py`; do not edit by hand. The command(s) that ran its cells:", "", "```",
+             command, "```", "",
+             setup, "", "Every run's own numbers (per seed, with the overrides that made it) are in "
+             "[results/cells.jsonl](results/cells.jsonl).", "", SETTINGS_NOTE, "",
              "Accuracy on the held-out eval set (the same for every row of a task), mean ± std over seeds, in %; "
              "bytes: upload per client per round (the real Flower messages); time: one run's wall seconds.", ""]
     tasks = list(all_results)
@@ -316,6 +369,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1 seed, 2 rounds, few contenders: a smoke test")
     parser.add_argument("--no-central-full", action="store_true", help="skip full first-order fine-tuning")
     parser.add_argument("--report", default=str(ROOT / "docs" / "results.md"), help="'' to write no report")
+    parser.add_argument("--cells", default=str(ROOT / "docs" / "results" / "cells.jsonl"),
+                        help="where every finished cell is appended ('' for nowhere)")
+    parser.add_argument("--resume", action="store_true", help="reuse matching cells from --cells instead of rerunning")
+    parser.add_argument("--report-only", action="store_true",
+                        help="run nothing: the report from the matching cells in --cells, missing cells left out")
     args = parser.parse_args()
     torch.set_num_threads(max(1, (os.cpu_count() or 1)))
     seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
@@ -345,8 +403,19 @@ def main() -> None:
         if args.report:
             path = Path(args.report)
             plots = {task: _plots(task, res, path.parent / "results") for task, res in all_results.items()}
-            write_report(path, command, setup, all_results, figures, plots)
+            commands = sorted(cells.used - {command}) + ([command] if command in cells.used or not cells.used else [])
+            write_report(path, "\n".join(commands), setup, all_results, figures, plots)
         return figures
+
+    cells = Cells(Path(args.cells) if args.cells else None, config, resume=args.resume or args.report_only,
+                  command=command)
+
+    def run(task: str, seed: int, name: str, overrides: list[str], compute: Any) -> Any:
+        """The cell's result: from --cells when resuming, else computed now (None: missing, --report-only)."""
+        found = cells.get(task, seed, name, overrides)
+        if found is not None or args.report_only:
+            return found
+        return cells.put(task, seed, name, overrides, compute())
 
     with tempfile.TemporaryDirectory(prefix="fedtune-quality-") as tmp:
         for task in args.tasks.split(","):
@@ -355,17 +424,24 @@ def main() -> None:
             for seed in seeds:
                 sets = [*base, f"data.source={task}", f"seed={seed}"]
                 cfg = load_config(config, sets)
-                for name, value in frozen_baselines(cfg).items():
+                frozen = run(task, seed, "frozen", sets, lambda: frozen_baselines(cfg)) or {}
+                for name, value in frozen.items():
                     results.setdefault(name, []).append({"accuracy": value})
                     print(f"{task}_{name}_seed{seed}={value:.4f}", flush=True)
                 for mode in CENTRAL:
                     if mode == "central-full" and args.no_central_full:
                         continue
-                    outcome = central(cfg, mode)
+                    outcome = run(task, seed, mode, sets, lambda: central(cfg, mode))
+                    if outcome is None:
+                        continue
                     results.setdefault(mode, []).append(outcome)
                     print(f"{task}_{mode}_seed{seed}={outcome['accuracy']:.4f}", flush=True)
                 for name in only:
-                    outcome = federated(config, Path(tmp), f"{task}-{name}-{seed}", sets + CONTENDERS[name])
+                    overrides = sets + CONTENDERS[name]
+                    outcome = run(task, seed, name, overrides,
+                                  lambda: federated(config, Path(tmp), f"{task}-{name}-{seed}", overrides))
+                    if outcome is None:
+                        continue
                     results.setdefault(name, []).append(outcome)
                     print(f"{task}_{name}_seed{seed}={outcome['accuracy']:.4f} bytes_up={outcome['bytes_up']:.0f} "
                           f"seconds={outcome['seconds']:.0f} sync_mismatches={outcome['sync_mismatches']}", flush=True)
