@@ -13,7 +13,7 @@ TCP proxy. Prints ``name=value`` lines, the headline last:
   final evaluation (rounds 2 .. R-1), from each run's metrics.jsonl.
 - ``polling_s_expected``: what polling adds to one message round trip on average: an idle
   SuperNode pulls every 3 s (Flower's constant) and the ServerApp pulls replies every 0.5 s
-  (``server/polling.py``), so a message waits 1.5 s + 0.25 s on average (0 to 3.5 s).
+  (``fedtune/server/polling.py``), so a message waits 1.5 s + 0.25 s on average (0 to 3.5 s).
 - ``clientapp_cold_start_s``: a fresh process importing the ClientApp and building the model
   and data, as Flower 1.41 does for every message (``--clientapp-start cold``), measured
   alone, one thread. ``clientapp_warm_start_s``: the same in a child forked from a process
@@ -50,7 +50,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from deploy.loopback import LoopbackFederation
-from server.polling import POLL_S
+from fedtune.server.polling import POLL_S
 
 CONFIG = """
 name = "{name}"
@@ -99,7 +99,7 @@ if sys.argv[3] == "warm":
         sys.exit(0)
 else:
     t = time.perf_counter()
-import client.app  # what flwr-clientapp loads
+import fedtune.app.client_app  # what flwr-clientapp loads
 from fedtune.config import load_config
 from fedtune.zo.client import client_for
 client = client_for(load_config(sys.argv[1]))

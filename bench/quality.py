@@ -39,6 +39,7 @@ run without ``--resume``.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import math
@@ -333,10 +334,10 @@ def write_report(path: Path, command: str, setup: str, all_results: dict[str, An
     lines = ["# Results: fine-tuning through fedtune beside its baselines", "",
              "Written by `bench/quality.py`; do not edit by hand. The command(s) that ran its cells:", "", "```",
              command, "```", "",
-             setup, "", "Every run's own numbers (per seed, with the overrides that made it) are in "
-             "[results/cells.jsonl](results/cells.jsonl).", "", SETTINGS_NOTE, "",
-             "Accuracy on the held-out eval set (the same for every row of a task), mean ± std over seeds, in %; "
-             "bytes: upload per client per round (the real Flower messages); time: one run's wall seconds.", ""]
+             setup, "", ("Every run's own numbers (per seed, with the overrides that made it) are in "
+                         "[results/cells.jsonl](results/cells.jsonl)."), "", SETTINGS_NOTE, "",
+             ("Accuracy on the held-out eval set (the same for every row of a task), mean ± std over seeds, in %; "
+              "bytes: upload per client per round (the real Flower messages); time: one run's wall seconds."), ""]
     tasks = list(all_results)
     lines.append("| contender | " + " | ".join(f"{t} accuracy | {t} up B/client/round | {t} s" for t in tasks) + " |")
     lines.append("|---" * (1 + 3 * len(tasks)) + "|")
@@ -424,14 +425,14 @@ def main() -> None:
             for seed in seeds:
                 sets = [*base, f"data.source={task}", f"seed={seed}"]
                 cfg = load_config(config, sets)
-                frozen = run(task, seed, "frozen", sets, lambda: frozen_baselines(cfg)) or {}
+                frozen = run(task, seed, "frozen", sets, functools.partial(frozen_baselines, cfg)) or {}
                 for name, value in frozen.items():
                     results.setdefault(name, []).append({"accuracy": value})
                     print(f"{task}_{name}_seed{seed}={value:.4f}", flush=True)
                 for mode in CENTRAL:
                     if mode == "central-full" and args.no_central_full:
                         continue
-                    outcome = run(task, seed, mode, sets, lambda: central(cfg, mode))
+                    outcome = run(task, seed, mode, sets, functools.partial(central, cfg, mode))
                     if outcome is None:
                         continue
                     results.setdefault(mode, []).append(outcome)
@@ -439,7 +440,7 @@ def main() -> None:
                 for name in only:
                     overrides = sets + CONTENDERS[name]
                     outcome = run(task, seed, name, overrides,
-                                  lambda: federated(config, Path(tmp), f"{task}-{name}-{seed}", overrides))
+                                  functools.partial(federated, config, Path(tmp), f"{task}-{name}-{seed}", overrides))
                     if outcome is None:
                         continue
                     results.setdefault(name, []).append(outcome)

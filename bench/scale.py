@@ -106,7 +106,7 @@ def _plain(num_examples: int) -> float:
     from flwr.supercore.task_identity import TaskIdentity
 
     from fedtune.config import load_config
-    from server.strategy import FedKSeed
+    from fedtune.server.strategy import FedKSeed
     from tests.lora.conftest import InProcessGrid
 
     for attr in ("_run_id", "_node_id", "_task_id"):
@@ -122,7 +122,7 @@ def _plain(num_examples: int) -> float:
 
 
 def _zo_train(cfg: Any) -> Any:
-    from client.zo_protocol import answer_train
+    from fedtune.client.zo_protocol import answer_train
     from fedtune.zo.client import client_for
 
     return lambda msg, context: answer_train(msg, context, cfg, client_for(cfg))

@@ -20,7 +20,7 @@ The partition and device reach the ClientApp through Flower's node config
 on every silo and in simulation. So does ``cache-dir`` (``--cache-dir``, by default
 ``fedtune-cache`` in the node's FLWR_HOME): Flower runs each message in a fresh ClientApp
 process, and a ZO client caches its synced weights there so that the next process replays
-only the rounds since, not the whole seed log (client/node_cache.py).
+only the rounds since, not the whole seed log (fedtune/client/node_cache.py).
 """
 
 from __future__ import annotations

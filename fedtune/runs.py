@@ -8,6 +8,7 @@ Hugging Face layout, with the tokenizer).
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -44,7 +45,7 @@ CONFIG_FILE = "config.toml"
 MODEL_DIR = "model"
 
 
-_LOGGERS = ("fedtune", "server", "client")  # the library and the two app packages
+_LOGGERS = ("fedtune",)  # the library, its apps included
 
 
 def configure_logging(verbose: bool = False) -> None:
@@ -215,7 +216,7 @@ class RunWriter:
             return "eval loss is not finite"
         self._eval_losses.append(float(evaluated))
         recent = self._eval_losses[-(self.diverge_after + 1):]
-        if len(recent) == self.diverge_after + 1 and all(b > a for a, b in zip(recent, recent[1:])):
+        if len(recent) == self.diverge_after + 1 and all(b > a for a, b in itertools.pairwise(recent)):
             return f"eval loss rose {self.diverge_after} evaluations in a row"
         return ""
 

@@ -32,6 +32,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+from flwr.app import ConfigRecord
 from google.protobuf.message import DecodeError
 
 from fedtune._proto import fedtune_wire_pb2 as pb
@@ -62,6 +63,12 @@ __all__ = [
     "encode_update",
     "key_universe",
     "message_bytes",
+    "read_bytes",
+    "read_bytes_list",
+    "read_float",
+    "read_int",
+    "read_str",
+    "record",
 ]
 
 VERSION = 2  # of every payload below; version 1 was fedtune 0.1's struct format
@@ -116,6 +123,54 @@ _U64 = 1 << 64
 
 class WireError(ValueError):
     """A payload that does not decode: truncated, wrong version, out-of-range or non-finite."""
+
+
+# --- typed reads of record values ---------------------------------------------------------
+# A Flower record holds a union of value types; these read one key as the type fedtune sent
+# and raise WireError (not a TypeError deep inside a handler) when a peer sent another.
+
+
+def record(content: Mapping[str, Any], key: str) -> ConfigRecord:
+    """The ConfigRecord ``content[key]`` of a message (CONFIG, STATE, ADAPTER, ...)."""
+    value = content.get(key)
+    if not isinstance(value, ConfigRecord):
+        raise WireError(f"message has no config record {key!r} (found {type(value).__name__})")
+    return value
+
+
+def read_int(values: Mapping[str, Any], key: str) -> int:
+    value = values.get(key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise WireError(f"{key!r} must be an int, got {type(value).__name__}")
+    return value
+
+
+def read_float(values: Mapping[str, Any], key: str) -> float:
+    value = values.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise WireError(f"{key!r} must be a number, got {type(value).__name__}")
+    return float(value)
+
+
+def read_str(values: Mapping[str, Any], key: str) -> str:
+    value = values.get(key)
+    if not isinstance(value, str):
+        raise WireError(f"{key!r} must be a str, got {type(value).__name__}")
+    return value
+
+
+def read_bytes(values: Mapping[str, Any], key: str) -> bytes:
+    value = values.get(key)
+    if not isinstance(value, bytes):
+        raise WireError(f"{key!r} must be bytes, got {type(value).__name__}")
+    return value
+
+
+def read_bytes_list(values: Mapping[str, Any], key: str) -> list[bytes]:
+    value = values.get(key)
+    if not isinstance(value, list) or not all(isinstance(v, bytes) for v in value):
+        raise WireError(f"{key!r} must be a list of bytes, got {type(value).__name__}")
+    return list(value)
 
 
 # --- bit packing -------------------------------------------------------------------------

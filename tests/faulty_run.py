@@ -26,9 +26,9 @@ run_dir = create_run_dir(cfg)
 os.environ.update({ENV_CONFIG: str(run_dir / "config.toml"), ENV_RUN_DIR: str(run_dir), ENV_RESUME: "0"})
 configure_logging()
 
-import client.app as real
-from client.zo_protocol import partition_of
-from server.app import app as server_app
+import fedtune.app.client_app as real
+from fedtune.app.server_app import app as server_app
+from fedtune.client.zo_protocol import partition_of
 
 faulty = ClientApp()
 

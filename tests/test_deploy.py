@@ -336,7 +336,7 @@ def test_fedkseed_survives_a_killed_supernode_and_a_restarted_one_catches_up(fed
     assert all(r["replies"] == 3 for r in records[back:])  # all three again
     assert all(r["sync_mismatches"] == 0 for r in records[1:])  # every party bit-identical
     # Each node's last ClientApp process left the weights it trained from (state rounds - 1)
-    # on the node's disk for the next one (client/node_cache.py).
+    # on the node's disk for the next one (fedtune/client/node_cache.py).
     # Nodes 0 and 1 forked every ClientApp from their warm SuperExec (deploy/superexec.py), one
     # per message; node 2, restarted cold, started none that way.
     for i in range(2):

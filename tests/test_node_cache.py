@@ -1,4 +1,4 @@
-"""A deployed node's weight cache (client/node_cache.py): a fresh ClientApp process per
+"""A deployed node's weight cache (fedtune/client/node_cache.py): a fresh ClientApp process per
 message, as in Flower's deployment engine, resumes from its node's disk instead of state 0."""
 
 import os
@@ -6,11 +6,11 @@ import time
 
 import numpy as np
 
-from client.node_cache import CACHE_DIR, CACHE_KEEP, cache_path, keep_of, prune, restore, store
-from client.zo_protocol import answer_train
+from fedtune.client.node_cache import CACHE_DIR, CACHE_KEEP, cache_path, keep_of, prune, restore, store
+from fedtune.client.zo_protocol import answer_train
 from fedtune.config import parse_config
+from fedtune.server.strategy import FedKSeed
 from fedtune.zo.client import ZOClient
-from server.strategy import FedKSeed
 from tests.lora.conftest import InProcessGrid
 
 CFG = parse_config(

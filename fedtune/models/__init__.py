@@ -12,14 +12,14 @@ from ._parameters import fingerprint, trainable_parameters
 
 __all__ = [
     "HEAD_FILE",
-    "LabelNameClassifier",
-    "VerbalizerClassifier",
-    "is_causal_lm_config",
     "PACKAGE_PREFIX",
+    "LabelNameClassifier",
     "ModelTask",
+    "VerbalizerClassifier",
     "build_config",
     "config_names",
     "fingerprint",
+    "is_causal_lm_config",
     "load_model",
     "load_tokenizer",
     "register_config",

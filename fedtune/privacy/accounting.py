@@ -18,7 +18,7 @@ multiplier ``m / 2``: at the same z, epsilon is larger than under add/remove-one
 **Sampling amplifies only against whoever does not know the sample.**
 
 - ``central``: the server draws each round's sample from OS entropy
-  (:meth:`server.rounds.RoundLoop.sample`), so no one else knows who took part; a round is
+  (:meth:`fedtune.server.rounds.RoundLoop.sample`), so no one else knows who took part; a round is
   ``SampledWithoutReplacementDpEvent(N, n, its releases composed)``, the fixed-size sample
   fedtune really draws (not a Poisson approximation of it). LoRA-FAIR's two sums of a round
   share one sample: they are composed inside the one sampled event.

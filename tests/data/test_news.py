@@ -4,8 +4,7 @@ import collections
 
 import pytest
 
-from fedtune.data import NEWS_CLASSES, NEWS_LABEL_NAMES, Example, generate_news
-from fedtune.data import news
+from fedtune.data import NEWS_CLASSES, NEWS_LABEL_NAMES, Example, generate_news, news
 
 _CONNECTIVES = ("while ", "even as ", "although ", "whereas ")
 

@@ -9,9 +9,9 @@ from flwr.common.serde import message_from_proto, message_to_proto
 from fedtune import wire
 from fedtune.config import dump_toml
 from fedtune.device import DeviceClient, OutOfSync, run_key
+from fedtune.server.strategy import FedKSeed
 from fedtune.zo import aggregate
 from fedtune.zo import client as zo_client
-from server.strategy import FedKSeed
 from tests.onnx.conftest import MICRO
 
 pytestmark = pytest.mark.onnx
@@ -94,7 +94,7 @@ def _through_the_wire(message: Message) -> Message:
 def test_device_app_asks_for_what_it_misses_and_then_matches_the_server(micro_onnx, tmp_path, monkeypatch):
     from flwr.supercore.task_identity import TaskIdentity
 
-    from client.device_app import app
+    from fedtune.app.device_app import app
 
     config_path = tmp_path / "c.toml"
     config_path.write_text(dump_toml(MICRO))

@@ -44,8 +44,8 @@ def _torch_client(cfg):
 
 @pytest.mark.parametrize("partition_id, device", [(0, True), (1, True), (2, False)])
 def test_client_app_hands_device_partitions_to_the_device_handler(tmp_path, monkeypatch, partition_id, device):
-    import client.app
-    import client.device_app
+    import fedtune.app.client_app
+    import fedtune.app.device_app
     from fedtune.config import dump_toml, parse_config
     from fedtune.zo import client as zo_client
 
@@ -55,7 +55,7 @@ def test_client_app_hands_device_partitions_to_the_device_handler(tmp_path, monk
     monkeypatch.setenv("FEDTUNE_CONFIG", str(tmp_path / "c.toml"))
     monkeypatch.setenv("FEDTUNE_RUN_DIR", str(tmp_path))
     run_dirs = []
-    monkeypatch.setattr(client.device_app, "handle_train", lambda msg, ctx, c, run_dir: run_dirs.append(run_dir) or "device")
+    monkeypatch.setattr(fedtune.app.device_app, "handle_train", lambda msg, ctx, c, run_dir: run_dirs.append(run_dir) or "device")
     monkeypatch.setattr(zo_client, "client_for", _torch_client)
     context = Context(run_id=1, node_id=5, node_config={"partition-id": partition_id, "num-partitions": 4},
                       state=RecordDict(), run_config={})
@@ -67,9 +67,9 @@ def test_client_app_hands_device_partitions_to_the_device_handler(tmp_path, monk
     msg = Message(RecordDict(), dst_node_id=5, message_type=MessageType.TRAIN)  # no assigned partition
 
     if device:
-        assert client.app.train(msg, context) == "device"
+        assert fedtune.app.client_app.train(msg, context) == "device"
         assert run_dirs == [tmp_path]  # the run directory, where <run dir>/model.onnx lies
     else:
         with pytest.raises(_TorchPath):
-            client.app.train(msg, context)
+            fedtune.app.client_app.train(msg, context)
         assert run_dirs == []

@@ -13,7 +13,7 @@ from flwr.common.serde import message_from_proto, message_to_proto
 from flwr.proto.message_pb2 import Message as ProtoMessage
 
 from fedtune.config import dump_toml
-from server.strategy import FedKSeed
+from fedtune.server.strategy import FedKSeed
 from tests.conftest import REPO
 from tests.onnx.conftest import MICRO
 

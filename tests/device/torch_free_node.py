@@ -1,8 +1,8 @@
 """A device node for tests, in a process where ``import torch`` fails.
 
 Reads Flower messages (protobuf, each prefixed by its u32 little-endian length) on stdin,
-answers each through ``client.app.app`` (the ClientApp every SuperNode of a mixed
-federation runs; it hands device partitions to ``client.device_app``) and writes the reply
+answers each through ``fedtune.app.client_app.app`` (the ClientApp every SuperNode of a mixed
+federation runs; it hands device partitions to ``fedtune.app.device_app``) and writes the reply
 the same way; a zero length ends it. argv[1]: JSON ``{node id: partition id}``; argv[2]: num-partitions.
 The run's config and run directory come from FEDTUNE_CONFIG / FEDTUNE_RUN_DIR.
 """
@@ -19,7 +19,7 @@ from flwr.common.serde import message_from_proto, message_to_proto
 from flwr.proto.message_pb2 import Message as ProtoMessage
 from flwr.supercore.task_identity import TaskIdentity
 
-from client.app import app
+from fedtune.app.client_app import app
 
 _LENGTH = struct.Struct("<I")
 

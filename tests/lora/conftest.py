@@ -1,7 +1,7 @@
 """Federated-LoRA fixtures: tiny seq-cls configs and an in-process Grid.
 
 The in-process grid hands the strategy's real ``Message`` objects to the real ClientApp
-handlers (``client.app.query``, ``client.lora.train_lora``), one ``Context`` per node, so
+handlers (``fedtune.app.client_app.query``, ``fedtune.client.lora.train_lora``), one ``Context`` per node, so
 a round runs through the same code as under Flower's simulation engine, minus Ray and
 the serialisation (which ``test_simulation.py`` covers).
 """
@@ -58,8 +58,8 @@ class InProcessGrid:
         return list(self.node_ids)
 
     def _handle(self, msg):
-        from client.app import query
-        from client.lora import train_lora
+        from fedtune.app.client_app import query
+        from fedtune.client.lora import train_lora
 
         context = self.contexts[msg.metadata.dst_node_id]
         try:

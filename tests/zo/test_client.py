@@ -9,9 +9,9 @@ from flwr.common.serde import message_from_proto, message_to_proto
 
 from fedtune import wire
 from fedtune.config import parse_config
+from fedtune.server.strategy import FedKSeed
 from fedtune.zo import aggregate
 from fedtune.zo.client import OutOfSync, ZOClient, state_digest
-from server.strategy import FedKSeed
 
 _TABLE = {
     "model": {"config": "micro-llama"}, "data": {"num_examples": 200, "eval_examples": 16},
@@ -74,7 +74,7 @@ def _through_the_wire(message: Message) -> Message:
 
 
 def test_client_app_resyncs_from_full_weights_sent_as_a_flower_message(tmp_path, monkeypatch, task_identity):
-    from client.app import train
+    from fedtune.app.client_app import train
     from fedtune.config import dump_toml
 
     config_path = tmp_path / "c.toml"

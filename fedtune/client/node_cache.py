@@ -2,7 +2,7 @@
 
 Flower 1.41's deployment engine runs every message in a fresh ClientApp process, which
 builds the model at the initial weights. Without a cache it must replay every round of the
-seed log so far (:mod:`client.node_log`): one pass over the trainable weights per distinct
+seed log so far (:mod:`fedtune.client.node_log`): one pass over the trainable weights per distinct
 seed of every past round, a cost that grows with the run (at OPT-125m, ~0.3 s a seed, ~15
 seeds a round). With ``cache-dir`` in the node config (``python -m deploy.supernode`` sets
 it), the process that trained writes the synced weights it started from, and the next one

@@ -34,6 +34,7 @@ from fedtune.config import RunConfig
 from fedtune.privacy import dense_seed_vector
 from fedtune.privacy.accounting import ledger_for
 from fedtune.privacy.dp import private_mean
+from fedtune.server.rounds import RoundLoop, RoundStats
 from fedtune.workload import Workload, evaluate
 from fedtune.zo import SeedUpdate, aggregate, replay_
 from fedtune.zo.checkpoint import latest_checkpoint, save_checkpoint
@@ -41,7 +42,6 @@ from fedtune.zo.client import state_digest
 from fedtune.zo.pro import SeedImportance
 from fedtune.zo.seedlog import SeedLog
 from fedtune.zo.sync import SeedKeys, run_key
-from server.rounds import RoundLoop, RoundStats
 
 __all__ = ["FedKSeed", "SeedRoundStats"]
 
@@ -266,7 +266,7 @@ class FedKSeed(RoundLoop):
             stats.rejected += 1
             log.warning("rejected the update of client %s: %s", node, exc)
             return None
-        if int(state[wire.ROUND]) != self.state_round:
+        if wire.read_int(state, wire.ROUND) != self.state_round:
             stats.rejected += 1
             log.warning("client %s trained from state %s, not %d: rejected", node, state[wire.ROUND], self.state_round)
             return None
@@ -276,7 +276,7 @@ class FedKSeed(RoundLoop):
             log.error("client %s holds weights that differ from the server's at state %d", node, self.state_round)
             return None
         self.node_rounds[node] = self.state_round
-        rate = float(metrics.get(wire.REPLAY_RATE, 0.0))
+        rate = wire.read_float(metrics, wire.REPLAY_RATE) if wire.REPLAY_RATE in metrics else 0.0
         if rate > 0 and math.isfinite(rate):
             self.replay_rate = 0.8 * self.replay_rate + 0.2 * rate
         self.note_metrics(metrics, weight, stats)
@@ -328,7 +328,7 @@ class FedKSeed(RoundLoop):
     def run_round(self, grid: Grid, server_round: int) -> dict[str, Any]:
         """One full round: sample, send, catch up whoever fell behind, aggregate, apply."""
         if self.cfg.privacy.secagg:  # the same round, its update summed by Flower's SecAgg+
-            from server.secagg import run_secure_seed_round
+            from fedtune.server.secagg import run_secure_seed_round
 
             return run_secure_seed_round(self, grid, server_round)
         self._stats = stats = SeedRoundStats()

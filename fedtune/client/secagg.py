@@ -70,8 +70,9 @@ def secure_reply(
     content = fitres_to_recorddict(fitres, keep_input=False)
     for key, record in records.items():
         content[key] = record
-    if wire.METRICS in content:
-        content[wire.METRICS][wire.CLIPPED] = clipped
+    metrics = content.get(wire.METRICS)
+    if isinstance(metrics, MetricRecord):
+        metrics[wire.CLIPPED] = clipped
     return Message(content, reply_to=msg)
 
 

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from client.secagg import is_secure, secure_reply
-from client.zo_protocol import partition_of
 from fedtune import wire
+from fedtune.client.secagg import is_secure, secure_reply
+from fedtune.client.zo_protocol import partition_of
 from fedtune.config import RunConfig
 from fedtune.lora.client import LoraClient, LoraReport, client_for
 from fedtune.lora.factors import is_factor_a
@@ -47,14 +47,15 @@ def train_lora(cfg: RunConfig, msg: Message, context: Context, run_dir: Path | N
         fedtune.wire.WireError: if the server's adapter does not match this client's.
     """
     client = client_for(cfg)
-    config = msg.content[wire.CONFIG]
-    if config[wire.RUN_KEY] != client.key:
+    config = wire.record(msg.content, wire.CONFIG)
+    run_key = wire.read_str(config, wire.RUN_KEY)
+    if run_key != client.key:
         raise ValueError(
-            f"this client's run key {client.key} differs from the server's {config[wire.RUN_KEY]}: "
+            f"this client's run key {client.key} differs from the server's {run_key}: "
             "the parties were started with different model, data, rule or [lora] settings"
         )
-    server_round = int(config[wire.ROUND])
-    if int(config.get(wire.PHASE, 1)) == 2:
+    server_round = wire.read_int(config, wire.ROUND)
+    if wire.PHASE in config and wire.read_int(config, wire.PHASE) == 2:
         return _phase_two(client, msg, context, server_round)
 
     global_state = unpack(msg.content[wire.ADAPTER], client.uplink_shapes, "the server's adapter")
@@ -67,17 +68,18 @@ def train_lora(cfg: RunConfig, msg: Message, context: Context, run_dir: Path | N
     })
     if is_secure(msg):  # SecAgg+ (privacy.secagg): the update as one vector for secaggplus_mod to mask
         return _secure_update(cfg, msg, context, server_round, report, global_state, metrics)
-    lent = wire.PARTITION in config and run_dir is not None  # this node plays another client next round
-    if lent:
-        residual = PartitionState(run_dir).load(partition_id, RESIDUAL_FILE)
+    # a simulation's node plays another client next round: the residual stays with the partition
+    lent = PartitionState(run_dir) if wire.PARTITION in config and run_dir is not None else None
+    if lent is not None:
+        residual = lent.load(partition_id, RESIDUAL_FILE)
     else:
         record = context.state.get(wire.RESIDUAL)
-        residual = _arrays(record) if record is not None else None
+        residual = _arrays(record) if isinstance(record, ArrayRecord) else None
     rng = generator(cfg.seed, "compress", server_round, partition_id)
     trained = _noised(cfg, report.state, global_state) if cfg.privacy.dp == "local" else report.state
     sent, kept = compress_update(trained, global_state, cfg.compress, residual, rng)
-    if kept is not None and lent:
-        PartitionState(run_dir).save(partition_id, RESIDUAL_FILE, kept)
+    if kept is not None and lent is not None:
+        lent.save(partition_id, RESIDUAL_FILE, kept)
     elif kept is not None:
         context.state[wire.RESIDUAL] = ArrayRecord({n: Array(v) for n, v in kept.items()})
     if cfg.lora.two_phase:  # keep the factors as the server will rebuild them
@@ -88,8 +90,8 @@ def train_lora(cfg: RunConfig, msg: Message, context: Context, run_dir: Path | N
 
 def _phase_two(client: LoraClient, msg: Message, context: Context, server_round: int) -> Message:
     pending = context.state.get(wire.PENDING_ROUND)
-    pending_round = pending[wire.ROUND] if pending is not None else None
-    if pending_round != server_round:
+    pending_round = wire.read_int(pending, wire.ROUND) if isinstance(pending, ConfigRecord) else None
+    if pending_round != server_round or not isinstance(pending, ConfigRecord):
         raise ValueError(
             f"phase 2 of round {server_round}, but this node holds the factors of round {pending_round}"
         )
@@ -99,11 +101,11 @@ def _phase_two(client: LoraClient, msg: Message, context: Context, server_round:
     projections = client.project(trained, a_mean)
     del context.state[wire.PENDING]
     del context.state[wire.PENDING_ROUND]
-    if is_secure(msg):  # (B_k A_k - B A) Āᵀ: the server adds the old global's B A Āᵀ back (server/secagg.py)
+    if is_secure(msg):  # (B_k A_k - B A) Āᵀ: the server adds the old global's B A Āᵀ back (fedtune/server/secagg.py)
         base = unpack(context.state[wire.PENDING_BASE], client.uplink_shapes, "this node's pending global")
         del context.state[wire.PENDING_BASE]
         vector = update_vector(projections, client.project(base, a_mean))  # secure_reply clips and noises
-        weight = int(pending[wire.NUM_EXAMPLES])  # phase 1's weight: P is weighted as the factors were
+        weight = wire.read_int(pending, wire.NUM_EXAMPLES)  # phase 1's weight: P is weighted as the factors were
         return secure_reply(msg, client.cfg, vector, weight, {})
     return Message(RecordDict({wire.PROJECTIONS: pack(projections)}), reply_to=msg)
 

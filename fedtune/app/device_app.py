@@ -1,15 +1,15 @@
 """The on-device ClientApp: ONNX Runtime + numpy + flwr, no torch.
 
-It speaks client/app.py's protocol message for message (the same :mod:`fedtune.wire` keys
+It speaks fedtune/app/client_app.py's protocol message for message (the same :mod:`fedtune.wire` keys
 and encoders, ``need-state`` when the seed log it was sent does not reach the round's state,
 the digest of its synced weights), so the server cannot tell a device from a torch client.
 Decoding and encoding happen here; the work is :class:`fedtune.device.DeviceClient`'s.
 
 Two ways in:
 
-* a device SuperNode runs this app (``clientapp = "client.device_app:app"``) with
+* a device SuperNode runs this app (``clientapp = "fedtune.app.device_app:app"``) with
   ``ondevice.onnx_path`` set;
-* in a mixed federation, client/app.py hands partition ids ``[0, ondevice.clients)`` to
+* in a mixed federation, fedtune/app/client_app.py hands partition ids ``[0, ondevice.clients)`` to
   :func:`handle_train` (docs/device.md).
 """
 
@@ -21,15 +21,14 @@ from pathlib import Path
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from client.zo_protocol import answer_query, answer_train
+from fedtune.app import APP_DIR
+from fedtune.client.zo_protocol import answer_query, answer_train
 from fedtune.config import RunConfig
 from fedtune.device import DeviceClient, device_client_for
 from fedtune.onnx import onnx_path_for
 from fedtune.runs import config_from_run_config
 
 __all__ = ["app", "handle_train"]
-
-APP_DIR = Path(__file__).resolve().parents[1]
 
 app = ClientApp()
 

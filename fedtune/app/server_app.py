@@ -1,27 +1,25 @@
 """The ServerApp: one FedKSeed / federated-MeZO / federated-LoRA run, from config to saved weights.
 
 Thin on purpose: it resolves the config, opens the run directory and hands the rounds to
-:class:`server.strategy.FedKSeed` (or :class:`server.lora_strategy.FederatedLora` for the
+:class:`fedtune.server.strategy.FedKSeed` (or :class:`fedtune.server.lora_strategy.FederatedLora` for the
 LoRA rules).
 """
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from fedtune.app import APP_DIR
 from fedtune.config import LORA_ALGORITHMS
 from fedtune.onnx import onnx_path_for
 from fedtune.runs import RunWriter, config_from_run_config, configure_logging, create_run_dir, resuming
+from fedtune.server.lora_strategy import FederatedLora
+from fedtune.server.polling import prompt
+from fedtune.server.strategy import FedKSeed
 from fedtune.workload import save_model
-from server.lora_strategy import FederatedLora
-from server.polling import prompt
-from server.strategy import FedKSeed
-
-APP_DIR = Path(__file__).resolve().parents[1]
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +29,7 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     configure_logging()
-    grid = prompt(grid)  # deployed: replies seen within 0.5 s, not Flower's 3 s (server/polling.py)
+    grid = prompt(grid)  # deployed: replies seen within 0.5 s, not Flower's 3 s (fedtune/server/polling.py)
     cfg, run_dir = config_from_run_config(context.run_config, APP_DIR)
     # `fedtune run` opened the run directory and runs Flower's simulation engine: virtual
     # nodes can play any partition, so the server assigns them instead of asking each node

@@ -1,7 +1,7 @@
 """What fedtune's strategies share: per-round numbers, seeded sampling by
 partition id, and the round loop with its per-round record.
 
-Both strategies (``server/strategy.py`` for the seed federation, ``server/lora_strategy.py``
+Both strategies (``fedtune/server/strategy.py`` for the seed federation, ``fedtune/server/lora_strategy.py``
 for federated LoRA) subclass :class:`RoundLoop` and provide ``run_round`` and ``evaluate``.
 """
 
@@ -126,7 +126,8 @@ class RoundLoop(Strategy):
                     log.warning("node %s did not say its partition: %s", reply.metadata.src_node_id,
                                 error_reason(reply))
                     continue
-                self.partitions[reply.metadata.src_node_id] = int(reply.content[wire.STATE][wire.PARTITION])
+                self.partitions[reply.metadata.src_node_id] = wire.read_int(wire.record(reply.content, wire.STATE),
+                                                                            wire.PARTITION)
             if len(unknown) > chunk:
                 log.info("partition ids: %d/%d nodes answered (%.0f s)", len(self.partitions), len(unknown),
                          time.monotonic() - start)
@@ -194,7 +195,7 @@ class RoundLoop(Strategy):
     def tag(self, message: Message) -> Message:
         """Name the partition a node plays this round in its train message (simulation only)."""
         if self.assign_partitions:
-            config = message.content[wire.CONFIG]
+            config = wire.record(message.content, wire.CONFIG)
             config[wire.PARTITION] = self.partitions[message.metadata.dst_node_id]
             config[wire.NUM_PARTITIONS] = self.cfg.federation.num_clients
         return message

@@ -31,17 +31,17 @@ def extend_sync(msg: Message, context: Context) -> list[bytes] | None:
     state_round`` (worth remembering), else None.
     """
     config = msg.content.get(wire.CONFIG) if msg.has_content() else None
-    if config is None or wire.UPDATES not in config:
+    if not isinstance(config, ConfigRecord) or wire.UPDATES not in config:
         return None
     if wire.PARTITION in config:
         # a `fedtune run` simulation: worker processes live on and keep the synced weights,
         # and a per-node copy of the log would grow with the population
         return None
-    state_round = int(config[wire.STATE_ROUND])
-    sent = list(config[wire.UPDATES])
+    state_round = wire.read_int(config, wire.STATE_ROUND)
+    sent = wire.read_bytes_list(config, wire.UPDATES)
     first = state_round - len(sent)  # rounds first+1 .. state_round are in the message
     kept_record = context.state.get(NODE_LOG)
-    kept = list(kept_record[wire.UPDATES]) if kept_record is not None else []
+    kept = wire.read_bytes_list(kept_record, wire.UPDATES) if kept_record is not None else []
     if wire.WEIGHTS in msg.content or len(kept) < first:
         return None  # the kept log does not reach the sent entries: the server's catch-up decides
     merged = kept[:first] + sent

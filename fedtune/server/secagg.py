@@ -1,6 +1,6 @@
 """A fedtune round through Flower's SecAgg+ workflow: the server sees only the sum.
 
-fedtune's :class:`server.rounds.RoundLoop` drives ``grid.send_and_receive`` itself; Flower's
+fedtune's :class:`fedtune.server.rounds.RoundLoop` drives ``grid.send_and_receive`` itself; Flower's
 ``SecAggPlusWorkflow`` is a legacy workflow that runs one fit round against a legacy
 strategy in a ``LegacyContext``. This module runs the workflow's four stages for the train
 phase of one round and adapts both ends:
@@ -209,11 +209,11 @@ def _too_few(cfg: Any, server_round: int, sampled: int) -> bool:
 def run_secure_seed_round(strategy: Any, grid: Grid, server_round: int) -> dict[str, Any]:
     """One FedKSeed round whose update the server learns only as SecAgg+'s sum.
 
-    ``strategy`` is a :class:`server.strategy.FedKSeed`; its sampling, train content, digest
+    ``strategy`` is a :class:`fedtune.server.strategy.FedKSeed`; its sampling, train content, digest
     checks and ``apply`` are used unchanged. Every sampled client gets the whole seed log
     (there is no second message in a SecAgg+ round to catch a client up).
     """
-    from server.strategy import SeedRoundStats
+    from fedtune.server.strategy import SeedRoundStats
 
     cfg = strategy.cfg
     stats = SeedRoundStats()
@@ -235,16 +235,17 @@ def run_secure_seed_round(strategy: Any, grid: Grid, server_round: int) -> dict[
 
     def check(reply: Message) -> float:
         nonlocal clipped
-        state, metrics = reply.content[wire.STATE], reply.content[wire.METRICS]
+        state, metrics = wire.record(reply.content, wire.STATE), reply.content[wire.METRICS]
         weight = float(strategy.weight_of(metrics))
-        if int(state[wire.ROUND]) != strategy.state_round:
-            raise _Refused(f"trained from state {state[wire.ROUND]}, not {strategy.state_round}")
+        trained_from = wire.read_int(state, wire.ROUND)
+        if trained_from != strategy.state_round:
+            raise _Refused(f"trained from state {trained_from}, not {strategy.state_round}")
         if cfg.eval.check_sync and state[wire.DIGEST] != strategy._state_digest():
             stats.sync_mismatches += 1
             raise _Refused(f"holds weights that differ from the server's at state {strategy.state_round}")
         strategy.node_rounds[reply.metadata.src_node_id] = strategy.state_round
         strategy.note_metrics(metrics, weight, stats)
-        clipped += int(metrics.get(wire.CLIPPED, 0))
+        clipped += wire.read_int(metrics, wire.CLIPPED) if wire.CLIPPED in metrics else 0
         return weight
 
     mean, summed = secure_mean(cfg, grid, server_round, contents, cfg.algorithm.num_candidates, check, stats)
@@ -262,7 +263,7 @@ def run_secure_seed_round(strategy: Any, grid: Grid, server_round: int) -> dict[
 
 
 def _released(mean: np.ndarray | None, summed: dict[int, float]) -> list[list[int]]:
-    """A SecAgg+ run's sums for :meth:`server.rounds.RoundLoop.account`: the server saw one
+    """A SecAgg+ run's sums for :meth:`fedtune.server.rounds.RoundLoop.account`: the server saw one
     (the summed clients') unless the protocol halted. Under central DP that counts a sum
     too small to apply (below ``min_replies``, never noised nor used) as well: conservative."""
     return [list(summed)] if mean is not None else []
@@ -293,13 +294,13 @@ def _secagg_metrics(weights: list[float], settings: SecAggSettings, clipped: int
 def run_secure_lora_round(strategy: Any, grid: Grid, server_round: int) -> dict[str, Any]:
     """One FedIT / FFA-LoRA round (or two-phase LoRA-FAIR: two SecAgg+ runs) from sums only.
 
-    ``strategy`` is a :class:`server.lora_strategy.FederatedLora`. Clients send their update
+    ``strategy`` is a :class:`fedtune.server.lora_strategy.FederatedLora`. Clients send their update
     (trained - global) of the rule's uplink tensors; the new global adapter is the global
     plus the securely averaged update, which is FedIT's (and FFA-LoRA's, A staying shared)
     weighted mean. The aggregation-bias metrics need single clients' factors: null here.
     """
     from fedtune.lora import Aggregate
-    from server.lora_strategy import LoraRoundStats
+    from fedtune.server.lora_strategy import LoraRoundStats
 
     cfg = strategy.cfg
     strategy._stats = stats = LoraRoundStats()
@@ -317,7 +318,7 @@ def run_secure_lora_round(strategy: Any, grid: Grid, server_round: int) -> dict[
         metrics = reply.content[wire.METRICS]
         weight = float(strategy.weight_of(metrics))
         strategy.note_metrics(metrics, weight, stats)
-        clipped += int(metrics.get(wire.CLIPPED, 0))
+        clipped += wire.read_int(metrics, wire.CLIPPED) if wire.CLIPPED in metrics else 0
         return weight
 
     length = sum(int(np.prod(s)) for s in strategy.uplink_shapes.values())
@@ -342,7 +343,7 @@ def _secure_correction(
     strategy: Any, grid: Grid, server_round: int, state: dict[str, Any], summed: dict[int, float]
 ) -> tuple[dict[str, Any], list[list[int]]]:
     """LoRA-FAIR's phase 2 under SecAgg+: ``state`` (the factors' means) with B corrected,
-    and the sums it released (for :meth:`server.rounds.RoundLoop.account`).
+    and the sums it released (for :meth:`fedtune.server.rounds.RoundLoop.account`).
 
     The phase-1 clients (``summed``: node id -> weight, so P is weighted as the factors were)
     send ``(B_k A_k - B A) Āᵀ``, their projection minus the old global's, and the server adds

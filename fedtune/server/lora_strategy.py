@@ -39,8 +39,8 @@ from fedtune.lora.payload import pack, plus_vector, unpack, unpack_update
 from fedtune.privacy import update_vector
 from fedtune.privacy.accounting import ledger_for
 from fedtune.privacy.dp import private_mean
+from fedtune.server.rounds import RoundLoop, RoundStats
 from fedtune.workload import Workload, evaluate
-from server.rounds import RoundLoop, RoundStats
 
 __all__ = ["FederatedLora", "LoraRoundStats"]
 
@@ -240,7 +240,7 @@ class FederatedLora(RoundLoop):
     def run_round(self, grid: Grid, server_round: int) -> dict[str, Any]:
         """One full round: sample, send the global adapter, collect, aggregate, apply."""
         if self.cfg.privacy.secagg:  # the same rules from sums only, through Flower's SecAgg+
-            from server.secagg import run_secure_lora_round
+            from fedtune.server.secagg import run_secure_lora_round
 
             return run_secure_lora_round(self, grid, server_round)
         self._stats = stats = LoraRoundStats()

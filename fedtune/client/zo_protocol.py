@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
-from client.node_cache import cache_path, keep_of, restore, store
-from client.secagg import is_secure, secure_seed_reply
 from fedtune import wire
+from fedtune.client.node_cache import cache_path, keep_of, restore, store
+from fedtune.client.secagg import is_secure, secure_seed_reply
 from fedtune.config import RunConfig
 from fedtune.privacy.dp import noised_seed_steps
 from fedtune.zo.pro import probabilities_from_bytes
@@ -33,8 +33,8 @@ def partition_of(msg: Message, context: Context) -> tuple[int, int]:
     holds its own data and names it in its node config.
     """
     config = msg.content.get(wire.CONFIG) if msg.has_content() else None
-    if config is not None and wire.PARTITION in config:
-        return int(config[wire.PARTITION]), int(config[wire.NUM_PARTITIONS])
+    if isinstance(config, ConfigRecord) and wire.PARTITION in config:
+        return wire.read_int(config, wire.PARTITION), wire.read_int(config, wire.NUM_PARTITIONS)
     return int(context.node_config["partition-id"]), int(context.node_config["num-partitions"])
 
 
@@ -46,21 +46,23 @@ def answer_query(msg: Message, context: Context) -> Message:
 
 def answer_train(msg: Message, context: Context, cfg: RunConfig, client: Any) -> Message:
     """Sync ``client`` to the message's global state, train, and reply (or reply need-state)."""
-    config = msg.content[wire.CONFIG]
-    if config[wire.RUN_KEY] != client.key:
+    config = wire.record(msg.content, wire.CONFIG)
+    run_key = wire.read_str(config, wire.RUN_KEY)
+    if run_key != client.key:
         raise ValueError(
-            f"this client's run key {client.key} differs from the server's {config[wire.RUN_KEY]}: "
+            f"this client's run key {client.key} differs from the server's {run_key}: "
             "the parties were started with different model, data or seed settings"
         )
-    server_round, state_round = int(config[wire.ROUND]), int(config[wire.STATE_ROUND])
+    server_round, state_round = wire.read_int(config, wire.ROUND), wire.read_int(config, wire.STATE_ROUND)
     updates = []
-    for payload in config[wire.UPDATES]:
+    for payload in wire.read_bytes_list(config, wire.UPDATES):
         round_, keys, scalars, lr = wire.decode_update(payload, max_key=client.max_key)
         updates.append(SeedUpdate(round_, keys, client.seed_of_key(keys), scalars, lr))
     weights = None
-    if wire.WEIGHTS in msg.content:
-        weights = {k: v.numpy() for k, v in msg.content[wire.WEIGHTS].items()}
-    cache = cache_path(context, client)  # a deployed node's own disk (client/node_cache.py)
+    sent = msg.content.get(wire.WEIGHTS)
+    if isinstance(sent, ArrayRecord):
+        weights = {k: v.numpy() for k, v in sent.items()}
+    cache = cache_path(context, client)  # a deployed node's own disk (fedtune/client/node_cache.py)
     if weights is None:
         restore(cache, client, state_round)
     try:

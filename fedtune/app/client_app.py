@@ -1,24 +1,22 @@
 """The zeroth-order ClientApp (torch): sync to the global state, local MeZO steps, report.
 
-Thin on purpose: :mod:`client.zo_protocol` decodes the message, drives the client
+Thin on purpose: :mod:`fedtune.client.zo_protocol` decodes the message, drives the client
 (:mod:`fedtune.zo.client`) and encodes the reply. The run's config comes from ``fedtune run`` or from ``flwr run``'s run config.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from client.node_log import extend_sync, remember_sync
-from client.secagg import secagg_when_asked
-from client.zo_protocol import answer_query, answer_train, partition_of
+from fedtune.app import APP_DIR
+from fedtune.client.node_log import extend_sync, remember_sync
+from fedtune.client.secagg import secagg_when_asked
+from fedtune.client.zo_protocol import answer_query, answer_train, partition_of
 from fedtune.config import LORA_ALGORITHMS
 from fedtune.runs import config_from_run_config
-
-APP_DIR = Path(__file__).resolve().parents[1]
 
 app = ClientApp(mods=[secagg_when_asked])  # SecAgg+ rounds (privacy.secagg) run through Flower's mod
 
@@ -34,12 +32,12 @@ def train(msg: Message, context: Context) -> Message:
     if "device" in context.node_config:  # a deployed SuperNode names its own device (docs/deployment.md)
         cfg = dataclasses.replace(cfg, device=str(context.node_config["device"]))
     if cfg.algorithm.name in LORA_ALGORITHMS:  # federated LoRA: its own handler
-        from client.lora import train_lora
+        from fedtune.client.lora import train_lora
 
         return train_lora(cfg, msg, context, run_dir)
     entries = extend_sync(msg, context)  # the seed log this node kept: a fresh process needs it
     if partition_of(msg, context)[0] < cfg.ondevice.clients:  # an ONNX device (torch-free)
-        from client.device_app import handle_train
+        from fedtune.app.device_app import handle_train
 
         reply = handle_train(msg, context, cfg, run_dir)
     else:

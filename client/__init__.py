@@ -1,1 +1,0 @@
-"""fedtune's Flower ClientApps."""
