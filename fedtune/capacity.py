@@ -22,7 +22,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedtune.config import LORA_ALGORITHMS, RunConfig
+from fedtune import algorithms
+from fedtune.config import RunConfig
 
 __all__ = ["MemoryEstimate", "available_memory", "estimate_memory", "parameter_count"]
 
@@ -105,7 +106,7 @@ def estimate_memory(cfg: RunConfig, num_params: int, cores: int, available: int)
     workers = max(1, min(int(pool // s.num_cpus_per_client), f.clients_per_round))
     model = 4 * num_params  # float32
     state = 0
-    if cfg.algorithm.name in LORA_ALGORITHMS and cfg.compress.method != "none" and cfg.compress.error_feedback:
+    if algorithms.get(cfg.algorithm.name).family == "lora" and cfg.compress.method != "none" and cfg.compress.error_feedback:
         # a residual the size of the upload for every client that can have trained; the upload
         # is a LoRA adapter, a few percent of the model at most: bound it by 5 %
         trained = min(f.num_clients, f.clients_per_round * cfg.rounds)

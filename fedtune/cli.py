@@ -20,7 +20,8 @@ from typing import Any
 
 import tomllib
 
-from fedtune.config import ZO_ALGORITHMS, ConfigError, RunConfig, config_to_dict, load_config
+from fedtune import algorithms
+from fedtune.config import ConfigError, RunConfig, config_to_dict, load_config
 from fedtune.runs import configure_logging
 
 log = logging.getLogger("fedtune")
@@ -85,7 +86,7 @@ def _check_model(cfg: RunConfig) -> None:
     from fedtune.workload import Workload, label_names
 
     m, a = cfg.model, cfg.algorithm
-    zo = a.name in ZO_ALGORITHMS
+    zo = algorithms.get(a.name).family == "zo"
     if m.head == "default" and a.params == "model" and not (zo and m.trainable):
         return
     try:
@@ -149,6 +150,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     except ConfigError as exc:
         raise UsageError(f"{config_path}: {exc}") from None
+    if args.resume and "resume" not in algorithms.get(cfg.algorithm.name).features:
+        raise UsageError(f"--resume is not supported for algorithm {cfg.algorithm.name!r} (it keeps no seed log "
+                         f"to continue from; those that do: {', '.join(algorithms.supporting('resume'))}): "
+                         "start a new run")
     _check_environment(cfg)
     _check_model(cfg)
     memory = _check_memory(cfg)

@@ -19,6 +19,8 @@ from typing import Any, Literal
 
 import tomllib
 
+from fedtune import algorithms
+
 __all__ = [
     "AlgorithmConfig",
     "CompressConfig",
@@ -37,10 +39,7 @@ __all__ = [
     "parse_config",
 ]
 
-ZO_ALGORITHMS = ("fedkseed", "fedkseed-pro", "mezo")
 GENERATED_LABEL_NAMES = ("topics", "news")  # generated sources that name their own classes
-LORA_ALGORITHMS = ("fedit", "ffa-lora", "lorafair")  # server rules in fedtune.lora (its registry)
-DEVICE_ALGORITHMS = ("fedkseed", "fedkseed-pro", "mezo")  # what ONNX device clients run (fedtune.device)
 
 
 class ConfigError(ValueError):
@@ -112,8 +111,9 @@ class FederationConfig:
 class AlgorithmConfig:
     """The zeroth-order method and its hyper-parameters."""
 
-    # mezo: a fresh seed per step, no pool; fedit, ffa-lora, lorafair: federated LoRA ([lora])
-    name: Literal["fedkseed", "fedkseed-pro", "mezo", "fedit", "ffa-lora", "lorafair"] = "fedkseed"
+    # a registered algorithm (fedtune.algorithms; docs/configuration.md lists them): fedkseed,
+    # fedkseed-pro, mezo (zeroth-order); fedit, ffa-lora, lorafair, ... (federated LoRA, [lora])
+    name: str = "fedkseed"
     # what a zeroth-order algorithm perturbs: "model" = the model's tensors (model.trainable selects),
     # "lora" = PEFT LoRA adapters from [lora] (and a seq-cls head), MeZO's LoRA mode
     params: Literal["model", "lora"] = "model"
@@ -227,11 +227,26 @@ class RunConfig:
     compress: CompressConfig = field(default_factory=CompressConfig)
     ondevice: OnDeviceConfig = field(default_factory=OnDeviceConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    # the algorithms' own sections ([fedprox], [fedopt], ...: fedtune.algorithms), by table
+    # name, sorted; every registered section is present (defaults where the TOML has none)
+    sections: tuple[tuple[str, Any], ...] = field(default_factory=lambda: _default_sections())
+
+    def section(self, name: str) -> Any:
+        """The algorithm config section ``[name]`` (a registered dataclass instance)."""
+        for key, value in self.sections:
+            if key == name:
+                return value
+        raise KeyError(f"no algorithm config section [{name}]; registered: {sorted(algorithms.sections())}")
+
+
+def _default_sections() -> tuple[tuple[str, Any], ...]:
+    return tuple((name, cls()) for name, cls in sorted(algorithms.sections().items()))
 
 
 def _check_values(cfg: RunConfig) -> list[str]:
     """Every illegal value, one line each (independent checks, not an elif chain)."""
     errors: list[str] = []
+    spec = algorithms.get(cfg.algorithm.name)  # parse_config checked the name
 
     def need(ok: bool, message: str) -> None:
         if not ok:
@@ -297,7 +312,7 @@ def _check_values(cfg: RunConfig) -> list[str]:
     need(not lo.two_phase or a.name == "lorafair",
          f"`lora.two_phase` applies to algorithm.name = 'lorafair' only, got {a.name!r} (FedIT and "
          "FFA-LoRA are plain weighted sums already)")
-    need(a.name not in LORA_ALGORITHMS or not m.trainable,
+    need("trainable" in spec.features or not m.trainable,
          f"`model.trainable` selects tensors for the zeroth-order algorithms; {a.name!r} trains "
          "`lora.target_modules` (and a seq-cls head): leave model.trainable empty")
     need(math.isfinite(m.head_scale) and m.head_scale > 0, f"`model.head_scale` must be > 0, got {m.head_scale}")
@@ -309,17 +324,19 @@ def _check_values(cfg: RunConfig) -> list[str]:
     need(m.head != "label-names" or d.source in GENERATED_LABEL_NAMES or bool(d.label_names),
          f"`model.head` = 'label-names' needs `data.label_names` for data.source = {d.source!r} "
          "(one name per class, in label order)")
-    need(a.params == "model" or a.name in ZO_ALGORITHMS,
-         f"`algorithm.params` = {a.params!r} is for the zeroth-order algorithms ({', '.join(ZO_ALGORITHMS)}); "
-         f"{a.name!r} trains LoRA adapters already")
+    need(a.params == "model" or "lora-params" in spec.features,
+         f"`algorithm.params` = {a.params!r} is for the zeroth-order algorithms "
+         f"({', '.join(algorithms.supporting('lora-params'))}); {a.name!r} trains LoRA adapters already")
     need(a.params == "model" or not cfg.ondevice.clients,
          "`algorithm.params` = 'lora' is not supported by ONNX device clients (`ondevice.clients` > 0) yet")
     c = cfg.compress
     need(0 < c.topk <= 1, f"`compress.topk` must be in (0, 1], got {c.topk}")
     need(c.bits in (2, 4, 8), f"`compress.bits` must be 8, 4 or 2, got {c.bits}")
-    need(c.method == "none" or a.name in LORA_ALGORITHMS,
-         f"`compress.method` applies to the dense updates of the LoRA rules ({', '.join(LORA_ALGORITHMS)}); "
-         f"{a.name!r} uploads (seed, scalar) pairs, already a few bytes a step: leave it 'none'")
+    need(c.method == "none" or "compress" in spec.features,
+         f"`compress.method` applies to the dense updates of the LoRA rules "
+         f"({', '.join(algorithms.supporting('compress'))}); {a.name!r} "
+         + ("uploads (seed, scalar) pairs, already a few bytes a step: leave it 'none'" if spec.family == "zo"
+            else "does not declare compressed uploads: leave it 'none'"))
     need(f.max_payload_mb > 0, f"`federation.max_payload_mb` must be > 0, got {f.max_payload_mb}")
     need(cfg.eval.every >= 1, f"`eval.every` must be >= 1, got {cfg.eval.every}")
     need(cfg.eval.diverge_after >= 1, f"`eval.diverge_after` must be >= 1, got {cfg.eval.diverge_after}")
@@ -337,8 +354,9 @@ def _check_values(cfg: RunConfig) -> list[str]:
     od = cfg.ondevice
     need(0 <= od.clients <= f.num_clients,
          f"`ondevice.clients` must be in [0, num_clients={f.num_clients}], got {od.clients}")
-    need(od.clients == 0 or a.name in DEVICE_ALGORITHMS,
-         f"`ondevice.clients` > 0 needs a zeroth-order algorithm ({', '.join(DEVICE_ALGORITHMS)}), got {a.name!r}")
+    need(od.clients == 0 or "device" in spec.features,
+         f"`ondevice.clients` > 0 needs a zeroth-order algorithm ({', '.join(algorithms.supporting('device'))}), "
+         f"got {a.name!r}")
     need(od.clients == 0 or (bool(m.config) and m.task == "causal-lm"),
          "`ondevice.clients` > 0 needs a causal-lm `model.config` model (devices use fedtune's word "
          f"tokenizer, not a Hugging Face one), got config={m.config!r}, task={m.task!r}")
@@ -347,10 +365,11 @@ def _check_values(cfg: RunConfig) -> list[str]:
     need(not od.onnx_path or od.onnx_path.endswith(".onnx"),
          f"`ondevice.onnx_path` must name a .onnx file, got {od.onnx_path!r}")
     errors += _check_privacy(cfg)
+    if spec.check is not None:
+        errors += spec.check(cfg)
     return errors
 
 
-SECAGG_ALGORITHMS = ("fedkseed", "fedkseed-pro", *LORA_ALGORITHMS)  # what fedtune.privacy lays out as vectors
 SECAGG_MODULUS = 2**32  # Flower's SecAgg+ modulus_range: masked sums wrap at it
 
 
@@ -397,30 +416,27 @@ def _check_privacy(cfg: RunConfig) -> list[str]:
     if p.dp == "distributed" and not p.secagg:
         errors.append("`privacy.dp` = 'distributed' needs `privacy.secagg = true`: in clear the server sees each "
                       "client's update with only its 1/n share of the noise; use 'local' or 'central'")
-    if p.dp != "none" and cfg.algorithm.name == "lorafair" and not p.secagg:
-        errors.append("`privacy.dp` with 'lorafair' needs `privacy.secagg = true` (its two-phase correction "
-                      "from two noised secure sums); the clear-text LoRA-FAIR paths are not privatised")
     if p.dp != "none" and cfg.algorithm.weighting != "uniform":
         errors.append(f"`privacy.dp` = {p.dp!r} needs `algorithm.weighting = \"uniform\"`: with weights by "
                       "examples one client's share of the mean, and so the noise it needs, is unbounded")
     # Both work on each client's update as one dense vector (fedtune.privacy): the same limits.
-    for key, on, what in (("privacy.dp", p.dp != "none", "clips and noises"), ("privacy.secagg", p.secagg, "sums")):
+    spec = algorithms.get(cfg.algorithm.name)
+    for key, feature, on, what in (("privacy.dp", "dp", p.dp != "none", "clips and noises"),
+                                   ("privacy.secagg", "secagg", p.secagg, "sums")):
         if not on:
             continue
-        if cfg.algorithm.name not in SECAGG_ALGORITHMS:
-            errors.append(f"`{key}` supports algorithm.name {', '.join(SECAGG_ALGORITHMS)}, got "
-                          f"{cfg.algorithm.name!r} (MeZO's raw 64-bit seeds have no dense vector it {what})")
+        if feature not in spec.features:
+            why = ("MeZO's raw 64-bit seeds have no dense vector it " + what if cfg.algorithm.name == "mezo"
+                   else "the algorithm does not declare it")
+            errors.append(f"`{key}` supports algorithm.name {', '.join(algorithms.supporting(feature))}, got "
+                          f"{cfg.algorithm.name!r} ({why})")
         if cfg.compress.method != "none":
             errors.append(f"`{key}` {what} dense update vectors: `compress.method` must be 'none', got "
                           f"{cfg.compress.method!r} (clients' sparse positions differ)")
         if cfg.ondevice.clients:
             errors.append(f"`{key}` does not support ONNX device clients (`ondevice.clients` > 0) yet")
-    if p.secagg:
-        if f.clients_per_round < 3:
-            errors.append(f"`privacy.secagg` needs clients_per_round >= 3 (SecAgg+ shares), got {f.clients_per_round}")
-        if cfg.algorithm.name == "lorafair" and not cfg.lora.two_phase:
-            errors.append("`privacy.secagg` with algorithm.name = 'lorafair' needs `lora.two_phase = true` (its "
-                          "correction from sums only); the one-phase solve needs each client's factors")
+    if p.secagg and f.clients_per_round < 3:
+        errors.append(f"`privacy.secagg` needs clients_per_round >= 3 (SecAgg+ shares), got {f.clients_per_round}")
     return errors
 
 
@@ -459,7 +475,7 @@ def _convert(value: Any, annotation: Any, key: str, errors: list[str]) -> Any:
 
 def _build(cls: type, table: Mapping[str, Any], prefix: str, errors: list[str]) -> Any:
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = {f.name for f in dataclasses.fields(cls)} - {"sections"}  # RunConfig.sections: tables of their own
     kwargs: dict[str, Any] = {}
     for key, value in table.items():
         full = f"{prefix}{key}"
@@ -513,7 +529,17 @@ def parse_config(table: Mapping[str, Any], overrides: Sequence[str] = ()) -> Run
     errors: list[str] = []
     merged: dict[str, Any] = _deep_copy(table)
     _apply_overrides(merged, overrides, errors)
-    cfg = _build(RunConfig, merged, "", errors)
+    sections = []
+    for name, cls in sorted(algorithms.sections().items()):  # the algorithms' own tables
+        value = merged.pop(name, {})
+        if not isinstance(value, dict):
+            errors.append(f"`{name}` must be a table ([{name}]), got {value!r}")
+            value = {}
+        sections.append((name, _build(cls, value, f"{name}.", errors)))
+    cfg = dataclasses.replace(_build(RunConfig, merged, "", errors), sections=tuple(sections))
+    known = algorithms.names()
+    if isinstance(cfg.algorithm.name, str) and cfg.algorithm.name not in known:
+        errors.append(f"`algorithm.name` must be one of {', '.join(map(repr, known))}, got {cfg.algorithm.name!r}")
     if errors:  # values may be of wrong types: don't run the value checks on them
         raise ConfigError(errors)
     errors = _check_values(cfg)
@@ -561,7 +587,9 @@ def dump_toml(cfg: RunConfig) -> str:
     sections: list[tuple[str, Any]] = []
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
-        if dataclasses.is_dataclass(value):
+        if f.name == "sections":
+            sections += list(value)
+        elif dataclasses.is_dataclass(value):
             sections.append((f.name, value))
         else:
             lines.append(f"{f.name} = {_toml_value(value)}")
@@ -574,4 +602,7 @@ def dump_toml(cfg: RunConfig) -> str:
 
 def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
     """The config as plain nested dicts (for logs and metrics)."""
-    return dataclasses.asdict(cfg)
+    plain = dataclasses.asdict(dataclasses.replace(cfg, sections=()))
+    del plain["sections"]
+    plain.update({name: dataclasses.asdict(section) for name, section in cfg.sections})
+    return plain

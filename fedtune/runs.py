@@ -8,6 +8,7 @@ Hugging Face layout, with the tokenizer).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
@@ -113,7 +114,7 @@ def config_from_run_config(run_config: Mapping[str, Any], app_dir: Path) -> tupl
     env_config = os.environ.get(ENV_CONFIG)
     if env_config:
         run_dir = os.environ.get(ENV_RUN_DIR)
-        return load_config(env_config), Path(run_dir) if run_dir else None
+        return _load_once(Path(env_config), ()), Path(run_dir) if run_dir else None
     name = str(run_config.get("config", ""))
     if not name:
         raise ValueError(
@@ -124,7 +125,22 @@ def config_from_run_config(run_config: Mapping[str, Any], app_dir: Path) -> tupl
     if not path.is_absolute() and not path.exists():
         path = app_dir / path
     overrides = shlex.split(str(run_config.get("set", "")))
-    return load_config(path, overrides), None
+    return _load_once(path, tuple(overrides)), None
+
+
+def _load_once(path: Path, overrides: tuple[str, ...]) -> RunConfig:
+    """:func:`load_config`, parsed once per process and file version (a ClientApp is called
+    for every train message; the file does not change within a run)."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return load_config(path, overrides)  # the clear FileNotFoundError
+    return _parsed(str(path.resolve()), stat.st_mtime_ns, stat.st_size, overrides)
+
+
+@functools.lru_cache(maxsize=8)
+def _parsed(path: str, mtime_ns: int, size: int, overrides: tuple[str, ...]) -> RunConfig:
+    return load_config(path, overrides)
 
 
 def resuming() -> bool:

@@ -11,9 +11,13 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
 
 def _code_keys():
     keys = set()
+    default = RunConfig()
+    for name, section in default.sections:  # the algorithms' own tables ([fedprox], ...)
+        keys |= {f"{name}.{f.name}" for f in dataclasses.fields(section)}
     for field in dataclasses.fields(RunConfig):
-        default = RunConfig()
         value = getattr(default, field.name)
+        if field.name == "sections":
+            continue
         if dataclasses.is_dataclass(value):
             keys |= {f"{field.name}.{f.name}" for f in dataclasses.fields(value)}
         else:

@@ -11,11 +11,11 @@ import dataclasses
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
+from fedtune import algorithms
 from fedtune.app import APP_DIR
 from fedtune.client.node_log import extend_sync, remember_sync
 from fedtune.client.secagg import secagg_when_asked
 from fedtune.client.zo_protocol import answer_query, answer_train, partition_of
-from fedtune.config import LORA_ALGORITHMS
 from fedtune.runs import config_from_run_config
 
 app = ClientApp(mods=[secagg_when_asked])  # SecAgg+ rounds (privacy.secagg) run through Flower's mod
@@ -31,7 +31,7 @@ def train(msg: Message, context: Context) -> Message:
     cfg, run_dir = config_from_run_config(context.run_config, APP_DIR)
     if "device" in context.node_config:  # a deployed SuperNode names its own device (docs/deployment.md)
         cfg = dataclasses.replace(cfg, device=str(context.node_config["device"]))
-    if cfg.algorithm.name in LORA_ALGORITHMS:  # federated LoRA: its own handler
+    if algorithms.get(cfg.algorithm.name).family == "lora":  # federated LoRA: its own handler
         from fedtune.client.lora import train_lora
 
         return train_lora(cfg, msg, context, run_dir)

@@ -12,8 +12,8 @@ import logging
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from fedtune import algorithms
 from fedtune.app import APP_DIR
-from fedtune.config import LORA_ALGORITHMS
 from fedtune.onnx import onnx_path_for
 from fedtune.runs import RunWriter, config_from_run_config, configure_logging, create_run_dir, resuming
 from fedtune.server.lora_strategy import FederatedLora
@@ -39,7 +39,7 @@ def main(grid: Grid, context: Context) -> None:
     log.info("run directory: %s", run_dir)
     writer = RunWriter(run_dir, cfg.rounds, diverge_after=cfg.eval.diverge_after)
     resume = resuming()
-    if cfg.algorithm.name in LORA_ALGORITHMS:  # federated LoRA: its own strategy; saves a PEFT adapter
+    if algorithms.get(cfg.algorithm.name).family == "lora":  # federated LoRA: its own strategy; saves a PEFT adapter
         if resume:
             raise ValueError(f"--resume is not supported for {cfg.algorithm.name!r} yet: start a new run")
         lora = FederatedLora(cfg, run_dir)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from fedtune import algorithms
 from fedtune.config import RunConfig
 from fedtune.data.batches import sample_batch
 from fedtune.lru import LRU, PARTITION_CACHE
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 
 def lora_run_key(cfg: RunConfig) -> str:
     """What must match between a client's cache and a run: model, data, seed, rule, adapter."""
-    text = repr((cfg.seed, cfg.model, cfg.data, cfg.algorithm.name, cfg.lora))
+    text = repr((cfg.seed, cfg.model, cfg.data, cfg.algorithm.name, cfg.lora, cfg.sections))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -61,7 +62,9 @@ class LoraClient:
         self.cfg = cfg
         self.key = lora_run_key(cfg)
         self.workload = Workload(cfg)
-        self.rule = rule_class(cfg.algorithm.name)(cfg.lora)
+        spec = algorithms.get(cfg.algorithm.name)
+        self.rule = rule_class(spec.rule)(cfg.lora)
+        self.loss_term = spec.client_loss(cfg) if spec.client_loss is not None else None
         self.model = inject_lora(self.workload.build_model(), cfg.lora, cfg.model.task, cfg.seed)
         self.params = adapter_parameters(self.model)
         self.uplink = self.rule.uplink_names(self.params)
@@ -94,6 +97,15 @@ class LoraClient:
         def batch_for_step(step: int) -> dict[str, torch.Tensor]:
             return sample_batch(encoded, min(a.batch_size, num_examples), seed=batch_seed, step=step)
 
+        trained = {n: self.params[n] for n in self.uplink}
+        extra_loss = None
+        if self.loss_term is not None:  # the algorithm's own term (FedProx), against the global adapter
+            term = self.loss_term
+            anchors = {n: t.detach().clone() for n, t in trained.items()}
+
+            def extra_loss() -> torch.Tensor:
+                return term(trained, anchors)
+
         with seeded_init(self.cfg.seed, "lora-dropout", round, partition_id):
             result = local_train(
                 self.model,
@@ -104,6 +116,7 @@ class LoraClient:
                 lr=a.lr,
                 weight_decay=self.cfg.lora.weight_decay,
                 device=self.workload.device,
+                extra_loss=extra_loss,
             )
         if result.skipped:
             log.warning("round %d, partition %d: %d step(s) skipped for a non-finite loss",

@@ -41,6 +41,7 @@ def local_train(
     lr: float,
     weight_decay: float,
     device: torch.device,
+    extra_loss: Callable[[], torch.Tensor] | None = None,
 ) -> TrainResult:
     """Take ``steps`` optimizer steps on ``params``; ``model`` is left in eval mode.
 
@@ -54,6 +55,9 @@ def local_train(
         lr: learning rate, >= 0.
         weight_decay: decoupled (AdamW) or L2 (SGD) weight decay, >= 0.
         device: where ``model`` lives.
+        extra_loss: a term added to every step's loss, from the current ``params`` (an
+            algorithm's client hook, e.g. FedProx's proximal term); the reported loss is the
+            model's alone.
 
     Returns:
         The :class:`TrainResult`.
@@ -88,7 +92,8 @@ def local_train(
             if not torch.isfinite(loss):
                 skipped += 1
                 continue
-            scaler.scale(loss).backward()
+            objective = loss if extra_loss is None else loss + extra_loss()
+            scaler.scale(objective).backward()
             scaler.step(opt)
             scaler.update()
             opt.zero_grad(set_to_none=True)

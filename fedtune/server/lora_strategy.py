@@ -29,7 +29,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
-from fedtune import wire
+from fedtune import algorithms, wire
 from fedtune.config import RunConfig
 from fedtune.lora import Aggregate, adapter_parameters, inject_lora, read_state, rule_class, write_state
 from fedtune.lora.client import lora_run_key
@@ -77,7 +77,10 @@ class FederatedLora(RoundLoop):
     def __init__(self, cfg: RunConfig, run_dir: Path | None = None) -> None:
         self.cfg = cfg
         self.workload = Workload(cfg)
-        self.rule = rule_class(cfg.algorithm.name)(cfg.lora)
+        spec = algorithms.get(cfg.algorithm.name)
+        self.rule = rule_class(spec.rule)(cfg.lora)
+        # FedOpt: an optimizer on the server turns each round's aggregate into the next global adapter
+        self.server_optimizer = spec.server_optimizer(cfg) if spec.server_optimizer is not None else None
         self.model = inject_lora(self.workload.build_model(), cfg.lora, cfg.model.task, cfg.seed)
         self.params = adapter_parameters(self.model)
         self.state = read_state(self.params)  # the global adapter, float32 on CPU
@@ -185,8 +188,12 @@ class FederatedLora(RoundLoop):
         return False
 
     def apply(self, aggregate: Aggregate) -> None:
-        """Make ``aggregate.state`` the global adapter (and the server model's)."""
-        self.state = {n: aggregate.state[n].detach().float().cpu() for n in self.state}
+        """Make ``aggregate.state`` the global adapter (and the server model's); with a server
+        optimizer (FedOpt) its step from the current adapter towards the aggregate instead."""
+        state = aggregate.state
+        if self.server_optimizer is not None:
+            state = self.server_optimizer.step(self.state, {n: state[n].detach().float().cpu() for n in self.state})
+        self.state = {n: state[n].detach().float().cpu() for n in self.state}
         write_state(self.params, self.state)
         self._stats.bias_before, self._stats.bias_after = aggregate.bias_before, aggregate.bias_after
 

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from fedtune.config import LORA_ALGORITHMS, LoraConfig
+from fedtune import algorithms
+from fedtune.config import LoraConfig
 from fedtune.lora import (
     aggregation_bias,
     correct,
@@ -164,8 +165,8 @@ def test_aggregation_bias_is_relative_frobenius_error():
     assert aggregation_bias(updates, {A: _t([[1, 0]]), B: _t([[1], [0]])}, pairs) == pytest.approx(0.5)
 
 
-def test_registry_holds_the_config_names_and_refuses_duplicates():
-    assert rule_names() == sorted(LORA_ALGORITHMS)
+def test_registry_holds_every_lora_algorithms_rule_and_refuses_duplicates():
+    assert set(rule_names()) == {algorithms.get(name).rule for name in algorithms.names("lora")}
     with pytest.raises(ValueError, match="'fedit' is already registered"):
         register_rule("fedit")
     with pytest.raises(ValueError, match="unknown LoRA rule 'fedavg'; known rules"):
