@@ -19,7 +19,7 @@ def _cfg(*overrides):
 
 def test_every_built_in_is_registered_once_with_its_family():
     assert algorithms.names("zo") == ("fedkseed", "fedkseed-pro", "mezo")
-    assert set(algorithms.names("lora")) == {"fedit", "ffa-lora", "lorafair"}
+    assert set(algorithms.names("lora")) == {"fedit", "ffa-lora", "lorafair", "fedprox"}
     assert len(set(algorithms.names())) == len(algorithms.names())
     assert algorithms.supporting("device") == ("fedkseed", "fedkseed-pro", "mezo")
     assert "mezo" not in algorithms.supporting("secagg")
@@ -31,6 +31,7 @@ def test_every_built_in_is_registered_once_with_its_family():
     (Algorithm("x-2", "lora", ""), "must name the rule"),
     (Algorithm("x-3", "sgd", ""), "family must be"),  # type: ignore[arg-type]
     (Algorithm("x-4", "zo", "", section=dict), "give both `section` and `section_name`"),
+    (Algorithm("x-5", "zo", "", section=dict, section_name="fedprox"), "[fedprox] is already declared"),
 ])
 def test_a_bad_or_second_registration_is_refused_and_changes_nothing(algorithm, message):
     before = algorithms.names()
@@ -42,10 +43,25 @@ def test_a_bad_or_second_registration_is_refused_and_changes_nothing(algorithm, 
 
 
 def test_an_unknown_name_lists_the_registered_ones():
-    with pytest.raises(ConfigError, match="`algorithm.name` must be one of 'fedkseed', .*'lorafair'.*got 'fedsgd'"):
+    with pytest.raises(ConfigError, match="`algorithm.name` must be one of 'fedkseed', .*'fedprox'.*got 'fedsgd'"):
         _cfg("algorithm.name=fedsgd")
     with pytest.raises(ValueError, match="unknown algorithm 'fedsgd'; known: fedkseed"):
         algorithms.get("fedsgd")
+
+
+def test_algorithm_sections_are_read_checked_and_written_back():
+    cfg = _cfg("algorithm.name=fedprox", "fedprox.mu=0.5")
+
+    assert cfg.section("fedprox").mu == 0.5
+    assert _cfg().section("fedprox").mu == 0.01  # the default where the TOML has no [fedprox]
+    assert parse_config(__import__("tomllib").loads(dump_toml(cfg))) == cfg
+    with pytest.raises(KeyError, match="no algorithm config section"):
+        cfg.section("fedavg")
+    with pytest.raises(ConfigError, match="unknown key `fedprox.nu`"):
+        _cfg("algorithm.name=fedprox", "fedprox.nu=1")
+    _cfg("algorithm.name=fedit", "fedprox.mu=-1")  # only the running algorithm's own checks apply
+    with pytest.raises(ConfigError, match="`fedprox.mu` must be >= 0, got -1"):
+        _cfg("algorithm.name=fedprox", "fedprox.mu=-1")
 
 
 def test_a_feature_the_algorithm_does_not_declare_is_one_clear_error():
@@ -53,7 +69,7 @@ def test_a_feature_the_algorithm_does_not_declare_is_one_clear_error():
                                           r"\(MeZO's raw 64-bit seeds"):
         _cfg("algorithm.name=mezo", "privacy.secagg=true", "federation.clients_per_round=3")
     with pytest.raises(ConfigError, match="`ondevice.clients` > 0 needs a zeroth-order algorithm"):
-        _cfg("algorithm.name=lorafair", "ondevice.clients=1")
+        _cfg("algorithm.name=fedprox", "ondevice.clients=1")
     with pytest.raises(ConfigError, match="`compress.method` applies to the dense updates of the LoRA rules"):
         _cfg("algorithm.name=mezo", "compress.method=topk")
 

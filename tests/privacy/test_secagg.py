@@ -43,7 +43,8 @@ def test_secagg_needs_a_dense_vector_and_enough_clients():
                       "privacy": {"secagg": True, "num_shares": 2}})
 
     text = str(info.value)
-    assert "`privacy.secagg` supports algorithm.name fedkseed, fedkseed-pro, fedit, ffa-lora, lorafair, got 'mezo'" in text
+    assert ("`privacy.secagg` supports algorithm.name fedkseed, fedkseed-pro, fedit, fedprox, ffa-lora, lorafair, "
+            "got 'mezo'") in text
     assert "needs clients_per_round >= 3" in text
     assert "`privacy.num_shares` must be 0 (every sampled client) or in [3, clients_per_round=2]" in text
 
