@@ -6,6 +6,7 @@ a round runs through the same code as under Flower's simulation engine, minus Ra
 the serialisation (which ``test_simulation.py`` covers).
 """
 
+import math
 import os
 import traceback
 
@@ -76,3 +77,22 @@ class InProcessGrid:
         messages = list(messages)
         self.sent.extend(messages)
         return [self._handle(m) for m in messages]
+
+
+def run_rounds(cfg, rounds):
+    """``rounds`` rounds of a LoRA algorithm in process, every sampled client answering.
+
+    Returns the global adapter before the first round, the strategy, and the records."""
+    from fedtune.server.lora_strategy import FederatedLora
+
+    strategy = FederatedLora(cfg)
+    start = {n: t.clone() for n, t in strategy.state.items()}
+    records = []
+    strategy.start_rounds(InProcessGrid(cfg), rounds, records.append, connect_timeout=1)
+    assert all(r["replies"] == cfg.federation.clients_per_round and r["rejected"] == 0 for r in records[1:])
+    return start, strategy, records
+
+
+def distance(a, b):
+    """The Frobenius distance between two adapters (same names)."""
+    return math.sqrt(sum(float(((a[n] - b[n]) ** 2).sum()) for n in a))

@@ -8,8 +8,7 @@ import torch
 
 from fedtune.algorithms.fedprox import proximal_term
 from fedtune.lora.train import local_train
-from fedtune.server.lora_strategy import FederatedLora
-from tests.lora.conftest import InProcessGrid, micro_config
+from tests.lora.conftest import distance, micro_config, run_rounds
 
 
 class _Linear(torch.nn.Module):
@@ -38,26 +37,13 @@ def test_the_proximal_term_adds_mu_times_the_distance_to_the_global_weights_to_e
     assert result.mean_loss == pytest.approx((-1.0 + -1.15) / 2)  # the model's loss, not the objective
 
 
-def _run(cfg, rounds):
-    strategy = FederatedLora(cfg)
-    start = {n: t.clone() for n, t in strategy.state.items()}
-    records = []
-    strategy.start_rounds(InProcessGrid(cfg), rounds, records.append, connect_timeout=1)
-    assert all(r["replies"] == 3 and r["rejected"] == 0 for r in records[1:])
-    return start, strategy, records
-
-
-def _distance(a, b):
-    return math.sqrt(sum(float(((a[n] - b[n]) ** 2).sum()) for n in a))
-
-
 @pytest.mark.slow
 def test_fedprox_with_mu_0_is_fedit_and_a_large_mu_keeps_clients_near_the_global_adapter(task_identity):
-    start, fedit, _ = _run(micro_config("algorithm.name=fedit"), 2)
-    _, plain, _ = _run(micro_config("algorithm.name=fedprox", "fedprox.mu=0"), 2)
-    _, held, records = _run(micro_config("algorithm.name=fedprox", "fedprox.mu=100"), 2)
+    start, fedit, _ = run_rounds(micro_config("algorithm.name=fedit"), 2)
+    _, plain, _ = run_rounds(micro_config("algorithm.name=fedprox", "fedprox.mu=0"), 2)
+    _, held, records = run_rounds(micro_config("algorithm.name=fedprox", "fedprox.mu=100"), 2)
 
     assert all(torch.equal(plain.state[n], fedit.state[n]) for n in fedit.state)
-    moved, held_moved = _distance(fedit.state, start), _distance(held.state, start)
+    moved, held_moved = distance(fedit.state, start), distance(held.state, start)
     assert 0 < held_moved < 0.5 * moved, (held_moved, moved)
     assert math.isfinite(records[-1]["eval_loss"])
