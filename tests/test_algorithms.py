@@ -19,7 +19,8 @@ def _cfg(*overrides):
 
 def test_every_built_in_is_registered_once_with_its_family():
     assert algorithms.names("zo") == ("fedkseed", "fedkseed-pro", "mezo")
-    assert set(algorithms.names("lora")) == {"fedit", "ffa-lora", "lorafair", "fedprox"}
+    assert set(algorithms.names("lora")) == {"fedit", "ffa-lora", "lorafair", "fedprox", "fedadam", "fedyogi",
+                                             "fedadagrad"}
     assert len(set(algorithms.names())) == len(algorithms.names())
     assert algorithms.supporting("device") == ("fedkseed", "fedkseed-pro", "mezo")
     assert "mezo" not in algorithms.supporting("secagg")
@@ -50,24 +51,28 @@ def test_an_unknown_name_lists_the_registered_ones():
 
 
 def test_algorithm_sections_are_read_checked_and_written_back():
-    cfg = _cfg("algorithm.name=fedprox", "fedprox.mu=0.5")
+    cfg = _cfg("algorithm.name=fedprox", "fedprox.mu=0.5", "fedopt.tau=0.01")
 
     assert cfg.section("fedprox").mu == 0.5
-    assert _cfg().section("fedprox").mu == 0.01  # the default where the TOML has no [fedprox]
+    assert cfg.section("fedopt").tau == 0.01 and cfg.section("fedopt").beta1 == 0.9  # defaults elsewhere
     assert parse_config(__import__("tomllib").loads(dump_toml(cfg))) == cfg
     with pytest.raises(KeyError, match="no algorithm config section"):
         cfg.section("fedavg")
-    with pytest.raises(ConfigError, match="unknown key `fedprox.nu`"):
-        _cfg("algorithm.name=fedprox", "fedprox.nu=1")
-    _cfg("algorithm.name=fedit", "fedprox.mu=-1")  # only the running algorithm's own checks apply
+    with pytest.raises(ConfigError) as info:
+        _cfg("algorithm.name=fedadam", "fedprox.nu=1", "fedopt.beta1=1.5", "fedprox.mu=-1")
+    text = str(info.value)
+    assert "unknown key `fedprox.nu`" in text
+    # only the running algorithm's own checks apply: fedprox.mu is not fedadam's business
+    with pytest.raises(ConfigError, match=r"`fedopt.beta1` must be in \[0, 1\), got 1.5"):
+        _cfg("algorithm.name=fedadam", "fedopt.beta1=1.5", "fedprox.mu=-1")
     with pytest.raises(ConfigError, match="`fedprox.mu` must be >= 0, got -1"):
         _cfg("algorithm.name=fedprox", "fedprox.mu=-1")
 
 
 def test_a_feature_the_algorithm_does_not_declare_is_one_clear_error():
-    with pytest.raises(ConfigError, match="`privacy.secagg` supports algorithm.name .* got 'mezo' "
-                                          r"\(MeZO's raw 64-bit seeds"):
-        _cfg("algorithm.name=mezo", "privacy.secagg=true", "federation.clients_per_round=3")
+    with pytest.raises(ConfigError, match="`privacy.secagg` supports algorithm.name .* got 'fedadam' "
+                                          r"\(the algorithm does not declare it\)"):
+        _cfg("algorithm.name=fedadam", "privacy.secagg=true", "federation.clients_per_round=3")
     with pytest.raises(ConfigError, match="`ondevice.clients` > 0 needs a zeroth-order algorithm"):
         _cfg("algorithm.name=fedprox", "ondevice.clients=1")
     with pytest.raises(ConfigError, match="`compress.method` applies to the dense updates of the LoRA rules"):

@@ -122,8 +122,8 @@ def test_dp_refuses_what_has_no_dense_vector_to_clip_and_noise():
                       "algorithm": {"name": "lorafair", "weighting": "uniform"}, "compress": {"method": "topk"},
                       "privacy": {"dp": "central"}})
 
-    assert ("`privacy.dp` supports algorithm.name fedkseed, fedkseed-pro, fedit, fedprox, ffa-lora, lorafair, "
-            "got 'mezo'") in str(info.value)
+    assert ("`privacy.dp` supports algorithm.name fedkseed, fedkseed-pro, fedadagrad, fedadam, fedit, fedprox, "
+            "fedyogi, ffa-lora, lorafair, got 'mezo'") in str(info.value)
     assert "`privacy.dp` does not support ONNX device clients" in str(info.value)
     assert "`privacy.dp` with 'lorafair' needs `privacy.secagg = true`" in str(lora.value)
     assert "`compress.method` must be 'none', got 'topk'" in str(lora.value)
