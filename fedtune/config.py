@@ -449,6 +449,11 @@ def _convert(value: Any, annotation: Any, key: str, errors: list[str]) -> Any:
             errors.append(f"`{key}` must be one of {', '.join(map(repr, allowed))}, got {value!r}")
         return value
     if origin is tuple:
+        if typing.get_args(annotation)[0] is int:
+            if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+                errors.append(f"`{key}` must be a list of integers, got {value!r}")
+                return ()
+            return tuple(value)
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             errors.append(f"`{key}` must be a list of strings, got {value!r}")
             return ()
