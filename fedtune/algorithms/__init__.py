@@ -7,7 +7,7 @@ algorithm") and one import line below.
 
 from __future__ import annotations
 
-from . import fedit, fedkseed, fedkseed_pro, fedopt, fedprox, ffa_lora, lorafair, mezo  # noqa: F401  (registration)
+from . import fedit, fedkseed, fedkseed_pro, fedopt, fedprox, ffa_lora, hetlora, lorafair, mezo  # noqa: F401  (registration)
 from .registry import FEATURES, Algorithm, get, names, register, sections, supporting
 
 __all__ = ["FEATURES", "Algorithm", "get", "names", "register", "sections", "supporting"]

@@ -68,6 +68,8 @@ class Algorithm:
         check: extra validation of a whole run config; returns one line per problem.
         server_optimizer: LoRA: builds the optimizer applied to each round's aggregate.
         client_loss: LoRA: builds the extra loss term of local training from the run config.
+        client_rank: LoRA: the adapter rank (<= lora.rank) the client of a partition trains; its
+            rule must aggregate updates of different ranks (:mod:`fedtune.lora.hetlora`).
     """
 
     name: str
@@ -80,6 +82,7 @@ class Algorithm:
     check: Callable[[Any], list[str]] | None = None
     server_optimizer: Callable[[Any], ServerOptimizer] | None = field(default=None, compare=False)
     client_loss: Callable[[Any], ClientLoss | None] | None = field(default=None, compare=False)
+    client_rank: Callable[[Any, int], int] | None = field(default=None, compare=False)
 
 
 _REGISTRY: dict[str, Algorithm] = {}

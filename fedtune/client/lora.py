@@ -61,6 +61,7 @@ def train_lora(cfg: RunConfig, msg: Message, context: Context, run_dir: Path | N
     global_state = unpack(msg.content[wire.ADAPTER], client.uplink_shapes, "the server's adapter")
     partition_id, num_partitions = partition_of(msg, context)
     report = client.train(server_round, partition_id, num_partitions, global_state)
+    global_state = client.view(global_state, partition_id)  # at this client's rank (hetlora), like report.state
     metrics = MetricRecord({
         wire.NUM_EXAMPLES: report.num_examples,
         wire.TRAIN_LOSS: report.train_loss,

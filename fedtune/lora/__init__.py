@@ -5,7 +5,7 @@ Importing this package registers the three rules (``algorithm.name`` = ``fedit``
 federated run's result loads with ``peft.PeftModel.from_pretrained``.
 """
 
-from . import fair, fedit, ffa  # noqa: F401  (registers the rules)
+from . import fair, fedit, ffa, hetlora  # noqa: F401  (registers the rules)
 from .adapters import adapter_parameters, inject_lora, read_state, save_adapter, write_state
 from .factors import Update, aggregation_bias, factor_pairs, weighted_mean
 from .fair import correct, project, solve_correction

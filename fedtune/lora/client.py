@@ -26,6 +26,7 @@ from fedtune.workload import Workload
 from .adapters import adapter_parameters, inject_lora, read_state, write_state
 from .factors import factor_pairs
 from .fair import project
+from .hetlora import truncate, zero_beyond
 from .payload import shapes_of
 from .rules import rule_class
 from .train import local_train
@@ -65,6 +66,7 @@ class LoraClient:
         spec = algorithms.get(cfg.algorithm.name)
         self.rule = rule_class(spec.rule)(cfg.lora)
         self.loss_term = spec.client_loss(cfg) if spec.client_loss is not None else None
+        self._rank_of = spec.client_rank  # heterogeneous ranks (hetlora): the partition's own
         self.model = inject_lora(self.workload.build_model(), cfg.lora, cfg.model.task, cfg.seed)
         self.params = adapter_parameters(self.model)
         self.uplink = self.rule.uplink_names(self.params)
@@ -90,6 +92,9 @@ class LoraClient:
         """
         a = self.cfg.algorithm
         write_state(self.params, global_state)
+        rank = self.rank(partition_id)
+        if rank < self.cfg.lora.rank:  # a smaller client: the first `rank` slices, the rest held at zero
+            zero_beyond(self.params, rank)
         encoded = self._data(partition_id, num_partitions)
         num_examples = int(encoded["input_ids"].shape[0])
         batch_seed = derive_seed(self.cfg.seed, "batch", round, partition_id)
@@ -121,8 +126,17 @@ class LoraClient:
         if result.skipped:
             log.warning("round %d, partition %d: %d step(s) skipped for a non-finite loss",
                         round, partition_id, result.skipped)
-        state = read_state(self.params, self.uplink)
+        state = self.view(read_state(self.params, self.uplink), partition_id)
         return LoraReport(state, num_examples, result.mean_loss, result.skipped)
+
+    def rank(self, partition_id: int) -> int:
+        """The adapter rank the client of ``partition_id`` trains (``lora.rank`` unless the algorithm says)."""
+        return self._rank_of(self.cfg, partition_id) if self._rank_of is not None else self.cfg.lora.rank
+
+    def view(self, state: Mapping[str, torch.Tensor], partition_id: int) -> dict[str, torch.Tensor]:
+        """``state`` as the client of ``partition_id`` sends it: its factors cut to its rank."""
+        rank = self.rank(partition_id)
+        return truncate(state, rank) if rank < self.cfg.lora.rank else dict(state)
 
     def project(
         self, trained: Mapping[str, torch.Tensor], a_mean: Mapping[str, torch.Tensor]

@@ -35,6 +35,7 @@ from fedtune.lora import Aggregate, adapter_parameters, inject_lora, read_state,
 from fedtune.lora.client import lora_run_key
 from fedtune.lora.factors import factor_pairs, is_factor_a, weighted_mean
 from fedtune.lora.fair import correct
+from fedtune.lora.hetlora import truncate
 from fedtune.lora.payload import pack, plus_vector, unpack, unpack_update
 from fedtune.privacy import update_vector
 from fedtune.privacy.accounting import ledger_for
@@ -81,6 +82,7 @@ class FederatedLora(RoundLoop):
         self.rule = rule_class(spec.rule)(cfg.lora)
         # FedOpt: an optimizer on the server turns each round's aggregate into the next global adapter
         self.server_optimizer = spec.server_optimizer(cfg) if spec.server_optimizer is not None else None
+        self.client_rank = spec.client_rank  # heterogeneous ranks (hetlora): updates cut to the client's
         self.model = inject_lora(self.workload.build_model(), cfg.lora, cfg.model.task, cfg.seed)
         self.params = adapter_parameters(self.model)
         self.state = read_state(self.params)  # the global adapter, float32 on CPU
@@ -136,7 +138,7 @@ class FederatedLora(RoundLoop):
         try:
             metrics = reply.content[wire.METRICS]
             what = f"the update of client {node}"
-            base = {n: self.state[n] for n in self.uplink}
+            base = self.base_for(self.partitions.get(node, -1))
             state = unpack_update(reply.content[wire.ADAPTER], base, what, max_bytes=self.max_bytes)
             weight = self.weight_of(metrics)
         except (KeyError, TypeError, wire.WireError) as exc:
@@ -145,6 +147,14 @@ class FederatedLora(RoundLoop):
             return None
         self.note_metrics(metrics, weight, stats)
         return _Accepted(self.partitions.get(node, -1), node, weight, state)
+
+    def base_for(self, partition_id: int) -> dict[str, torch.Tensor]:
+        """The global uplink tensors an update of ``partition_id``'s client is relative to: cut to
+        that client's rank where the algorithm gives ranks per client (hetlora)."""
+        base = {n: self.state[n] for n in self.uplink}
+        if self.client_rank is None:
+            return base
+        return truncate(base, self.client_rank(self.cfg, partition_id))
 
     def _accept_all(self, replies: Iterable[Message], stats: LoraRoundStats) -> list[_Accepted]:
         accepted = []

@@ -1,0 +1,86 @@
+"""Heterogeneous-rank LoRA: the per-slice means by hand, truncation, and a small simulation."""
+
+import pytest
+import torch
+
+from fedtune.lora.hetlora import HetLora, rank_of_update, truncate, zero_beyond
+
+A, B, HEAD = "m.lora_A.weight", "m.lora_B.weight", "classifier.weight"
+
+
+def _t(rows):
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+def test_each_rank_slice_is_averaged_over_the_clients_that_trained_it():
+    current = {A: torch.full((2, 2), 9.0), B: torch.full((2, 2), 9.0), HEAD: torch.zeros(1, 2)}
+    small = {A: _t([[1, 1]]), B: _t([[1], [1]]), HEAD: _t([[4, 0]])}  # rank 1, weight 1
+    large = {A: _t([[2, 2], [4, 4]]), B: _t([[2, 4], [2, 4]]), HEAD: _t([[0, 8]])}  # rank 2, weight 3
+
+    out = HetLora(None).aggregate([(1.0, small), (3.0, large)], current).state
+
+    assert out[A].tolist() == [[1.75, 1.75], [4.0, 4.0]]  # slice 0: (1*1 + 3*2) / 4; slice 1: rank-2 client only
+    assert out[B].tolist() == [[1.75, 4.0], [1.75, 4.0]]
+    assert out[HEAD].tolist() == [[1.0, 6.0]]  # everyone: (1*[4,0] + 3*[0,8]) / 4
+
+
+def test_a_slice_nobody_trained_keeps_its_global_value():
+    current = {A: _t([[0, 0], [5, 6]]), B: _t([[0, 7], [0, 8]])}
+    updates = [(1.0, {A: _t([[1, 2]]), B: _t([[3], [4]])}), (1.0, {A: _t([[3, 4]]), B: _t([[5], [6]])})]
+
+    out = HetLora(None).aggregate(updates, current)
+
+    assert out.state[A].tolist() == [[2.0, 3.0], [5.0, 6.0]]
+    assert out.state[B].tolist() == [[4.0, 7.0], [5.0, 8.0]]
+    assert out.bias_before == out.bias_after >= 0
+
+
+def test_truncate_and_zero_beyond_keep_the_first_slices():
+    state = {A: torch.arange(6.0).reshape(3, 2), B: torch.arange(6.0).reshape(2, 3), HEAD: torch.ones(2)}
+
+    small = truncate(state, 2)
+    assert small[A].shape == (2, 2) and small[B].shape == (2, 2) and small[HEAD] is state[HEAD]
+    assert rank_of_update(small) == 2
+    zero_beyond(state, 1)
+    assert state[A][1:].abs().sum() == 0 and state[B][:, 1:].abs().sum() == 0
+    assert state[A][0].tolist() == [0.0, 1.0] and state[B][:, 0].tolist() == [0.0, 3.0]
+
+
+def test_an_update_above_the_global_rank_is_refused():
+    current = {A: torch.zeros(1, 2), B: torch.zeros(2, 1)}
+    with pytest.raises(ValueError, match="rank 2 is above the global adapter's 1"):
+        HetLora(None).aggregate([(1.0, {A: torch.zeros(2, 2), B: torch.zeros(2, 2)})], current)
+
+
+def test_ranks_come_from_the_config_and_are_checked():
+    from fedtune.algorithms.hetlora import client_rank
+    from fedtune.config import ConfigError
+    from tests.lora.conftest import micro_config
+
+    cfg = micro_config("algorithm.name=hetlora", "hetlora.ranks=[1, 2, 4]")
+    assert [client_rank(cfg, p) for p in range(4)] == [1, 2, 4, 1]
+    assert client_rank(micro_config("algorithm.name=hetlora"), 3) == 4  # empty: lora.rank
+    with pytest.raises(ConfigError, match=r"`hetlora.ranks` must each be in \[1, lora.rank=4\]"):
+        micro_config("algorithm.name=hetlora", "hetlora.ranks=[2, 8]")
+    with pytest.raises(ConfigError, match="`hetlora.ranks` must be a list of integers"):
+        micro_config("algorithm.name=hetlora", 'hetlora.ranks=["2"]')
+
+
+@pytest.mark.slow
+def test_clients_of_smaller_ranks_send_less_and_the_slices_they_skip_come_from_the_others(task_identity):
+    from tests.lora.conftest import distance, micro_config, run_rounds
+
+    _, fedit, dense = run_rounds(micro_config("algorithm.name=fedit"), 2)
+    _, same, _ = run_rounds(micro_config("algorithm.name=hetlora"), 2)  # every client at lora.rank = 4
+    start, small, records = run_rounds(micro_config("algorithm.name=hetlora", "hetlora.ranks=[1]"), 2)
+    _, _, mixed = run_rounds(micro_config("algorithm.name=hetlora", "hetlora.ranks=[1, 4]"), 2)
+
+    # all at full rank: FedIT's mean (summed in another order, so to float32 rounding)
+    assert all(torch.allclose(same.state[n], fedit.state[n], atol=1e-6) for n in fedit.state)
+    # rank 1 of 4: a quarter of the factors go up (the head is sent whole); a mix lies between
+    assert records[-1]["bytes_up_per_client"] < mixed[-1]["bytes_up_per_client"] < dense[-1]["bytes_up_per_client"]
+    for name in (n for n in small.state if n.endswith("lora_A.weight")):
+        assert torch.equal(small.state[name][1:], start[name][1:])  # nobody trained slices 1..3
+        assert not torch.equal(small.state[name][0], start[name][0])
+    assert distance(small.state, start) > 0
+    assert 0 <= records[-1]["bias_before"] and records[-1]["bias_after"] == records[-1]["bias_before"]
