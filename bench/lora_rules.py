@@ -5,6 +5,8 @@ Each contender is a real ``fedtune run`` of the same config in Flower's simulati
 (fresh process, the code path users run), differing only in ``--set`` overrides:
 
 * ``fedit``, ``ffa-lora``, ``lorafair``: ``algorithm.name``;
+* ``hetlora``: heterogeneous ranks 2, 4 and 8 (a third of the clients each) under the same
+  global rank 8;
 * ``central`` (the upper bound): one client holding the union of the data, FedIT (the
   average of one adapter is that adapter, so it is plain local LoRA training), taking
   ``clients_per_round x local_steps`` steps a round: the federation's whole round of work,
@@ -119,6 +121,7 @@ def main() -> None:
         f"algorithm.local_steps={f.clients_per_round * a.local_steps}",
     ]
     contenders = {rule: [f"algorithm.name={rule}", "lora.two_phase=false"] for rule in RULES}
+    contenders["hetlora"] = ["algorithm.name=hetlora", "hetlora.ranks=[2, 4, 8]"]  # a third of the clients each
     contenders["central"] = central
     results = {}
     with tempfile.TemporaryDirectory(prefix="lora-bench-") as tmp:
@@ -129,6 +132,10 @@ def main() -> None:
                 print(f"{name.replace('-', '_')}_{key}={value:.4f}", flush=True)
 
     fair, fedit, central_acc = (results[n]["final_accuracy"] for n in ("lorafair", "fedit", "central"))
+    het = results["hetlora"]
+    print(f"hetlora_minus_fedit_last3_accuracy={het['last3_accuracy'] - results['fedit']['last3_accuracy']:.2f}")
+    print(f"hetlora_bias={het['bias_after']:.4f}")
+    print(f"hetlora_bytes_up_over_fedit={het['bytes_up_per_client_round'] / results['fedit']['bytes_up_per_client_round']:.4f}")
     print(f"lorafair_bias_reduction={1 - results['lorafair']['bias_after'] / results['lorafair']['bias_before']:.4f}")
     print(f"lorafair_minus_fedit_last3_accuracy="
           f"{results['lorafair']['last3_accuracy'] - results['fedit']['last3_accuracy']:.2f}")
