@@ -1,20 +1,24 @@
-"""Heterogeneous-rank LoRA (HetLoRA-style zero-padding): clients train adapters of their own rank.
+"""Heterogeneous-rank LoRA: clients train adapters of their own rank (after HetLoRA).
 
 Cho et al., "Heterogeneous LoRA for Federated Fine-tuning of On-Device Foundation Models",
 EMNLP 2024 (https://arxiv.org/abs/2401.06432). The global adapter has the largest rank R
 (``lora.rank``). A client of rank ``r <= R`` trains the first ``r`` rank slices (rows of
 ``A``, columns of ``B``): the global adapter is truncated to them when it starts, and it
-uploads only them (``r / R`` of the factors' bytes). The server zero-pads each update back
-to ``R`` and averages **every rank slice over the clients that trained it** (their weights
-renormalised), so a slice only large-rank clients hold is not diluted by the others'
-zeros; a slice nobody trained this round keeps its global value. Tensors outside the LoRA
-factors (a seq-cls head) are averaged over everyone.
+uploads only them (``r / R`` of the factors' bytes). The server pads each update back to
+``R`` and takes FedIT's weighted mean. HetLoRA pads with zeros; fedtune pads with the
+**global adapter's own slices** (a client leaves the slices it did not train as they were),
+so a slice trained by a share ``s`` of the weight moves by ``s`` times its trainers' mean
+update, as in FedAvg over updates, and a slice nobody trained keeps its value. Measured
+(bench/lora_rules.py, ranks 2/4/8 under R = 8): zero-padding with each slice renormalised
+over its trainers gave an aggregation bias of 1.42 (products ~3x too large on the slices
+only rank-8 clients train) and lost 17 points to FedIT; see the closing note of issue 20
+for this rule's figures. With every client at rank R it is FedIT exactly.
 
 Chosen over FlexLoRA's SVD redistribution (Bai et al., NeurIPS 2024) because it keeps the
-factor payloads and is a sum of weighted vectors with public per-slice weights (what
-secure aggregation delivers), and over FLoRA's stacking (Wang et al., NeurIPS 2024), whose
-global rank grows every round. Not included: HetLoRA's rank self-pruning and
-sparsity-weighted aggregation.
+factor payloads and is a weighted sum (what secure aggregation delivers; the padding is the
+public global adapter), and over FLoRA's stacking (Wang et al., NeurIPS 2024), whose global
+rank grows every round. Not included: HetLoRA's rank self-pruning and sparsity-weighted
+aggregation.
 
 The zeroed slices stay zero while a client trains: with both factors of a slice zero, both
 of their gradients are zero (a product's gradient needs the other factor).
@@ -26,7 +30,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from .factors import Update, aggregation_bias, factor_pairs, is_factor_a, normalised_weights
+from .factors import Update, aggregation_bias, factor_pairs, is_factor_a, weighted_mean
 from .rules import Aggregate, LoraRule, register_rule
 
 __all__ = ["HetLora", "rank_of_update", "truncate", "zero_beyond"]
@@ -69,10 +73,12 @@ def rank_of_update(state: Mapping[str, torch.Tensor]) -> int:
     return ranks.pop()
 
 
-def _pad(state: Mapping[str, torch.Tensor], full: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _pad(state: Mapping[str, torch.Tensor], current: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A truncated update at full rank: the slices it lacks are the global adapter's."""
     out = {}
-    for name, t in state.items():
-        padded = torch.zeros(full[name].shape, dtype=t.dtype)
+    for name, now in current.items():
+        t = state[name]
+        padded = now.detach().float().clone()
         if is_factor_a(name):
             padded[: t.shape[0]] = t
         elif _is_factor_b(name):
@@ -85,34 +91,14 @@ def _pad(state: Mapping[str, torch.Tensor], full: Mapping[str, torch.Tensor]) ->
 
 @register_rule("hetlora")
 class HetLora(LoraRule):
-    """Per-slice weighted means of zero-padded updates of different ranks (see the module)."""
+    """FedIT's weighted mean of updates padded with the global adapter's slices (see the module)."""
 
     def aggregate(self, updates: Sequence[Update], current: Mapping[str, torch.Tensor]) -> Aggregate:
         full_rank = rank_of_update(current)
         ranks = [rank_of_update(state) for _, state in updates]
         if max(ranks) > full_rank:
             raise ValueError(f"an update of rank {max(ranks)} is above the global adapter's {full_rank}")
-        padded = [(w, _pad(state, current)) for w, state in updates]
-        weights = [w for w, _ in updates]
-        state: dict[str, torch.Tensor] = {}
-        for name, now in current.items():
-            if name not in padded[0][1]:
-                state[name] = now.float()
-                continue
-            total = torch.zeros(now.shape, dtype=torch.float64)
-            if is_factor_a(name) or _is_factor_b(name):
-                covered = torch.zeros(full_rank, dtype=torch.float64)  # Σ w_k over clients with rank > i
-                for w, r, (_, s) in zip(weights, ranks, padded):
-                    total += w * s[name].double()
-                    covered[:r] += w
-                shape = (-1, 1) if is_factor_a(name) else (1, -1)
-                mean = total / covered.clamp(min=1e-300).reshape(shape)
-                kept = (covered == 0).reshape(shape).expand_as(mean)
-                mean[kept] = now.double()[kept]  # a slice nobody trained keeps its value
-            else:
-                for p, (_, s) in zip(normalised_weights(updates), padded):
-                    total += p * s[name].double()
-                mean = total
-            state[name] = mean.float()
+        padded: list[Update] = [(w, _pad(state, current)) for w, state in updates]
+        state = weighted_mean(padded, current.keys())
         bias = aggregation_bias(padded, state, factor_pairs(current))
         return Aggregate(state, bias_before=bias, bias_after=bias)
