@@ -122,6 +122,8 @@ class AlgorithmConfig:
     batch_size: int = 16  # examples per step
     lr: float = 2e-4  # learning rate of the ZO update
     eps: float = 1e-3  # perturbation scale
+    estimator: Literal["central", "forward", "sign"] = "central"  # ZO gradient estimator (fedtune.zo.estimators)
+    directions: int = 1  # q, ZO directions per local step (one (key, scalar) entry each)
     weighting: Literal["examples", "uniform"] = "examples"  # how client scalars are averaged
     pro_clip: float = 10.0  # FedKSeed-Pro: |G| is clipped to this before averaging per seed
     pro_initial: float = 0.0  # FedKSeed-Pro: the prior |G| every seed's history starts with
@@ -297,6 +299,10 @@ def _check_values(cfg: RunConfig) -> list[str]:
     need(a.batch_size >= 1, f"`algorithm.batch_size` must be >= 1, got {a.batch_size}")
     need(math.isfinite(a.lr) and a.lr >= 0, f"`algorithm.lr` must be >= 0, got {a.lr}")
     need(math.isfinite(a.eps) and a.eps > 0, f"`algorithm.eps` must be > 0, got {a.eps}")
+    need(a.directions >= 1, f"`algorithm.directions` must be >= 1, got {a.directions}")
+    need((a.estimator == "central" and a.directions == 1) or a.name in ZO_ALGORITHMS,
+         f"`algorithm.estimator` and `algorithm.directions` apply to the zeroth-order algorithms "
+         f"({', '.join(ZO_ALGORITHMS)}), not {a.name!r}")
     need(a.pro_clip > 0, f"`algorithm.pro_clip` must be > 0, got {a.pro_clip}")
     need(a.pro_initial >= 0, f"`algorithm.pro_initial` must be >= 0, got {a.pro_initial}")
     need(a.pro_temperature > 0, f"`algorithm.pro_temperature` must be > 0, got {a.pro_temperature}")

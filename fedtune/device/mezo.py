@@ -11,18 +11,20 @@ Malladi et al., "Fine-Tuning Language Models with Just Forward Passes", NeurIPS 
 
 The arrays are updated in place (:func:`fedtune.rng.add_scaled_`), so an ONNX Runtime
 session that reads them through bound OrtValues sees every perturbation without a copy.
+The step and its variants are :mod:`fedtune.zo.estimators`, shared with the torch client;
+this module supplies only the numpy perturbation.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from functools import partial
 
 import numpy as np
 
 from fedtune.rng import add_scaled_
-from fedtune.zo.steps import LocalResult, StepResult, run_steps
+from fedtune.zo.estimators import Estimator, as_seeds, check_hyperparameters, estimate_step, local_steps
+from fedtune.zo.steps import LocalResult, StepResult
 
 __all__ = ["LocalResult", "NamedArrays", "StepResult", "local_train", "zo_step"]
 
@@ -35,35 +37,32 @@ def _apply(arrays: NamedArrays, seed: int, coef: float) -> None:
         add_scaled_(array, seed, name, coef)
 
 
-def zo_step(arrays: NamedArrays, loss_fn: Callable[[], float], *, seed: int, eps: float, lr: float) -> StepResult:
-    """One MeZO step on ``arrays`` in place; a non-finite loss restores them and skips.
+def zo_step(
+    arrays: NamedArrays,
+    loss_fn: Callable[[], float],
+    *,
+    seed: int | Sequence[int],
+    eps: float,
+    lr: float,
+    estimator: Estimator = "central",
+) -> StepResult:
+    """One ZO step on ``arrays`` in place; a non-finite loss restores them and skips.
 
     Args:
         arrays: ``(name, float32 array)`` pairs, C-contiguous, updated in place.
         loss_fn: one forward on the step's batch with the current arrays.
-        seed: the direction's stream seed.
+        seed: the direction's stream seed, or one per direction for q > 1 directions.
         eps: perturbation scale, > 0.
         lr: learning rate, >= 0.
+        estimator: ``central`` (MeZO), ``forward`` or ``sign`` (:mod:`fedtune.zo.estimators`).
 
     Raises:
         ValueError: on ``eps <= 0``, a negative or non-finite ``lr``, or no arrays.
     """
-    if not (math.isfinite(eps) and eps > 0):
-        raise ValueError(f"`eps` must be a positive finite float, got {eps!r}")
-    if not (math.isfinite(lr) and lr >= 0):
-        raise ValueError(f"`lr` must be a non-negative finite float, got {lr!r}")
+    check_hyperparameters(eps=eps, lr=lr, estimator=estimator)
     if not arrays:
         raise ValueError("`arrays` is empty: there is nothing to train")
-    _apply(arrays, seed, eps)
-    loss_plus = float(loss_fn())
-    _apply(arrays, seed, -2.0 * eps)
-    loss_minus = float(loss_fn())
-    if not (math.isfinite(loss_plus) and math.isfinite(loss_minus)):
-        _apply(arrays, seed, eps)
-        return StepResult(math.nan, math.nan, skipped=True)
-    g = (loss_plus - loss_minus) / (2.0 * eps)
-    _apply(arrays, seed, eps - lr * g)
-    return StepResult(g, 0.5 * (loss_plus + loss_minus), skipped=False)
+    return estimate_step(partial(_apply, arrays), loss_fn, seeds=as_seeds(seed), eps=eps, lr=lr, estimator=estimator)
 
 
 def local_train(
@@ -74,9 +73,14 @@ def local_train(
     seed_of_key: Callable[[int], int],
     eps: float,
     lr: float,
+    estimator: Estimator = "central",
+    directions: int = 1,
 ) -> LocalResult:
-    """One MeZO step per key, in order (as :func:`fedtune.zo.fedkseed.local_train`)."""
-    return run_steps(
-        keys,
-        lambda step, key: zo_step(arrays, partial(loss_for_step, step), seed=seed_of_key(key), eps=eps, lr=lr),
+    """The local ZO steps, ``directions`` keys per step, in order (as
+    :func:`fedtune.zo.fedkseed.local_train`)."""
+    if not arrays:
+        raise ValueError("`arrays` is empty: there is nothing to train")
+    return local_steps(
+        partial(_apply, arrays), loss_for_step,
+        keys=keys, seed_of_key=seed_of_key, eps=eps, lr=lr, estimator=estimator, directions=directions,
     )

@@ -258,7 +258,7 @@ class FedKSeed(RoundLoop):
                 state[wire.STEP_LIST],
                 max_key=self.max_key,
                 # under local DP a client sends its noised dense vector: one step per candidate
-                max_steps=a.num_candidates if self.cfg.privacy.dp == "local" else a.local_steps,
+                max_steps=a.num_candidates if self.cfg.privacy.dp == "local" else a.local_steps * a.directions,
                 max_bytes=self.max_bytes,
             )
             weight = self.weight_of(metrics)

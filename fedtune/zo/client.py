@@ -66,7 +66,8 @@ class ZOClient(SeedClient):
 
     def _local_train(self, loss_for_step: Callable[[int], Any], keys: list[int]) -> Any:
         a = self.cfg.algorithm
-        return local_train(self.params, loss_for_step, keys=keys, seed_of_key=self._seed_of, eps=a.eps, lr=a.lr)
+        return local_train(self.params, loss_for_step, keys=keys, seed_of_key=self._seed_of, eps=a.eps, lr=a.lr,
+                           estimator=a.estimator, directions=a.directions)
 
     def _batch_loss(self, encoded: dict[str, Any], batch_size: int, seed: int, step: int) -> torch.Tensor:
         batch = sample_batch(encoded, batch_size, seed=seed, step=step)

@@ -5,7 +5,9 @@ Communication Cost under 18 Kilobytes", ICML 2024 (https://arxiv.org/abs/2312.06
 
 - All parties share a pool of K candidate seeds derived from the run's seed.
 - A client's local step draws one candidate, runs a MeZO step with it and records
-  ``(candidate index, g)``; the upload is that list.
+  ``(candidate index, g)``; the upload is that list. (Other estimators, and q directions
+  per step, record one ``(candidate index, scalar)`` per direction:
+  :mod:`fedtune.zo.estimators`.)
 - The server forms, per candidate k, ``G_k = sum_i p_i sum_{steps of i on k} g`` with
   ``p_i`` the clients' weights (normalised), and broadcasts the ``(k, G_k)`` pairs.
 - Every party moves from the round's base weights to the next global weights by
@@ -25,9 +27,10 @@ import torch
 
 from fedtune.rng import torch_backend as rng
 
-from .mezo import NamedParams, zo_step
+from .estimators import Estimator, local_steps
+from .mezo import NamedParams, apply_direction_
 from .seeds import SeedUpdate, replay_coefficient
-from .steps import LocalResult, run_steps
+from .steps import LocalResult
 
 __all__ = ["LocalResult", "local_train", "replay_"]
 
@@ -48,6 +51,7 @@ def replay_(params: NamedParams, update: SeedUpdate) -> None:
         rng.add_scaled_many_(tensor.data, seeds, name, coefs)
 
 
+@torch.inference_mode()
 def local_train(
     params: NamedParams,
     loss_for_step: Callable[[int], float | torch.Tensor],
@@ -56,22 +60,25 @@ def local_train(
     seed_of_key: Callable[[int], int],
     eps: float,
     lr: float,
+    estimator: Estimator = "central",
+    directions: int = 1,
 ) -> LocalResult:
-    """Run one MeZO step per key, in order, updating ``params`` in place.
+    """Run the local ZO steps, ``directions`` keys per step, in order, updating ``params`` in place.
 
     Args:
         params: trainable ``(name, tensor)`` pairs.
         loss_for_step: ``loss_for_step(step)`` runs the forward on step ``step``'s batch.
-        keys: the drawn key of each step (candidate indices or raw seeds).
+        keys: the drawn key of each direction, step by step (candidate indices or raw seeds).
         seed_of_key: maps a key to its stream seed.
         eps, lr: MeZO's perturbation scale and learning rate.
+        estimator, directions: the ZO estimator and q (:mod:`fedtune.zo.estimators`).
 
     Returns:
-        The steps' :class:`LocalResult`.
+        The steps' :class:`LocalResult`: one ``(key, scalar)`` entry per direction.
     """
-    return run_steps(
-        keys,
-        lambda step, key: zo_step(params, partial(loss_for_step, step), seed=seed_of_key(key), eps=eps, lr=lr),
+    if not params:
+        raise ValueError("`params` is empty: there is nothing to train")
+    return local_steps(
+        partial(apply_direction_, params), lambda step: float(loss_for_step(step)),
+        keys=keys, seed_of_key=seed_of_key, eps=eps, lr=lr, estimator=estimator, directions=directions,
     )
-
-

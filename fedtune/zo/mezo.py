@@ -12,17 +12,21 @@ from ``seed`` (never stored):
 z comes from :mod:`fedtune.rng` (Rademacher, see there), so nothing but the weights and
 one forward's activations is ever in memory, and everything runs under
 ``torch.inference_mode()``: no autograd graph exists.
+
+The step, and its variants (forward difference, ZO-SGD-Sign, q directions), are written
+once in :mod:`fedtune.zo.estimators`; this module supplies the torch perturbation.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import torch
 
 from fedtune.rng import torch_backend as rng
 
+from .estimators import Estimator, as_seeds, check_hyperparameters, estimate_step
 from .steps import StepResult
 
 __all__ = ["NamedParams", "StepResult", "apply_direction_", "zo_step"]
@@ -42,20 +46,27 @@ def zo_step(
     params: NamedParams,
     loss_fn: Callable[[], float | torch.Tensor],
     *,
-    seed: int,
+    seed: int | Sequence[int],
     eps: float,
     lr: float,
+    estimator: Estimator = "central",
 ) -> StepResult:
-    """One MeZO step on ``params`` in place (MeZO Algorithm 1, with Rademacher z).
+    """One ZO step on ``params`` in place (MeZO Algorithm 1, with Rademacher z, by default).
+
+    The step is :func:`fedtune.zo.estimators.estimate_step`, shared with the numpy device
+    client; this only says how a direction is added to torch tensors.
 
     Args:
         params: ``(name, tensor)`` pairs to perturb and update (e.g. from
             :func:`fedtune.models.trainable_parameters`); names key the perturbation.
         loss_fn: runs one forward on the step's batch with the current weights and
             returns the scalar loss.
-        seed: the direction's seed (a FedKSeed candidate, or a fresh one for MeZO).
+        seed: the direction's seed (a FedKSeed candidate, or a fresh one for MeZO), or
+            one seed per direction for q > 1 directions.
         eps: perturbation scale, > 0.
         lr: learning rate, >= 0 (0 estimates g without moving the weights).
+        estimator: ``central`` (MeZO), ``forward`` or ``sign``
+            (:mod:`fedtune.zo.estimators`).
 
     Returns:
         The step's :class:`StepResult`.
@@ -63,20 +74,10 @@ def zo_step(
     Raises:
         ValueError: on ``eps <= 0``, a negative or non-finite ``lr``, or no params.
     """
-    if not (math.isfinite(eps) and eps > 0):
-        raise ValueError(f"`eps` must be a positive finite float, got {eps!r}")
-    if not (math.isfinite(lr) and lr >= 0):
-        raise ValueError(f"`lr` must be a non-negative finite float, got {lr!r}")
+    check_hyperparameters(eps=eps, lr=lr, estimator=estimator)
     if not params:
         raise ValueError("`params` is empty: there is nothing to train")
-
-    apply_direction_(params, seed, eps)
-    loss_plus = float(loss_fn())
-    apply_direction_(params, seed, -2.0 * eps)
-    loss_minus = float(loss_fn())
-    if not (math.isfinite(loss_plus) and math.isfinite(loss_minus)):
-        apply_direction_(params, seed, eps)
-        return StepResult(math.nan, math.nan, skipped=True)
-    g = (loss_plus - loss_minus) / (2.0 * eps)
-    apply_direction_(params, seed, eps - lr * g)
-    return StepResult(g, 0.5 * (loss_plus + loss_minus), skipped=False)
+    return estimate_step(
+        partial(apply_direction_, params), lambda: float(loss_fn()),
+        seeds=as_seeds(seed), eps=eps, lr=lr, estimator=estimator,
+    )

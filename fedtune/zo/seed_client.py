@@ -75,7 +75,7 @@ class SeedClient(ABC):
 
     @abstractmethod
     def _local_train(self, loss_for_step: Callable[[int], Any], keys: list[int]) -> Any:
-        """One MeZO step per key on ``params`` (returns a ``LocalResult``)."""
+        """The local ZO steps on ``params``, ``algorithm.directions`` keys per step (returns a ``LocalResult``)."""
 
     @abstractmethod
     def _batch_loss(self, encoded: dict[str, Any], batch_size: int, seed: int, step: int) -> Any:
@@ -137,11 +137,14 @@ class SeedClient(ABC):
         cfg, a = self.cfg, self.cfg.algorithm
         encoded = self._data(partition_id, num_partitions)
         num_examples = int(encoded["input_ids"].shape[0])
+        # one key per direction, step by step (q = a.directions per step); with q = 1 the
+        # draws are exactly those of one key per step
+        num_keys = a.local_steps * a.directions
         if self._keys.pool is None:
-            keys = [derive_seed(cfg.seed, "mezo", round, partition_id, s) for s in range(a.local_steps)]
+            keys = [derive_seed(cfg.seed, "mezo", round, partition_id, s) for s in range(num_keys)]
         else:
             draw = generator(cfg.seed, "steps", round, partition_id)
-            keys = draw.choice(a.num_candidates, size=a.local_steps, p=probabilities).tolist()
+            keys = draw.choice(a.num_candidates, size=num_keys, p=probabilities).tolist()
         batch_seed = derive_seed(cfg.seed, "batch", round, partition_id)
         batch_size = min(a.batch_size, num_examples)
 

@@ -87,3 +87,36 @@ def test_bad_hyper_parameters_are_refused_before_any_forward():
     with pytest.raises(ValueError, match="lr"):
         zo_step(_arrays(), lambda: calls.append(1) or 0.0, seed=0, eps=1e-3, lr=-1.0)
     assert calls == []
+
+
+@pytest.mark.parametrize("estimator", ["forward", "sign"])
+@pytest.mark.parametrize("seed", [42, [42, 3, 17]])
+def test_other_estimators_are_bit_identical_to_the_torch_step(estimator, seed):
+    arrays = _arrays()
+    tensors = [(n, torch.from_numpy(a.copy())) for n, a in arrays]
+
+    result = zo_step(arrays, _quadratic(arrays), seed=seed, eps=1e-3, lr=0.1, estimator=estimator)
+    expected = torch_zo_step(tensors, _quadratic([(n, t.numpy()) for n, t in tensors]), seed=seed, eps=1e-3,
+                             lr=0.1, estimator=estimator)
+
+    assert result.scalars == expected.scalars and not result.skipped
+    for (_, a), (_, t) in zip(arrays, tensors):
+        assert np.array_equal(a, t.numpy())
+
+
+@pytest.mark.parametrize("estimator", ["central", "forward", "sign"])
+def test_local_train_with_several_directions_matches_fedkseed_local_train(estimator):
+    arrays = _arrays()
+    tensors = [(n, torch.from_numpy(a.copy())) for n, a in arrays]
+    keys = [5, 9, 2, 5, 7, 1]  # 3 steps of 2 directions
+
+    result = local_train(arrays, lambda step: _quadratic(arrays)(), keys=keys, seed_of_key=lambda k: k * 11,
+                         eps=1e-3, lr=0.01, estimator=estimator, directions=2)
+    expected = fedkseed.local_train(tensors, lambda step: _quadratic([(n, t.numpy()) for n, t in tensors])(),
+                                    keys=keys, seed_of_key=lambda k: k * 11, eps=1e-3, lr=0.01,
+                                    estimator=estimator, directions=2)
+
+    assert result.keys.tolist() == expected.keys.tolist() == keys
+    assert np.array_equal(result.scalars, expected.scalars) and result.mean_loss == expected.mean_loss
+    for (_, a), (_, t) in zip(arrays, tensors):
+        assert np.array_equal(a, t.numpy())
