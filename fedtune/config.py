@@ -300,9 +300,9 @@ def _check_values(cfg: RunConfig) -> list[str]:
     need(math.isfinite(a.lr) and a.lr >= 0, f"`algorithm.lr` must be >= 0, got {a.lr}")
     need(math.isfinite(a.eps) and a.eps > 0, f"`algorithm.eps` must be > 0, got {a.eps}")
     need(a.directions >= 1, f"`algorithm.directions` must be >= 1, got {a.directions}")
-    need((a.estimator == "central" and a.directions == 1) or a.name in ZO_ALGORITHMS,
+    need((a.estimator == "central" and a.directions == 1) or spec.family == "zo",
          f"`algorithm.estimator` and `algorithm.directions` apply to the zeroth-order algorithms "
-         f"({', '.join(ZO_ALGORITHMS)}), not {a.name!r}")
+         f"({', '.join(algorithms.names('zo'))}), not {a.name!r}")
     need(a.pro_clip > 0, f"`algorithm.pro_clip` must be > 0, got {a.pro_clip}")
     need(a.pro_initial >= 0, f"`algorithm.pro_initial` must be >= 0, got {a.pro_initial}")
     need(a.pro_temperature > 0, f"`algorithm.pro_temperature` must be > 0, got {a.pro_temperature}")
