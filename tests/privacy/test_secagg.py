@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
-from flwr.common.secure_aggregation.quantization import dequantize, quantize
 
+from fedtune._flwr_compat import dequantize, quantize
 from fedtune.config import ConfigError, parse_config
 from fedtune.privacy import (
     SecAggSettings,
