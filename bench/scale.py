@@ -103,14 +103,12 @@ def _run(num_clients: int, num_examples: int, out: Path) -> dict[str, Any]:
 
 def _plain(num_examples: int) -> float:
     """Seconds a steady-state round takes without Flower's engine (evaluation excluded)."""
-    from flwr.supercore.task_identity import TaskIdentity
-
+    from fedtune._flwr_compat import set_task_identity
     from fedtune.config import load_config
     from fedtune.server.strategy import FedKSeed
     from tests.lora.conftest import InProcessGrid
 
-    for attr in ("_run_id", "_node_id", "_task_id"):
-        setattr(TaskIdentity, attr, 1)
+    set_task_identity(run_id=1, node_id=1, task_id=1)
     cfg = load_config(CONFIG, ["federation.num_clients=10", f"data.num_examples={num_examples}"])
     strategy = FedKSeed(cfg, None)
     strategy.assign_partitions = True

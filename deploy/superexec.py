@@ -44,12 +44,18 @@ import time
 import traceback
 from collections.abc import Sequence
 
-from flwr.supercore.constant import TaskType
-from flwr.supercore.superexec.executor import LaunchResult
-from flwr.supercore.superexec.executor.subprocess_executor import SubprocessExecutor
-from flwr.supercore.superexec.executor.types import ExecutionSpec
+from fedtune._flwr_compat import (
+    ExecutionSpec,
+    LaunchResult,
+    SubprocessExecutor,
+    TaskType,
+    exit_handler,
+    run_clientapp,
+    run_flower_superexec,
+    validate_and_resolve_root_certificates,
+)
 
-__all__ = ["DEFAULT_PRELOAD", "ForkExecutor", "main", "preload", "reseed"]
+__all__ = ["DEFAULT_PRELOAD", "ForkExecutor", "forget_fedtune", "main", "preload", "reseed"]
 
 log = logging.getLogger("fedtune.superexec")
 
@@ -96,7 +102,7 @@ def reseed() -> None:
 class ForkExecutor(SubprocessExecutor):
     """Flower's subprocess executor, except that a ClientApp task forks this process.
 
-    The child runs :func:`flwr.supernode.runtime.run_clientapp.run_clientapp` with the
+    The child runs Flower's ``run_clientapp`` (:mod:`fedtune._flwr_compat`) with the
     spec's address, token, TLS settings and parent PID, as ``flwr-clientapp`` would.
     Finished children are reaped on every poll of the SuperExec's loop.
     """
@@ -107,8 +113,6 @@ class ForkExecutor(SubprocessExecutor):
     def launch(self, spec: ExecutionSpec) -> LaunchResult:
         if spec.task_type != TaskType.CLIENT_APP:
             return super().launch(spec)
-        from flwr.supercore.tls import validate_and_resolve_root_certificates
-
         certificates = validate_and_resolve_root_certificates(spec.root_certificates_path, spec.insecure)
         try:
             pid = os.fork()
@@ -136,9 +140,6 @@ def _run_child(spec: ExecutionSpec, certificates: bytes | None) -> None:
     """The forked ClientApp process: Flower's ``run_clientapp``, then ``os._exit``."""
     code = 1
     try:
-        from flwr.supercore.exit import exit_handler
-        from flwr.supernode.runtime.run_clientapp import run_clientapp
-
         exit_handler.registered_exit_handlers.clear()  # the parent's: they close its client
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, signal.SIG_DFL)
@@ -166,6 +167,15 @@ def _run_child(spec: ExecutionSpec, certificates: bytes | None) -> None:
         os._exit(code)
 
 
+def forget_fedtune() -> None:
+    """Drop the ``fedtune`` modules this process imported (for Flower's internals, through
+    :mod:`fedtune._flwr_compat`) from ``sys.modules``: a forked child must import the app's
+    code from the installed FAB, as a fresh ``flwr-clientapp`` process would, not inherit
+    this checkout's. The SuperExec parent calls it once, before it forks anything."""
+    for name in [n for n in sys.modules if n == "fedtune" or n.startswith("fedtune.")]:
+        del sys.modules[name]
+
+
 def _split_argv(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(
         prog="python -m deploy.superexec", description=__doc__.split("\n\n")[0],
@@ -181,6 +191,7 @@ def _split_argv(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args, rest = _split_argv(sys.argv[1:] if argv is None else argv)
+    forget_fedtune()
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     log.addHandler(handler)
@@ -189,15 +200,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     loaded = preload([m for m in args.preload.split(",") if m])
     log.info("preloaded %d modules in %.1f s; ClientApps start by fork", len(loaded), time.perf_counter() - start)
 
-    # The modules, not the functions of the same names their packages export.
-    cli = importlib.import_module("flwr.supercore.cli.flower_superexec")
-    loop = importlib.import_module("flwr.supercore.superexec.run_superexec")
-
     # Flower's loop asks its factory for the executor; it gets this one. Everything else is
     # flower-superexec as shipped (its --executor flag must stay the default: subprocess).
-    loop.get_executor = lambda *_args, **_kwargs: ForkExecutor()  # type: ignore[attr-defined]
-    sys.argv = ["flower-superexec", *rest]
-    cli.flower_superexec()
+    run_flower_superexec(ForkExecutor, rest)
 
 
 if __name__ == "__main__":

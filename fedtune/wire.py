@@ -567,10 +567,15 @@ def message_bytes(message: Any, *, downlink: bool) -> int:
     Fleet transport is protobuf over HTTPS: its HTTP headers, TLS records and the SuperNode's
     idle polling are the channel's and are not counted (``bench/deploy.py`` measures them).
     """
-    from flwr.app.message.message import remove_content_from_message
-    from flwr.common.serde import message_to_proto
-    from flwr.proto import fleet_pb2, message_pb2, node_pb2
-    from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects, get_object_tree
+    from fedtune._flwr_compat import (
+        fleet_pb2,
+        get_all_nested_objects,
+        get_object_tree,
+        message_pb2,
+        message_to_proto,
+        node_pb2,
+        remove_content_from_message,
+    )
 
     node = node_pb2.Node(node_id=message.metadata.dst_node_id if downlink else message.metadata.src_node_id)
     run_id = message.metadata.run_id

@@ -94,8 +94,6 @@ def run_cli(*args, timeout=300, cwd=REPO):
 @pytest.fixture
 def task_identity(monkeypatch):
     """Messages need a run id outside a Flower run (Flower sets it inside one)."""
-    from flwr.supercore.task_identity import TaskIdentity
+    from fedtune._flwr_compat import set_task_identity
 
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+    set_task_identity(run_id=1, node_id=0, task_id=1, setattr=monkeypatch.setattr)

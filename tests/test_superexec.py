@@ -61,3 +61,16 @@ def test_the_command_line_is_flowers_with_preload_added():
 
     assert result.returncode == 0, result.stderr
     assert "--preload" in result.stdout and "flower-superexec" in result.stdout
+
+
+def test_the_parent_forgets_fedtune_so_a_child_imports_the_fabs():
+    script = ("import sys, deploy.superexec as s; before = 'fedtune' in sys.modules; s.forget_fedtune(); "
+              "print(before, any(n == 'fedtune' or n.startswith('fedtune.') for n in sys.modules), "
+              "s.SubprocessExecutor.__name__)")
+
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60,
+                            check=False)
+
+    # it imported fedtune (Flower's internals come through fedtune._flwr_compat), then dropped it,
+    # keeping the names it bound
+    assert result.stdout.split() == ["True", "False", "SubprocessExecutor"], result.stderr

@@ -310,7 +310,7 @@ def _message(payload: bytes, *, records: int = 1):
 
 
 def test_message_bytes_count_the_payload_once_plus_flowers_framing(task_identity):
-    from flwr.common.serde import message_to_proto
+    from fedtune._flwr_compat import message_to_proto
 
     small, large = _message(b"x" * 100), _message(b"x" * 100_100)
 

@@ -14,13 +14,9 @@ from typing import Any
 
 import numpy as np
 from flwr.app import ConfigRecord, Context, Message, MetricRecord
-from flwr.client.mod import secaggplus_mod
-from flwr.clientapp.typing import ClientAppCallable
-from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
-from flwr.compat.common.recorddict_compat import fitres_to_recorddict
 
 from fedtune import wire
+from fedtune._flwr_compat import RECORD_KEY_CONFIGS, ClientAppCallable, fit_content, secaggplus_mod
 from fedtune.config import RunConfig
 from fedtune.privacy import SecAggSettings, dense_seed_vector
 from fedtune.privacy.dp import clip_and_noise
@@ -66,8 +62,7 @@ def secure_reply(
         vector, _ = clip_and_noise(vector, cfg)
     clipped = int(np.count_nonzero(np.abs(vector) > settings.scalar_clip))
     vector = np.clip(vector, -settings.scalar_clip, settings.scalar_clip)  # within SecAgg+'s range
-    fitres = FitRes(Status(Code.OK, ""), ndarrays_to_parameters([vector]), int(weight), {})
-    content = fitres_to_recorddict(fitres, keep_input=False)
+    content = fit_content(vector, int(weight))
     for key, record in records.items():
         content[key] = record
     metrics = content.get(wire.METRICS)

@@ -41,8 +41,8 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-from flwr.supercore.differential_privacy import add_gaussian_noise_inplace, clip_inputs_inplace, compute_stdv
 
+from fedtune._flwr_compat import add_gaussian_noise_inplace, clip_inputs_inplace, compute_stdv
 from fedtune.config import RunConfig
 from fedtune.privacy.secagg import dense_seed_vector
 

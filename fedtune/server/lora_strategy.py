@@ -22,7 +22,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -41,9 +41,10 @@ from fedtune.privacy import update_vector
 from fedtune.privacy.accounting import ledger_for
 from fedtune.privacy.dp import private_mean
 from fedtune.server.rounds import RoundLoop, RoundStats
+from fedtune.server.secagg import run_secure_lora_round
 from fedtune.workload import Workload, evaluate
 
-__all__ = ["FederatedLora", "LoraRoundStats"]
+__all__ = ["Accepted", "FederatedLora", "LoraRoundStats"]
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,10 @@ class LoraRoundStats(RoundStats):
 
 
 @dataclass(frozen=True)
-class _Accepted:
+class Accepted:
+    """An accepted phase-1 reply: who sent it, its weight, and its uplink tensors (global +
+    update; empty if masked: SecAgg+ sums the update itself)."""
+
     partition: int
     node: int
     weight: float
@@ -94,7 +98,6 @@ class FederatedLora(RoundLoop):
         self.partitions: dict[int, int] = {}  # node id -> partition id it reported
         self.state_round = 0  # no resume for the LoRA rules yet: every run starts fresh
         self.ledger = ledger_for(cfg, run_dir)
-        self._stats = LoraRoundStats()
 
     # --- Flower's Strategy interface -------------------------------------------------
 
@@ -115,6 +118,10 @@ class FederatedLora(RoundLoop):
     def _config(self, server_round: int, phase: int) -> ConfigRecord:
         return ConfigRecord({wire.ROUND: server_round, wire.RUN_KEY: self.run_key, wire.PHASE: phase})
 
+    def phase2_content(self, server_round: int, a_mean: bytes) -> RecordDict:
+        """LoRA-FAIR's phase-2 train content: ``Ā`` (``a_mean``: its encoded bundle)."""
+        return RecordDict({wire.CONFIG: self._config(server_round, 2), wire.A_MEAN: ConfigRecord({wire.BUNDLE: a_mean})})
+
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
@@ -130,23 +137,29 @@ class FederatedLora(RoundLoop):
             for n in self.sample(grid, server_round)
         ]
 
-    def _accept(self, reply: Message, stats: LoraRoundStats) -> _Accepted | None:
-        """Validate one phase-1 reply; None (counted) if it failed or does not fit."""
+    def accept(self, reply: Message, stats: LoraRoundStats, *, masked: bool = False) -> Accepted | None:
+        """Validate one phase-1 reply; None (counted, logged) if it failed or does not fit.
+
+        The one acceptance of a reply, in clear and under SecAgg+ (``masked``: the update
+        is SecAgg+'s masked vector, only the metrics are in clear to check).
+        """
         node = reply.metadata.src_node_id
         if self.failed(reply, stats):
             return None
         try:
             metrics = reply.content[wire.METRICS]
-            what = f"the update of client {node}"
-            base = self.base_for(self.partitions.get(node, -1))
-            state = unpack_update(reply.content[wire.ADAPTER], base, what, max_bytes=self.max_bytes)
+            state: dict[str, torch.Tensor] = {}
+            if not masked:
+                what = f"the update of client {node}"
+                base = self.base_for(self.partitions.get(node, -1))
+                state = unpack_update(reply.content[wire.ADAPTER], base, what, max_bytes=self.max_bytes)
             weight = self.weight_of(metrics)
         except (KeyError, TypeError, wire.WireError) as exc:
             stats.rejected += 1
             log.warning("rejected the update of client %s: %s", node, exc)
             return None
         self.note_metrics(metrics, weight, stats)
-        return _Accepted(self.partitions.get(node, -1), node, weight, state)
+        return Accepted(self.partitions.get(node, -1), node, weight, state)
 
     def base_for(self, partition_id: int) -> dict[str, torch.Tensor]:
         """The global uplink tensors an update of ``partition_id``'s client is relative to: cut to
@@ -156,32 +169,34 @@ class FederatedLora(RoundLoop):
             return base
         return truncate(base, self.client_rank(self.cfg, partition_id))
 
-    def _accept_all(self, replies: Iterable[Message], stats: LoraRoundStats) -> list[_Accepted]:
+    def _accept_all(self, replies: Iterable[Message], stats: LoraRoundStats) -> list[Accepted]:
         accepted = []
         for reply in replies:
             stats.bytes_up += wire.message_bytes(reply, downlink=False)
-            if (item := self._accept(reply, stats)) is not None:
+            if (item := self.accept(reply, stats)) is not None:
                 accepted.append(item)
         return sorted(accepted, key=lambda item: (item.partition, item.node))  # a fixed summation order
 
     def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
+        self, server_round: int, replies: Iterable[Message], stats: LoraRoundStats | None = None
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Aggregate the round's adapters with the rule in clear text and apply the result.
 
         Under ``privacy.dp`` (FedIT, FFA-LoRA) the rule's mean is taken over the updates as
-        vectors, clipped and noised (:func:`fedtune.privacy.dp.private_mean`)."""
-        stats = self._stats
+        vectors, clipped and noised (:func:`fedtune.privacy.dp.private_mean`). ``stats``: the
+        round's numbers, filled in here (None: Flower's interface, where only the returned
+        record tells them)."""
+        stats = LoraRoundStats() if stats is None else stats
         replies = list(replies)
         accepted = self._accept_all(replies, stats)
-        usable = self._enough(server_round, accepted)
+        usable = self._enough(server_round, accepted, stats)
         self.account(server_round, stats, self.clear_sums(replies, [item.node for item in accepted], usable))
         if usable and self.cfg.privacy.dp != "none":
             uplink = {n: self.state[n] for n in self.uplink}
             mean = private_mean([update_vector(item.state, uplink) for item in accepted], self.cfg)
-            self.apply(Aggregate(self.plus_mean(mean), math.nan, math.nan))
+            self.apply(Aggregate(self.plus_mean(mean), math.nan, math.nan), stats)
         elif usable:
-            self.apply(self.rule.aggregate([(item.weight, item.state) for item in accepted], self.state))
+            self.apply(self.rule.aggregate([(item.weight, item.state) for item in accepted], self.state), stats)
         return None, MetricRecord({"replies": stats.replies})
 
     def plus_mean(self, mean: np.ndarray) -> dict[str, torch.Tensor]:
@@ -189,35 +204,35 @@ class FederatedLora(RoundLoop):
         uplink tensors; the others (FFA-LoRA's A) stay as they are. float32."""
         return plus_vector(self.state, mean, self.uplink_shapes)
 
-    def _enough(self, server_round: int, accepted: list[_Accepted]) -> bool:
-        self._stats.replies = len(accepted)
+    def _enough(self, server_round: int, accepted: list[Accepted], stats: LoraRoundStats) -> bool:
+        stats.replies = len(accepted)
         if len(accepted) >= self.cfg.federation.min_replies:
             return True
         log.warning("round %d: %d usable replies (min_replies=%d): the global adapter stays as it is",
                     server_round, len(accepted), self.cfg.federation.min_replies)
         return False
 
-    def apply(self, aggregate: Aggregate) -> None:
+    def apply(self, aggregate: Aggregate, stats: LoraRoundStats) -> None:
         """Make ``aggregate.state`` the global adapter (and the server model's); with a server
-        optimizer (FedOpt) its step from the current adapter towards the aggregate instead."""
+        optimizer (FedOpt) its step from the current adapter towards the aggregate instead. The
+        aggregate's bias numbers go into the round's ``stats``."""
         state = aggregate.state
         if self.server_optimizer is not None:
             state = self.server_optimizer.step(self.state, {n: state[n].detach().float().cpu() for n in self.state})
         self.state = {n: state[n].detach().float().cpu() for n in self.state}
         write_state(self.params, self.state)
-        self._stats.bias_before, self._stats.bias_after = aggregate.bias_before, aggregate.bias_after
+        stats.bias_before, stats.bias_after = aggregate.bias_before, aggregate.bias_after
 
     # --- LoRA-FAIR from weighted sums only ----------------------------------------------
 
-    def _two_phase(self, grid: Grid, server_round: int, accepted: list[_Accepted]) -> Aggregate:
+    def _two_phase(
+        self, grid: Grid, server_round: int, accepted: list[Accepted], stats: LoraRoundStats
+    ) -> Aggregate:
         """Phase 1's sums give Ā, B̄; phase 2 asks the same clients for B_k A_k Āᵀ and sums it."""
-        stats = self._stats
         means = weighted_mean([(item.weight, item.state) for item in accepted], self.uplink)  # secure sum 1
-        a_mean = pack({n: t for n, t in means.items() if is_factor_a(n)})[wire.BUNDLE]  # encoded once
+        a_mean = cast(bytes, pack({n: t for n, t in means.items() if is_factor_a(n)})[wire.BUNDLE])  # encoded once
         messages = [
-            Message(RecordDict({wire.CONFIG: self._config(server_round, 2),
-                                wire.A_MEAN: ConfigRecord({wire.BUNDLE: a_mean})}),
-                    dst_node_id=item.node, message_type=MessageType.TRAIN)
+            Message(self.phase2_content(server_round, a_mean), dst_node_id=item.node, message_type=MessageType.TRAIN)
             for item in accepted
         ]
         replies = list(grid.send_and_receive(messages, timeout=self.cfg.federation.round_timeout_s))
@@ -256,20 +271,33 @@ class FederatedLora(RoundLoop):
 
     def run_round(self, grid: Grid, server_round: int) -> dict[str, Any]:
         """One full round: sample, send the global adapter, collect, aggregate, apply."""
-        if self.cfg.privacy.secagg:  # the same rules from sums only, through Flower's SecAgg+
-            from fedtune.server.secagg import run_secure_lora_round
-
-            return run_secure_lora_round(self, grid, server_round)
-        self._stats = stats = LoraRoundStats()
+        stats = LoraRoundStats()
         messages = list(self.configure_train(server_round, ArrayRecord(), ConfigRecord(), grid))
+        if self.cfg.privacy.secagg:  # the same rules from sums only, through Flower's SecAgg+
+            return self._run_secure_round(grid, server_round, messages, stats)
         stats.sampled = len(messages)
         replies = list(grid.send_and_receive(messages, timeout=self.cfg.federation.round_timeout_s))
         stats.bytes_down += sum(wire.message_bytes(m, downlink=True) for m in messages)
         stats.failed += len(messages) - len(replies)
         if not self.cfg.lora.two_phase:
-            self.aggregate_train(server_round, replies)
+            self.aggregate_train(server_round, replies, stats)
             return stats.as_metrics()
         accepted = self._accept_all(replies, stats)
-        if self._enough(server_round, accepted):
-            self.apply(self._two_phase(grid, server_round, accepted))
+        if self._enough(server_round, accepted, stats):
+            self.apply(self._two_phase(grid, server_round, accepted, stats), stats)
         return stats.as_metrics()
+
+    def _run_secure_round(
+        self, grid: Grid, server_round: int, messages: list[Message], stats: LoraRoundStats
+    ) -> dict[str, Any]:
+        """The round through SecAgg+, its replies accepted as in clear."""
+
+        def accept(reply: Message) -> float | None:
+            accepted = self.accept(reply, stats, masked=True)
+            return None if accepted is None else accepted.weight
+
+        contents = {m.metadata.dst_node_id: m.content for m in messages}
+        state, secagg_metrics = run_secure_lora_round(self, grid, server_round, contents, accept, stats)
+        if state is not None:
+            self.apply(Aggregate(state, math.nan, math.nan), stats)
+        return {**stats.as_metrics(), **secagg_metrics}

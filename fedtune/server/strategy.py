@@ -22,7 +22,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -35,6 +35,7 @@ from fedtune.privacy import dense_seed_vector
 from fedtune.privacy.accounting import ledger_for
 from fedtune.privacy.dp import private_mean
 from fedtune.server.rounds import RoundLoop, RoundStats
+from fedtune.server.secagg import run_secure_seed_round
 from fedtune.workload import Workload, evaluate
 from fedtune.zo import SeedUpdate, aggregate, replay_
 from fedtune.zo.checkpoint import latest_checkpoint, save_checkpoint
@@ -43,7 +44,7 @@ from fedtune.zo.pro import SeedImportance
 from fedtune.zo.seedlog import SeedLog
 from fedtune.zo.sync import SeedKeys, run_key
 
-__all__ = ["FedKSeed", "SeedRoundStats"]
+__all__ = ["Accepted", "FedKSeed", "SeedRoundStats"]
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,14 @@ class SeedRoundStats(RoundStats):
             "resynced": self.resynced,
             "distinct_seeds": self.distinct_seeds,
         }
+
+
+class Accepted(NamedTuple):
+    """An accepted reply: its aggregation weight and its step list (empty if masked)."""
+
+    weight: float
+    keys: np.ndarray  # uint64 (S,): seed keys, one per local step
+    scalars: np.ndarray  # float32 (S,): the projected gradients
 
 
 def _needs_state(reply: Message) -> bool:
@@ -107,7 +116,6 @@ class FedKSeed(RoundLoop):
         self.replay_rate = DEFAULT_REPLAY_ELEMENTS_PER_S
         self.state_round = 0
         self._digest: str | None = None
-        self._stats = SeedRoundStats()
         self.run_dir = run_dir
         self.seedlog = SeedLog.open(run_dir / SEEDLOG_FILE, repair=resume) if run_dir else None
         if self.seedlog is not None and self.seedlog.rounds and not resume:
@@ -172,7 +180,8 @@ class FedKSeed(RoundLoop):
         scalars = mean[keys.astype(np.int64)].astype(np.float32)
         return SeedUpdate(server_round, keys, self.seed_of_key(keys), scalars, float(self.cfg.algorithm.lr))
 
-    def _state_digest(self) -> str:
+    def state_digest(self) -> str:
+        """The global weights' digest (what a synced client's weights hash to), cached per state."""
         if self._digest is None:
             self._digest = state_digest(self.params)
         return self._digest
@@ -189,7 +198,7 @@ class FedKSeed(RoundLoop):
             self.num_params,
         )
 
-    def _train_content(self, server_round: int, since: int | None) -> RecordDict:
+    def train_content(self, server_round: int, since: int | None) -> RecordDict:
         """A train message: the log entries after state ``since``, or the full weights
         when ``since`` is None (a client whose state the log does not bridge cheaply)."""
         first = self.state_round if since is None else since
@@ -240,37 +249,46 @@ class FedKSeed(RoundLoop):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         return [
-            self.tag(Message(self._train_content(server_round, self._since(n)), dst_node_id=n,
+            self.tag(Message(self.train_content(server_round, self._since(n)), dst_node_id=n,
                              message_type=MessageType.TRAIN))
             for n in self.sample(grid, server_round)
         ]
 
-    def _accept(self, reply: Message, stats: SeedRoundStats) -> tuple[float, np.ndarray, np.ndarray] | None:
-        """Validate one reply; return its ``(weight, keys, scalars)`` or None if rejected."""
+    def accept(self, reply: Message, stats: SeedRoundStats, *, masked: bool = False) -> Accepted | None:
+        """Validate one reply; return what it contributes, or None if rejected (counted, logged).
+
+        The one acceptance of a reply, in clear and under SecAgg+ (``masked``: the update
+        is SecAgg+'s masked vector, only the state and metrics are in clear to check).
+        """
         node, a = reply.metadata.src_node_id, self.cfg.algorithm
         if self.failed(reply, stats):
             return None
         try:
             content = reply.content
             metrics = content[wire.METRICS]
-            state = content[wire.STATE]
-            keys, scalars = wire.decode_steps(
-                state[wire.STEP_LIST],
-                max_key=self.max_key,
-                # under local DP a client sends its noised dense vector: one step per candidate
-                max_steps=a.num_candidates if self.cfg.privacy.dp == "local" else a.local_steps * a.directions,
-                max_bytes=self.max_bytes,
-            )
+            state = wire.record(content, wire.STATE)
+            if masked:
+                keys, scalars = np.zeros(0, np.uint64), np.zeros(0, np.float32)
+            else:
+                keys, scalars = wire.decode_steps(
+                    state[wire.STEP_LIST],
+                    max_key=self.max_key,
+                    # under local DP a client sends its noised dense vector: one step per candidate
+                    max_steps=a.num_candidates if self.cfg.privacy.dp == "local" else a.local_steps * a.directions,
+                    max_bytes=self.max_bytes,
+                )
             weight = self.weight_of(metrics)
+            trained_from = wire.read_int(state, wire.ROUND)
+            digest = state[wire.DIGEST] if self.cfg.eval.check_sync else None
         except (KeyError, TypeError, wire.WireError) as exc:
             stats.rejected += 1
             log.warning("rejected the update of client %s: %s", node, exc)
             return None
-        if wire.read_int(state, wire.ROUND) != self.state_round:
+        if trained_from != self.state_round:
             stats.rejected += 1
-            log.warning("client %s trained from state %s, not %d: rejected", node, state[wire.ROUND], self.state_round)
+            log.warning("client %s trained from state %s, not %d: rejected", node, trained_from, self.state_round)
             return None
-        if self.cfg.eval.check_sync and state[wire.DIGEST] != self._state_digest():
+        if self.cfg.eval.check_sync and digest != self.state_digest():
             stats.sync_mismatches += 1
             stats.rejected += 1
             log.error("client %s holds weights that differ from the server's at state %d", node, self.state_round)
@@ -280,22 +298,23 @@ class FedKSeed(RoundLoop):
         if rate > 0 and math.isfinite(rate):
             self.replay_rate = 0.8 * self.replay_rate + 0.2 * rate
         self.note_metrics(metrics, weight, stats)
-        return weight, keys, scalars
+        return Accepted(weight, keys, scalars)
 
     def aggregate_train(
-        self, server_round: int, replies: Iterable[Message]
+        self, server_round: int, replies: Iterable[Message], stats: SeedRoundStats | None = None
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Aggregate the step lists into this round's seed update and apply it.
 
         Replies are summed in partition order, so the round's float sums do not depend on
-        which node ids Flower handed out.
+        which node ids Flower handed out. ``stats``: the round's numbers, filled in here
+        (None: Flower's interface, where only the returned record tells them).
         """
-        stats = self._stats
+        stats = SeedRoundStats() if stats is None else stats
         replies = sorted(replies, key=self.partition_order)
         accepted, nodes = [], []
         for reply in replies:
             stats.bytes_up += wire.message_bytes(reply, downlink=False)
-            contribution = self._accept(reply, stats)
+            contribution = self.accept(reply, stats)
             if contribution is not None:
                 accepted.append(contribution)
                 nodes.append(reply.metadata.src_node_id)
@@ -327,11 +346,9 @@ class FedKSeed(RoundLoop):
 
     def run_round(self, grid: Grid, server_round: int) -> dict[str, Any]:
         """One full round: sample, send, catch up whoever fell behind, aggregate, apply."""
+        stats = SeedRoundStats()
         if self.cfg.privacy.secagg:  # the same round, its update summed by Flower's SecAgg+
-            from fedtune.server.secagg import run_secure_seed_round
-
-            return run_secure_seed_round(self, grid, server_round)
-        self._stats = stats = SeedRoundStats()
+            return self._run_secure_round(grid, server_round, stats)
         timeout = self.cfg.federation.round_timeout_s
         messages = list(self.configure_train(server_round, ArrayRecord(), ConfigRecord(), grid))
         stats.sampled = len(messages)
@@ -342,7 +359,7 @@ class FedKSeed(RoundLoop):
         if behind:
             stats.bytes_up += sum(wire.message_bytes(r, downlink=False) for r in behind)
             resync = [
-                self.tag(Message(self._train_content(server_round, self._bridge(r)),
+                self.tag(Message(self.train_content(server_round, self._bridge(r)),
                                  dst_node_id=r.metadata.src_node_id, message_type=MessageType.TRAIN))
                 for r in behind
             ]
@@ -352,5 +369,23 @@ class FedKSeed(RoundLoop):
             stats.failed += len(resync) - len(second)
             behind_ids = {id(r) for r in behind}
             replies = [r for r in replies if id(r) not in behind_ids] + second
-        self.aggregate_train(server_round, replies)
+        self.aggregate_train(server_round, replies, stats)
         return stats.as_metrics()
+
+    def _run_secure_round(self, grid: Grid, server_round: int, stats: SeedRoundStats) -> dict[str, Any]:
+        """The round through SecAgg+: every sampled client gets the whole log (no second
+        message in such a round to catch one up); replies are accepted as in clear."""
+        contents = {
+            n: self.tag(Message(self.train_content(server_round, 0), dst_node_id=n,
+                                message_type=MessageType.TRAIN)).content
+            for n in self.sample(grid, server_round)
+        }
+
+        def accept(reply: Message) -> float | None:
+            accepted = self.accept(reply, stats, masked=True)
+            return None if accepted is None else accepted.weight
+
+        update, secagg_metrics = run_secure_seed_round(self, grid, server_round, contents, accept, stats)
+        self.apply(update)
+        stats.distinct_seeds = len(update.keys)
+        return {**stats.as_metrics(), **secagg_metrics}

@@ -4,9 +4,9 @@ batches, need-state when behind, through real Flower messages."""
 import numpy as np
 import pytest
 from flwr.app import Context, Message, MessageType, RecordDict
-from flwr.common.serde import message_from_proto, message_to_proto
 
 from fedtune import wire
+from fedtune._flwr_compat import message_from_proto, message_to_proto, set_task_identity
 from fedtune.config import dump_toml
 from fedtune.device import DeviceClient, OutOfSync, run_key
 from fedtune.server.strategy import FedKSeed
@@ -92,8 +92,6 @@ def _through_the_wire(message: Message) -> Message:
 
 
 def test_device_app_asks_for_what_it_misses_and_then_matches_the_server(micro_onnx, tmp_path, monkeypatch):
-    from flwr.supercore.task_identity import TaskIdentity
-
     from fedtune.app.device_app import app
 
     config_path = tmp_path / "c.toml"
@@ -101,18 +99,16 @@ def test_device_app_asks_for_what_it_misses_and_then_matches_the_server(micro_on
     monkeypatch.setenv("FEDTUNE_CONFIG", str(config_path))
     monkeypatch.setenv("FEDTUNE_RUN_DIR", str(micro_onnx.parent))  # where <run dir>/model.onnx is
     # Outside a Flower process nobody has set the task identity messages are stamped with.
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+    set_task_identity(run_id=1, node_id=0, task_id=1, setattr=monkeypatch.setattr)
     server = _server_with_rounds(3)
     context = Context(run_id=1, node_id=7, node_config={"partition-id": 0, "num-partitions": 4},
                       state=RecordDict(), run_config={})
 
     # Round 4: the server thinks the node holds state 2 and sends only round 3's entry.
-    first = Message(server._train_content(4, since=2), dst_node_id=7, message_type=MessageType.TRAIN)
+    first = Message(server.train_content(4, since=2), dst_node_id=7, message_type=MessageType.TRAIN)
     reply = app(_through_the_wire(first), context)
     assert reply.content[wire.STATE][wire.NEED_STATE] == 0  # a fresh device holds state 0
-    second = Message(server._train_content(4, since=server._bridge(reply)), dst_node_id=7,
+    second = Message(server.train_content(4, since=server._bridge(reply)), dst_node_id=7,
                      message_type=MessageType.TRAIN)
     reply = app(_through_the_wire(second), context)
 

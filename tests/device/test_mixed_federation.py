@@ -60,10 +60,10 @@ def test_client_app_hands_device_partitions_to_the_device_handler(tmp_path, monk
     context = Context(run_id=1, node_id=5, node_config={"partition-id": partition_id, "num-partitions": 4},
                       state=RecordDict(), run_config={})
     from flwr.app import Message, MessageType
-    from flwr.supercore.task_identity import TaskIdentity
 
-    for attr in ("_run_id", "_node_id", "_task_id"):
-        monkeypatch.setattr(TaskIdentity, attr, 1)
+    from fedtune._flwr_compat import set_task_identity
+
+    set_task_identity(run_id=1, node_id=1, task_id=1, setattr=monkeypatch.setattr)
     msg = Message(RecordDict(), dst_node_id=5, message_type=MessageType.TRAIN)  # no assigned partition
 
     if device:

@@ -9,9 +9,8 @@ import subprocess
 import sys
 
 import pytest
-from flwr.common.serde import message_from_proto, message_to_proto
-from flwr.proto.message_pb2 import Message as ProtoMessage
 
+from fedtune._flwr_compat import ProtoMessage, message_from_proto, message_to_proto, set_task_identity
 from fedtune.config import dump_toml
 from fedtune.server.strategy import FedKSeed
 from tests.conftest import REPO
@@ -58,8 +57,6 @@ def _stop(process):
 
 
 def test_torch_free_devices_stay_bit_identical_with_the_torch_server(micro_onnx, tmp_path, monkeypatch):
-    from flwr.supercore.task_identity import TaskIdentity
-
     cfg = dataclasses.replace(
         MICRO,
         federation=dataclasses.replace(MICRO.federation, clients_per_round=3, sync_window=1),
@@ -71,9 +68,7 @@ def test_torch_free_devices_stay_bit_identical_with_the_torch_server(micro_onnx,
     # One process plays nodes 101 and 102 (as a simulation worker does); a fresh one, node
     # 103, joins at round 3.
     first, late = _start_node({101: 0, 102: 1}, env), _start_node({103: 2}, env)
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+    set_task_identity(run_id=1, node_id=0, task_id=1, setattr=monkeypatch.setattr)
     server = FedKSeed(cfg)
     grid = _PipeGrid({101: first, 102: first})
     records = []

@@ -15,10 +15,8 @@ import json
 import struct
 
 from flwr.app import Context, RecordDict
-from flwr.common.serde import message_from_proto, message_to_proto
-from flwr.proto.message_pb2 import Message as ProtoMessage
-from flwr.supercore.task_identity import TaskIdentity
 
+from fedtune._flwr_compat import ProtoMessage, message_from_proto, message_to_proto, set_task_identity
 from fedtune.app.client_app import app
 
 _LENGTH = struct.Struct("<I")
@@ -32,7 +30,6 @@ def _read(stream):
 def main() -> None:
     partitions = {int(k): v for k, v in json.loads(sys.argv[1]).items()}
     num_partitions = int(sys.argv[2])
-    TaskIdentity.run_id, TaskIdentity.task_id = 1, 1
     contexts = {
         node: Context(run_id=1, node_id=node, node_config={"partition-id": pid, "num-partitions": num_partitions},
                       state=RecordDict(), run_config={})
@@ -42,7 +39,7 @@ def main() -> None:
     while (payload := _read(stdin)) is not None:
         message = message_from_proto(ProtoMessage.FromString(payload))
         node = message.metadata.dst_node_id
-        TaskIdentity.node_id = node
+        set_task_identity(run_id=1, node_id=node, task_id=1)
         reply = message_to_proto(app(message, contexts[node])).SerializeToString()
         stdout.write(_LENGTH.pack(len(reply)) + reply)
         stdout.flush()

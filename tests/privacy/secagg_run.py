@@ -26,12 +26,12 @@ sys.path.insert(0, os.getcwd())
 import numpy as np
 from flwr.app import ConfigRecord
 from flwr.clientapp import ClientApp
-from flwr.common import bytes_to_ndarray, ndarray_to_bytes
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 from flwr.serverapp import ServerApp
 from flwr.simulation import run_simulation
 
 from fedtune import wire
+from fedtune._flwr_compat import RECORD_KEY_CONFIGS, Stage, bytes_to_ndarray, fit_vector, ndarray_to_bytes
+from fedtune._flwr_compat import SecAggKey as Key
 from fedtune.config import load_config
 from fedtune.runs import ENV_CONFIG, ENV_RESUME, ENV_RUN_DIR, configure_logging, create_run_dir
 
@@ -90,13 +90,9 @@ def query(msg, context):
 def train(msg, context):
     reply = real_client.train(msg, context)
     if msg.has_content() and RECORD_KEY_CONFIGS in msg.content.config_records:
-        from flwr.common import parameters_to_ndarrays
-        from flwr.compat.common.recorddict_compat import recorddict_to_fitres
-
-        fitres = recorddict_to_fitres(reply.content, keep_input=True)
+        vector, weight = fit_vector(reply.content)
         partition, round_ = partition_of(msg, context)[0], int(msg.content[wire.CONFIG][wire.ROUND])
-        np.savez(out / f"clear-r{round_}-p{partition}.npz", vector=parameters_to_ndarrays(fitres.parameters)[0],
-                 weight=fitres.num_examples)
+        np.savez(out / f"clear-r{round_}-p{partition}.npz", vector=vector, weight=weight)
     return reply
 
 

@@ -2,9 +2,9 @@
 
 import numpy as np
 import pytest
-from flwr.common.secure_aggregation.quantization import dequantize, quantize
 
 from fedtune import algorithms
+from fedtune._flwr_compat import dequantize, quantize
 from fedtune.config import ConfigError, parse_config
 from fedtune.privacy import (
     SecAggSettings,

@@ -42,7 +42,7 @@ def _steps(keys, values, universe=16):
 def test_a_good_reply_is_accepted(server):
     stats = RoundStats()
 
-    accepted = server._accept(_reply(server, _steps([1, 15], [0.5, -1.0])), stats)
+    accepted = server.accept(_reply(server, _steps([1, 15], [0.5, -1.0])), stats)
 
     assert accepted is not None and accepted[0] == 10.0
     assert accepted[1].tolist() == [1, 15] and (stats.rejected, stats.sync_mismatches) == (0, 0)
@@ -60,21 +60,21 @@ def test_a_good_reply_is_accepted(server):
 def test_bad_payloads_are_rejected_and_counted(server, steps):
     stats = RoundStats()
 
-    assert server._accept(_reply(server, steps), stats) is None
+    assert server.accept(_reply(server, steps), stats) is None
     assert stats.rejected == 1
 
 
 def test_a_client_with_other_weights_is_a_counted_sync_mismatch(server):
     stats = RoundStats()
 
-    assert server._accept(_reply(server, _steps([1], [0.5]), digest="0" * 64), stats) is None
+    assert server.accept(_reply(server, _steps([1], [0.5]), digest="0" * 64), stats) is None
     assert (stats.rejected, stats.sync_mismatches) == (1, 1)
 
 
 def test_zero_examples_is_rejected(server):
     stats = RoundStats()
 
-    assert server._accept(_reply(server, _steps([1], [0.5]), num_examples=0), stats) is None
+    assert server.accept(_reply(server, _steps([1], [0.5]), num_examples=0), stats) is None
     assert stats.rejected == 1
 
 
@@ -96,9 +96,9 @@ def _dp(dp, noise_multiplier):
 
 
 def _dp_round(server, steps):
-    server.population, server._stats = 4, RoundStats(sampled=len(steps))  # as `sample` would leave them
-    server.aggregate_train(server.state_round + 1, [_reply(server, s) for s in steps])
-    return server.log[-1], server._stats
+    server.population, stats = 4, RoundStats(sampled=len(steps))  # as `sample` would leave them
+    server.aggregate_train(server.state_round + 1, [_reply(server, s) for s in steps], stats)
+    return server.log[-1], stats
 
 
 def test_central_dp_in_clear_clips_each_client_at_the_server_then_averages(task_identity):

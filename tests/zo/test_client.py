@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import Context, Message, MessageType, RecordDict
-from flwr.common.serde import message_from_proto, message_to_proto
 
 from fedtune import wire
+from fedtune._flwr_compat import message_from_proto, message_to_proto
 from fedtune.config import parse_config
 from fedtune.server.strategy import FedKSeed
 from fedtune.zo import aggregate
@@ -85,13 +85,13 @@ def test_client_app_resyncs_from_full_weights_sent_as_a_flower_message(tmp_path,
                       state=RecordDict(), run_config={"config": str(config_path)})
 
     # Round 4: the server thinks the node holds state 2 and sends only round 3's entry.
-    first = Message(server._train_content(4, since=2), dst_node_id=7, message_type=MessageType.TRAIN)
+    first = Message(server.train_content(4, since=2), dst_node_id=7, message_type=MessageType.TRAIN)
     reply = train(_through_the_wire(first), context)
     # A fresh process holds state 0: it asks, instead of diverging.
     assert reply.content[wire.STATE][wire.NEED_STATE] == 0
     assert server._bridge(reply) == 0
     # Full weights (what a client gets when its state is off the log) bring it in sync.
-    second = Message(server._train_content(4, since=None), dst_node_id=7, message_type=MessageType.TRAIN)
+    second = Message(server.train_content(4, since=None), dst_node_id=7, message_type=MessageType.TRAIN)
     reply = train(_through_the_wire(second), context)
 
     assert reply.content[wire.STATE][wire.DIGEST] == state_digest(server.params)
