@@ -22,7 +22,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 
 from fedtune import wire
 from fedtune.client.secagg import is_secure, secure_reply
-from fedtune.client.zo_protocol import partition_of
+from fedtune.client.zo_protocol import partition_of, train_config
 from fedtune.config import RunConfig
 from fedtune.lora.client import LoraClient, LoraReport, client_for
 from fedtune.lora.factors import is_factor_a
@@ -47,13 +47,7 @@ def train_lora(cfg: RunConfig, msg: Message, context: Context, run_dir: Path | N
         fedtune.wire.WireError: if the server's adapter does not match this client's.
     """
     client = client_for(cfg)
-    config = wire.record(msg.content, wire.CONFIG)
-    run_key = wire.read_str(config, wire.RUN_KEY)
-    if run_key != client.key:
-        raise ValueError(
-            f"this client's run key {client.key} differs from the server's {run_key}: "
-            "the parties were started with different model, data, rule or [lora] settings"
-        )
+    config = train_config(msg, client.key, "model, data, algorithm or [lora]")
     server_round = wire.read_int(config, wire.ROUND)
     if wire.PHASE in config and wire.read_int(config, wire.PHASE) == 2:
         return _phase_two(client, msg, context, server_round)

@@ -44,15 +44,25 @@ def answer_query(msg: Message, context: Context) -> Message:
     return Message(RecordDict({wire.STATE: ConfigRecord({wire.PARTITION: partition_id})}), reply_to=msg)
 
 
-def answer_train(msg: Message, context: Context, cfg: RunConfig, client: Any) -> Message:
-    """Sync ``client`` to the message's global state, train, and reply (or reply need-state)."""
+def train_config(msg: Message, key: str, settings: str) -> ConfigRecord:
+    """A train message's CONFIG record, once its run key matches this client's ``key``.
+
+    Raises:
+        ValueError: naming both keys and the ``settings`` that make them, when they differ.
+    """
     config = wire.record(msg.content, wire.CONFIG)
     run_key = wire.read_str(config, wire.RUN_KEY)
-    if run_key != client.key:
+    if run_key != key:
         raise ValueError(
-            f"this client's run key {client.key} differs from the server's {run_key}: "
-            "the parties were started with different model, data or seed settings"
+            f"this client's run key {key} differs from the server's {run_key}: "
+            f"the parties were started with different {settings} settings"
         )
+    return config
+
+
+def answer_train(msg: Message, context: Context, cfg: RunConfig, client: Any) -> Message:
+    """Sync ``client`` to the message's global state, train, and reply (or reply need-state)."""
+    config = train_config(msg, client.key, "model, data or seed")
     server_round, state_round = wire.read_int(config, wire.ROUND), wire.read_int(config, wire.STATE_ROUND)
     updates = []
     for payload in wire.read_bytes_list(config, wire.UPDATES):
