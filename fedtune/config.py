@@ -124,6 +124,9 @@ class AlgorithmConfig:
     eps: float = 1e-3  # perturbation scale
     estimator: Literal["central", "forward", "sign"] = "central"  # ZO gradient estimator (fedtune.zo.estimators)
     directions: int = 1  # q, ZO directions per local step (one (key, scalar) entry each)
+    # beta of server momentum on FedKSeed's aggregated per-seed scalars (0 = none): the logged
+    # round is m_t = beta m_(t-1) + G_t over the K seeds, so replay and resume stay canonical
+    server_momentum: float = 0.0
     weighting: Literal["examples", "uniform"] = "examples"  # how client scalars are averaged
     pro_clip: float = 10.0  # FedKSeed-Pro: |G| is clipped to this before averaging per seed
     pro_initial: float = 0.0  # FedKSeed-Pro: the prior |G| every seed's history starts with
@@ -300,6 +303,10 @@ def _check_values(cfg: RunConfig) -> list[str]:
     need(math.isfinite(a.lr) and a.lr >= 0, f"`algorithm.lr` must be >= 0, got {a.lr}")
     need(math.isfinite(a.eps) and a.eps > 0, f"`algorithm.eps` must be > 0, got {a.eps}")
     need(a.directions >= 1, f"`algorithm.directions` must be >= 1, got {a.directions}")
+    need(0 <= a.server_momentum < 1, f"`algorithm.server_momentum` must be in [0, 1), got {a.server_momentum}")
+    need(a.server_momentum == 0 or "momentum" in spec.features,
+         f"`algorithm.server_momentum` needs a pool of seeds ({', '.join(algorithms.supporting('momentum'))}), "
+         f"got {a.name!r}")
     need((a.estimator == "central" and a.directions == 1) or spec.family == "zo",
          f"`algorithm.estimator` and `algorithm.directions` apply to the zeroth-order algorithms "
          f"({', '.join(algorithms.names('zo'))}), not {a.name!r}")

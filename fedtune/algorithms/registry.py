@@ -37,6 +37,7 @@ FEATURES = frozenset({
     "resume",  # fedtune run --resume: continue a crashed run from its log
     "lora-params",  # algorithm.params = "lora": zeroth-order over PEFT adapters
     "trainable",  # model.trainable: a zeroth-order subset of the model's tensors
+    "momentum",  # algorithm.server_momentum: momentum on the aggregated per-seed scalars
 })
 
 

@@ -159,10 +159,31 @@ class FedKSeed(RoundLoop):
         self.state_round = update.round
         self._digest = None
 
+    def with_momentum(self, update: SeedUpdate) -> SeedUpdate:
+        """``algorithm.server_momentum`` = beta > 0: the round's update becomes
+        ``m_t = float32(beta m_(t-1) + G_t)`` over the K seeds, its non-zero entries in key order.
+
+        ``m_(t-1)`` is the previous log entry's scalars, so the momentum state is the seed log
+        itself: clients replay what is logged, and a resumed server reads it back bit for bit.
+        """
+        beta = self.cfg.algorithm.server_momentum
+        if beta == 0:
+            return update
+        k = self.cfg.algorithm.num_candidates
+        m = np.zeros(k, np.float64)
+        if self.log:
+            last = self.log[-1]
+            m[last.keys.astype(np.int64)] = beta * last.scalars.astype(np.float64)
+        np.add.at(m, update.keys.astype(np.int64), update.scalars.astype(np.float64))
+        keys = np.flatnonzero(m.astype(np.float32)).astype(np.uint64)
+        scalars = m[keys.astype(np.int64)].astype(np.float32)
+        return SeedUpdate(update.round, keys, self.seed_of_key(keys), scalars, update.lr)
+
     def apply(self, update: SeedUpdate) -> None:
-        """Log ``update`` durably, then move the global weights to its state."""
+        """Log ``update`` (with server momentum, if any) durably, then move the global weights to its state."""
         if update.round != self.state_round + 1:
             raise ValueError(f"update of round {update.round} does not follow state {self.state_round}")
+        update = self.with_momentum(update)
         payload = wire.encode_update(update.round, update.keys, update.scalars, update.lr, self.universe)
         if self.seedlog is not None:
             self.seedlog.append(payload)  # durable before any client hears of the round

@@ -8,7 +8,7 @@ import pytest
 from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 
 from fedtune import wire
-from fedtune.config import parse_config
+from fedtune.config import ConfigError, parse_config
 from fedtune.server.strategy import FedKSeed
 from fedtune.server.strategy import SeedRoundStats as RoundStats
 from fedtune.zo.client import state_digest
@@ -170,3 +170,52 @@ def test_a_distributed_round_is_accounted_with_the_noise_shares_actually_summed(
     assert stats.privacy["dp_noise_multiplier"] == pytest.approx(2.0 * math.sqrt(0.5))
     assert server.ledger.releases[0].clients == ((0, 2),)
     assert stats.privacy["dp_epsilon"] == server.ledger.epsilon() > 0
+
+
+def _momentum(beta):
+    raw = {"model": {"config": "micro-llama"}, "data": {"num_examples": 100, "eval_examples": 8},
+           "federation": {"num_clients": 2, "clients_per_round": 2, "min_replies": 1},
+           "algorithm": {"num_candidates": 16, "local_steps": 4, "server_momentum": beta}}
+    return parse_config(raw)
+
+
+def _round(server, steps):
+    server.aggregate_train(server.state_round + 1, [_reply(server, s) for s in steps], RoundStats())
+    return server.log[-1]
+
+
+ROUNDS = [[_steps([1, 15], [0.5, -1.0]), _steps([3], [2.0])], [_steps([1], [0.25])], [_steps([2, 3], [1.0, 1.0])]]
+
+
+def test_server_momentum_logs_beta_times_the_last_entry_plus_the_rounds_mean(task_identity, tmp_path):
+    plain, server = FedKSeed(_momentum(0.0)), FedKSeed(_momentum(0.5), tmp_path)
+
+    raw = [_round(plain, steps) for steps in ROUNDS]
+    logged = [_round(server, steps) for steps in ROUNDS]
+
+    expected = np.zeros(16)
+    for g, m in zip(raw, logged):
+        expected *= 0.5
+        np.add.at(expected, g.keys.astype(np.int64), g.scalars.astype(np.float64))
+        keys = np.flatnonzero(expected.astype(np.float32))
+        assert m.keys.tolist() == keys.tolist()
+        assert m.scalars.tolist() == expected[keys].astype(np.float32).tolist()
+    assert logged[1].keys.tolist() == [1, 3, 15]  # round 1's seeds carry on into round 2
+    with pytest.raises(ConfigError, match="`algorithm.server_momentum` needs a pool of seeds"):
+        parse_config({"model": {"config": "micro-llama"}, "algorithm": {"name": "mezo", "server_momentum": 0.9}})
+
+
+def test_a_resumed_server_continues_the_momentum_from_the_seed_log(task_identity, tmp_path):
+    whole = FedKSeed(_momentum(0.9))
+    for steps in ROUNDS:
+        _round(whole, steps)
+    crashed = FedKSeed(_momentum(0.9), tmp_path)
+    for steps in ROUNDS[:2]:
+        _round(crashed, steps)
+
+    resumed = FedKSeed(_momentum(0.9), tmp_path, resume=True)
+    last = _round(resumed, ROUNDS[2])
+
+    assert last.keys.tolist() == whole.log[-1].keys.tolist()
+    assert last.scalars.tolist() == whole.log[-1].scalars.tolist()
+    assert state_digest(resumed.params) == state_digest(whole.params)
