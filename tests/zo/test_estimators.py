@@ -303,7 +303,7 @@ def test_a_client_draws_q_keys_per_step_and_the_server_accepts_them(name, task_i
         wire.METRICS: MetricRecord({wire.NUM_EXAMPLES: 10, wire.TRAIN_LOSS: 1.0}),
     }), reply_to=request)
 
-    accepted = server._accept(reply, SeedRoundStats())
+    accepted = server.accept(reply, SeedRoundStats())
 
     assert accepted is not None and accepted[1].tolist() == report.keys.tolist()
 
