@@ -58,6 +58,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing the pack
 
 import torch
 
+from fedtune import algorithms
 from fedtune.config import RunConfig, load_config
 
 # The federated contenders: --set overrides of simulations/quality.toml. The ZO learning rates
@@ -85,8 +86,14 @@ CONTENDERS: dict[str, list[str]] = {
     "fedit+topk": ["algorithm.name=fedit", "compress.method=topk", "compress.topk=0.1"],
     "fedit+topk-quantize": ["algorithm.name=fedit", "compress.method=topk-quantize", "compress.topk=0.1"],
     "fedit+ternary": ["algorithm.name=fedit", "compress.method=ternary", "compress.topk=0.1"],
+    "fedprox": ["algorithm.name=fedprox"],
+    "fedadam": ["algorithm.name=fedadam"],
+    "hetlora": ["algorithm.name=hetlora", "hetlora.ranks=[2, 4, 8]"],  # a third of the clients each
 }
-ZO_CONTENDERS = [name for name in CONTENDERS if not name.startswith(("fedit", "ffa", "lorafair"))]
+ZO_CONTENDERS = [  # by the registry's family of the contender's algorithm
+    name for name, sets in CONTENDERS.items()
+    if algorithms.get(next(s.split("=", 1)[1] for s in sets if s.startswith("algorithm.name="))).family == "zo"
+]
 FROZEN = ("zero-shot", "centroid", "probe")
 CENTRAL = ("central-lora", "central-full")
 QUICK = ("fedkseed-head", "fedit")
