@@ -51,7 +51,7 @@ def _time(fn, repeats: int) -> float:
 
 def _final_eval_loss(name: str, algorithm: str, rounds: int, out: Path) -> float:
     env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0"}
-    cmd = [sys.executable, "-m", "fedtune.cli", "run", str(REPO / "simulations" / "default.toml"),
+    cmd = [sys.executable, "-m", "fedtune.cli", "run", str(REPO / "simulations" / "tiny-llama.toml"),
            "--set", f"name={name}", "--set", f"output_dir='{out}'", "--set", f"algorithm.name={algorithm}",
            "--set", f"rounds={rounds}"]
     subprocess.run(cmd, cwd=REPO, env=env, check=True, capture_output=True, text=True)
@@ -66,7 +66,7 @@ def main() -> None:
     parser.add_argument("--skip-runs", action="store_true", help="skip the FedKSeed-Pro comparison runs")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    cfg = load_config(REPO / "simulations" / "default.toml")
+    cfg = load_config(REPO / "simulations" / "tiny-llama.toml")
     directions = cfg.federation.clients_per_round * cfg.algorithm.local_steps
     K = cfg.algorithm.num_candidates
 

@@ -3,7 +3,7 @@
 Each contender is a real ``fedtune run`` (fresh process, Flower's simulation engine, the
 code path users run), plain and with ``privacy.secagg = true``, side by side in one run:
 
-* FedKSeed: ``simulations/default.toml`` (tiny-llama, K = 1024 candidates, 10 local steps);
+* FedKSeed: ``simulations/tiny-llama.toml`` (K = 1024 candidates, 10 local steps);
 * LoRA: ``simulations/lora-minilm.toml`` with FedIT (all-MiniLM-L6-v2, rank 8 on query and
   value, 10 local steps);
 
@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing the package
 
 CONFIGS = {
-    "fedkseed": (ROOT / "simulations" / "default.toml", []),
+    "fedkseed": (ROOT / "simulations" / "tiny-llama.toml", []),
     "lora": (ROOT / "simulations" / "lora-minilm.toml", ["algorithm.name=fedit"]),
 }
 
@@ -84,7 +84,7 @@ def main() -> None:
     import torch
 
     print(f"# device=cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores) dtype=float32 "
-          f"fedkseed=default.toml (tiny-llama, K=1024) lora=lora-minilm.toml (fedit, rank 8) "
+          f"fedkseed=tiny-llama.toml (K=1024) lora=lora-minilm.toml (fedit, rank 8) "
           f"sizes={args.sizes} rounds={args.rounds} (round 1 untimed) seed={args.seed} "
           f"flwr={flwr.__version__} torch={torch.__version__}", flush=True)
     ratios: dict[str, float] = {}

@@ -1,6 +1,6 @@
 """A whole federation on one machine: what the tests and ``bench/deploy.py`` run, and a demo.
 
-    python -m deploy.loopback --nodes 3 --workdir /tmp/fed simulations/default.toml --set rounds=2
+    python -m deploy.loopback --nodes 3 --workdir /tmp/fed simulations/tiny-llama.toml --set rounds=2
 
 Goes through the same steps as docs/deployment.md, with the same scripts, as separate
 processes on loopback: a CA and server certificate, one key per SuperNode, the SuperLink
