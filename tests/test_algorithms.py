@@ -70,9 +70,9 @@ def test_algorithm_sections_are_read_checked_and_written_back():
 
 
 def test_a_feature_the_algorithm_does_not_declare_is_one_clear_error():
-    with pytest.raises(ConfigError, match="`privacy.secagg` supports algorithm.name .* got 'fedadam' "
+    with pytest.raises(ConfigError, match="`privacy.secagg` supports algorithm.name .* got 'hetlora' "
                                           r"\(the algorithm does not declare it\)"):
-        _cfg("algorithm.name=fedadam", "privacy.secagg=true", "federation.clients_per_round=3")
+        _cfg("algorithm.name=hetlora", "privacy.secagg=true", "federation.clients_per_round=3")
     with pytest.raises(ConfigError, match="`ondevice.clients` > 0 needs a zeroth-order algorithm"):
         _cfg("algorithm.name=fedprox", "ondevice.clients=1")
     with pytest.raises(ConfigError, match="`compress.method` applies to the dense updates of the LoRA rules"):

@@ -93,7 +93,9 @@ def _declare(kind: Literal["adam", "yogi", "adagrad"], title: str) -> Algorithm:
         name=f"fed{kind}",
         family="lora",
         summary=f"federated LoRA with {title} on the server (FedOpt): FedIT's mean as the pseudo-gradient",
-        features=frozenset({"dp", "compress"}),
+        # SecAgg+: the server optimizer steps from the securely summed mean, as it steps from
+        # the clear one (tests/privacy/test_secagg_lora.py).
+        features=frozenset({"secagg", "dp", "compress"}),
         rule="fedit",
         section=FedOptConfig,
         section_name="fedopt",
