@@ -52,7 +52,7 @@ from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECOR
 from flwr.server.workflow.constant import Key as WorkflowKey
 from flwr.server.workflow.secure_aggregation.secaggplus_workflow import WorkflowState
 from flwr.serverapp import Grid
-from flwr.supercore.differential_privacy import add_gaussian_noise_inplace, clip_inputs_inplace, compute_stdv
+from flwr.supercore.differential_privacy import clip_inputs_inplace, compute_stdv
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects, get_object_tree
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -67,7 +67,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "RECORD_KEY_CONFIGS", "ClientAppCallable", "ExecutionSpec", "LaunchResult", "ProtoMessage", "SecAggKey",
-    "Stage", "SubprocessExecutor", "TaskType", "add_gaussian_noise_inplace", "bytes_to_ndarray",
+    "Stage", "SubprocessExecutor", "TaskType", "bytes_to_ndarray",
     "clip_inputs_inplace", "compute_stdv", "dequantize", "exit_handler", "fit_content", "fit_vector",
     "fleet_pb2", "get_all_nested_objects", "get_object_tree", "masked_arrays", "message_from_proto",
     "message_pb2", "message_to_proto", "ndarray_to_bytes", "node_pb2", "quantize", "remove_content_from_message",

@@ -71,16 +71,13 @@ def test_the_fleet_protobufs_fedtune_sizes_exist():
         assert hasattr(compat.message_pb2, name)
 
 
-def test_dp_building_blocks_clip_and_noise_in_place():
+def test_dp_building_blocks_clip_in_place_and_scale_the_noise():
     vectors = [np.array([3.0, 4.0])]
 
     compat.clip_inputs_inplace(vectors, 1.0)
-    noised = [np.zeros(1000)]
-    compat.add_gaussian_noise_inplace(noised, 2.0)
 
     assert vectors[0].tolist() == pytest.approx([0.6, 0.8])  # norm 5 scaled to 1
     assert compat.compute_stdv(1.5, 2.0, 4) == pytest.approx(1.5 * 2.0 / 4)  # z * C / n
-    assert 1.5 < noised[0].std() < 2.5  # std 2, 1000 draws: +-25% is ~8 standard errors wide
 
 
 def test_fit_content_round_trips_the_vector_and_weight():

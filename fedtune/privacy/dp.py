@@ -6,8 +6,8 @@ SecAgg+ sums, :mod:`fedtune.privacy.secagg`) is clipped to L2 norm ``C``
 (``privacy.dp_clip``) and Gaussian noise of standard deviation ``z C`` (``z`` =
 ``privacy.noise_multiplier``) protects it. Clipping and the noise's scale are Flower's own
 building blocks (``flwr.supercore.differential_privacy``: ``clip_inputs_inplace``,
-``compute_stdv``, ``add_gaussian_noise_inplace``, the pieces behind its DP strategy
-wrappers and mods).
+``compute_stdv``, the pieces behind its DP strategy wrappers and mods); the noise itself
+comes from a generator of its own (below).
 
 Who adds the noise (``privacy.dp``):
 
@@ -29,10 +29,26 @@ Flower's ``LocalDpMod`` is not used for ``local``: it reads the legacy ``FitIns`
 ``FitRes`` parameter arrays (fedtune's train messages carry a seed log or an adapter
 bundle, and a FedKSeed update is per-seed scalars, not parameters) and calibrates its noise
 from a per-release (epsilon, delta) with the classic bound (valid for epsilon < 1) rather
-than from a multiplier that the RDP accountant composes over rounds. The building blocks it
-uses are the ones used here. Noise comes from numpy's global generator, seeded from OS
-entropy: a noise stream reproducible from the run's config would be no noise to anyone who
-knows the config. Torch-free.
+than from a multiplier that the RDP accountant composes over rounds. The clipping and scale it
+uses are the ones used here.
+
+**Where the noise comes from.** Every draw takes a fresh generator seeded from OS entropy
+(:func:`fedtune.rng.secret_generator`: numpy's PCG64 under a 128-bit ``SeedSequence`` from
+``os.urandom``), never numpy's or torch's global state (Flower's
+``add_gaussian_noise_inplace`` draws from numpy's process-wide Mersenne Twister, which any
+library can seed, and which a forked worker inherits, so two forked clients would add the
+same noise). A noise stream reproducible from the run's config would be no noise to anyone
+who knows the config, so DP runs are not bit-reproducible, by design.
+
+**Floating-point attacks.** Mironov ("On Significance of the Least Significant Bits for
+Differential Privacy", CCS 2012) showed that textbook floating-point samplers leak through
+the low-order bits of the noised value: not every double is reachable from every input.
+fedtune does not implement the snapping mechanism or an exact sampler. Under SecAgg+
+(``distributed``), each noised vector is quantised to SecAgg+'s integer grid before it
+leaves the client, which discards the low-order bits the attack reads, but that is an
+argument, not a proof; the distributed-DP habit is a discrete Gaussian drawn on that integer
+grid (Canonne, Kamath and Steinke 2020; Kairouz, Liu and Steinke 2021), which composes with
+the modular sum exactly. It is not here yet. Torch-free.
 """
 
 from __future__ import annotations
@@ -42,11 +58,17 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from fedtune._flwr_compat import add_gaussian_noise_inplace, clip_inputs_inplace, compute_stdv
+from fedtune._flwr_compat import clip_inputs_inplace, compute_stdv
 from fedtune.config import RunConfig
 from fedtune.privacy.secagg import dense_seed_vector
+from fedtune.rng import secret_generator
 
 __all__ = ["add_central_noise", "clip_and_noise", "noise_multiplier", "noised_seed_steps", "private_mean"]
+
+
+def _add_gaussian_(vector: np.ndarray, std: float) -> None:
+    """In place: ``vector += N(0, std^2)`` per element, from a fresh OS-entropy generator."""
+    vector += secret_generator().normal(0.0, std, size=vector.shape)
 
 
 def _clipped(vector: np.ndarray, clip: float) -> tuple[np.ndarray, bool]:
@@ -70,9 +92,9 @@ def clip_and_noise(vector: np.ndarray, cfg: RunConfig) -> tuple[np.ndarray, bool
     if p.dp == "distributed":
         n = cfg.federation.clients_per_round
         # n shares of variance (z C / n)^2 x n each: their sum has std z C, as central's
-        add_gaussian_noise_inplace([out], compute_stdv(p.noise_multiplier, p.dp_clip, n) * math.sqrt(n))
+        _add_gaussian_(out, compute_stdv(p.noise_multiplier, p.dp_clip, n) * math.sqrt(n))
     elif p.dp == "local":
-        add_gaussian_noise_inplace([out], compute_stdv(p.noise_multiplier, p.dp_clip, 1))
+        _add_gaussian_(out, compute_stdv(p.noise_multiplier, p.dp_clip, 1))
     return out, clipped
 
 
@@ -94,10 +116,10 @@ def noised_seed_steps(keys: np.ndarray, scalars: np.ndarray, cfg: RunConfig) -> 
 def add_central_noise(mean: np.ndarray, cfg: RunConfig, num_summed: int) -> np.ndarray:
     """The server's noise on the mean of ``num_summed`` clipped updates (``central`` mode):
     standard deviation ``z C / num_summed``. Returns a new float64 array."""
-    out = [np.array(mean, dtype=np.float64)]
+    out = np.array(mean, dtype=np.float64)
     p = cfg.privacy
-    add_gaussian_noise_inplace(out, compute_stdv(p.noise_multiplier, p.dp_clip, num_summed))
-    return out[0]
+    _add_gaussian_(out, compute_stdv(p.noise_multiplier, p.dp_clip, num_summed))
+    return out
 
 
 def private_mean(vectors: Sequence[np.ndarray], cfg: RunConfig) -> np.ndarray:

@@ -2,6 +2,7 @@
 and the [privacy] checks (the accountant: test_accounting.py; simulations: test_dp_simulation.py)."""
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -129,3 +130,27 @@ def test_dp_refuses_what_has_no_dense_vector_to_clip_and_noise():
     assert "`privacy.dp` does not support ONNX device clients" in str(info.value)
     assert "`privacy.dp` with 'lorafair' needs `privacy.secagg = true`" in str(lora.value)
     assert "`compress.method` must be 'none', got 'topk'" in str(lora.value)
+
+
+def test_the_noise_ignores_global_seeds_and_differs_in_forked_processes():
+    cfg = _cfg("local", secagg=False, dp_clip=1.0, noise_multiplier=1.0)
+    np.random.seed(0)
+    first, _ = clip_and_noise(np.zeros(64), cfg)
+    np.random.seed(0)  # whoever seeds numpy's global generator learns nothing of the next draw
+    second, _ = clip_and_noise(np.zeros(64), cfg)
+    assert not np.array_equal(first, second)
+
+    # A forked child inherits the parent's memory, numpy's global state included; its noise
+    # must still be its own.
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: send its draw, leave without running the parent's exit handlers
+        os.close(read)
+        os.write(write, clip_and_noise(np.zeros(64), cfg)[0].tobytes())
+        os._exit(0)
+    os.close(write)
+    mine = clip_and_noise(np.zeros(64), cfg)[0]
+    with os.fdopen(read, "rb") as pipe:
+        theirs = np.frombuffer(pipe.read(), dtype=np.float64)
+    os.waitpid(pid, 0)
+    assert theirs.shape == (64,) and not np.array_equal(mine, theirs)
