@@ -30,6 +30,7 @@ from fedtune.lora.payload import apply_update, compress_update, pack, pack_compr
 from fedtune.partition_state import PartitionState
 from fedtune.privacy import update_vector
 from fedtune.privacy.dp import clip_and_noise
+from fedtune.privacy.release import client_metrics
 from fedtune.rng import generator
 
 __all__ = ["train_lora"]
@@ -56,7 +57,7 @@ def train_lora(cfg: RunConfig, msg: Message, context: Context, run_dir: Path | N
     partition_id, num_partitions = partition_of(msg, context)
     report = client.train(server_round, partition_id, num_partitions, global_state)
     global_state = client.view(global_state, partition_id)  # at this client's rank (hetlora), like report.state
-    metrics = MetricRecord({
+    metrics = client_metrics(cfg, {  # nothing under DP (fedtune.privacy.release)
         wire.NUM_EXAMPLES: report.num_examples,
         wire.TRAIN_LOSS: report.train_loss,
         wire.SKIPPED_STEPS: report.skipped_steps,

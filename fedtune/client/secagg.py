@@ -20,6 +20,7 @@ from fedtune._flwr_compat import RECORD_KEY_CONFIGS, ClientAppCallable, fit_cont
 from fedtune.config import RunConfig
 from fedtune.privacy import SecAggSettings, dense_seed_vector
 from fedtune.privacy.dp import clip_and_noise
+from fedtune.privacy.release import withheld_under_dp
 
 __all__ = ["is_secure", "secagg_when_asked", "secure_reply", "secure_seed_reply"]
 
@@ -66,7 +67,7 @@ def secure_reply(
     for key, record in records.items():
         content[key] = record
     metrics = content.get(wire.METRICS)
-    if isinstance(metrics, MetricRecord):
+    if isinstance(metrics, MetricRecord) and not withheld_under_dp(cfg):  # a count of this client's entries
         metrics[wire.CLIPPED] = clipped
     return Message(content, reply_to=msg)
 

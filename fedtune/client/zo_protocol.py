@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 from fedtune import wire
 from fedtune.client.node_cache import cache_path, keep_of, restore, store
 from fedtune.client.secagg import is_secure, secure_seed_reply
 from fedtune.config import RunConfig
 from fedtune.privacy.dp import noised_seed_steps
+from fedtune.privacy.release import client_metrics
 from fedtune.zo.pro import probabilities_from_bytes
 from fedtune.zo.seeds import SeedUpdate
 from fedtune.zo.sync import OutOfSync
@@ -88,7 +89,7 @@ def answer_train(msg: Message, context: Context, cfg: RunConfig, client: Any) ->
     partition_id, num_partitions = partition_of(msg, context)
     report = client.train(server_round, partition_id, num_partitions, probabilities)
     store(cache, client, keep_of(context))
-    metrics = MetricRecord({
+    metrics = client_metrics(cfg, {  # nothing under DP (fedtune.privacy.release)
         wire.NUM_EXAMPLES: report.num_examples,
         wire.TRAIN_LOSS: report.train_loss,
         wire.SKIPPED_STEPS: report.skipped_steps,

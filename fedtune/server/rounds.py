@@ -23,6 +23,7 @@ from fedtune import wire
 from fedtune.config import RunConfig
 from fedtune.privacy.accounting import PrivacyLedger, Release
 from fedtune.privacy.dp import noise_multiplier
+from fedtune.privacy.release import withheld_under_dp
 from fedtune.rng import generator, secret_generator
 
 __all__ = ["RoundLoop", "RoundStats", "error_reason"]
@@ -215,6 +216,8 @@ class RoundLoop(Strategy):
             WireError: if num-examples is not a finite number > 0 (checked either way).
             KeyError, TypeError: if it is missing or not a number.
         """
+        if wire.NUM_EXAMPLES not in metrics and self.cfg.algorithm.weighting == "uniform":
+            return 1.0  # a DP client withholds its example count (fedtune.privacy.release)
         num_examples = float(metrics[wire.NUM_EXAMPLES])
         if not (math.isfinite(num_examples) and num_examples > 0):
             raise wire.WireError(f"num-examples must be > 0, got {num_examples}")
@@ -266,6 +269,9 @@ class RoundLoop(Strategy):
         for server_round in range(first, num_rounds + 1):
             t_round = time.monotonic()
             record: dict[str, Any] = {"round": server_round, **self.run_round(grid, server_round)}
+            if withheld_under_dp(self.cfg):  # no client reported them (fedtune.privacy.release)
+                record.pop("train_loss", None)
+                record.pop("skipped_steps", None)
             t_eval = time.monotonic()
             if server_round % self.cfg.eval.every == 0 or server_round == num_rounds:
                 record.update(self.evaluate())
