@@ -394,19 +394,30 @@ class FedKSeed(RoundLoop):
         return stats.as_metrics()
 
     def _run_secure_round(self, grid: Grid, server_round: int, stats: SeedRoundStats) -> dict[str, Any]:
-        """The round through SecAgg+: every sampled client gets the whole log (no second
-        message in such a round to catch one up); replies are accepted as in clear."""
+        """The round through SecAgg+; replies are accepted as in clear.
+
+        There is no second message in such a round to catch a client up, so a node gets the
+        log entries after the state it last confirmed (it holds that state or a later one),
+        and a node the server knows nothing of gets the whole log. A node that does not
+        answer usably is forgotten, so a node that lost its cache gets the whole log next time.
+        """
+        sampled = self.sample(grid, server_round)
         contents = {
-            n: self.tag(Message(self.train_content(server_round, 0), dst_node_id=n,
+            n: self.tag(Message(self.train_content(server_round, self.node_rounds.get(n, 0)), dst_node_id=n,
                                 message_type=MessageType.TRAIN)).content
-            for n in self.sample(grid, server_round)
+            for n in sampled
         }
+        answered: set[int] = set()
 
         def accept(reply: Message) -> float | None:
             accepted = self.accept(reply, stats, masked=True)
+            if accepted is not None:
+                answered.add(reply.metadata.src_node_id)
             return None if accepted is None else accepted.weight
 
         update, secagg_metrics = run_secure_seed_round(self, grid, server_round, contents, accept, stats)
+        for node in set(sampled) - answered:
+            self.node_rounds.pop(node, None)
         self.apply(update)
         stats.distinct_seeds = len(update.keys)
         return {**stats.as_metrics(), **secagg_metrics}

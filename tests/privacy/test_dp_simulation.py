@@ -140,3 +140,18 @@ def test_two_phase_lorafair_under_secagg_and_dp_accounts_two_sums_a_round(tmp_pa
     for record in records[1:]:
         assert record["replies"] == record["sampled"] == 3
         assert record["dp_noise_multiplier"] == record["dp_noise_multiplier_phase2"] == 2.0
+
+
+@pytest.mark.slow
+def test_dp_secagg_downlink_does_not_grow_with_the_log(small_config, tmp_path):
+    # Every client is sampled every round: from round 2 on each gets the one entry (K noised
+    # scalars) after the state it confirmed, not the whole log (which grew by K scalars a round).
+    path = _uniform(small_config(name="downlink", rounds=4, num_clients=4, per_round=4),
+                    'secagg = true\ndp = "distributed"\nnoise_multiplier = 1.0\ndp_clip = 1.0\n')
+
+    records, _, _ = _run(path, "downlink", tmp_path)
+
+    down = [r["bytes_down_per_client"] for r in records[1:]]
+    assert all(r["replies"] == 4 and r["sync_mismatches"] == 0 for r in records[1:])
+    assert down[1] > down[0]  # round 1's log is empty; round 2 sends its one entry
+    assert down[1] == down[2] == down[3]
