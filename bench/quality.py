@@ -82,6 +82,7 @@ SETTINGS_NOTE = (
 CONTENDERS: dict[str, list[str]] = {
     "fedkseed-head": ["algorithm.name=fedkseed", 'model.trainable=["classifier.*"]', "algorithm.lr=0.03", *ZO],
     "fedkseed-bias": ["algorithm.name=fedkseed", 'model.trainable=["classifier.bias"]', "algorithm.lr=0.2", *ZO],
+    "fedkseed-pro-bias": ["algorithm.name=fedkseed-pro", 'model.trainable=["classifier.bias"]', "algorithm.lr=0.2", *ZO],
     "fedkseed-lora": ["algorithm.name=fedkseed", 'algorithm.params="lora"', "algorithm.lr=1e-3", *ZO],
     "fedkseed-pro-head": ["algorithm.name=fedkseed-pro", 'model.trainable=["classifier.*"]', "algorithm.lr=0.03", *ZO],
     "mezo-head": ["algorithm.name=mezo", 'model.trainable=["classifier.*"]', "algorithm.lr=0.03", *ZO],
@@ -206,9 +207,11 @@ def federated(config: Path, out: Path, name: str, overrides: list[str]) -> dict[
         raise RuntimeError(f"{name} failed (exit {result.returncode}):\n{result.stderr[-3000:]}")
     records = [json.loads(line) for line in (out / name / "metrics.jsonl").read_text().splitlines()]
     evals = [(r["round"], r["eval_accuracy"]) for r in records if r.get("eval_accuracy") is not None]
+    losses = [r["eval_loss"] for r in records if r.get("eval_loss") is not None]
     uploads = [r.get("bytes_up_per_client", 0.0) for r in records if r["round"] > 0]
     return {
         "accuracy": evals[-1][1],
+        "eval_loss": losses[-1] if losses else math.nan,
         "curve": evals,
         "bytes_up": statistics.fmean(uploads) if uploads else 0.0,
         "seconds": seconds,
@@ -311,13 +314,18 @@ def targets(all_results: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str
         runs = all_results[task].get(name)
         return statistics.fmean(r["accuracy"] for r in runs) if runs else math.nan
 
+    def loss_of(task: str, name: str) -> float:
+        runs = all_results[task].get(name)
+        return statistics.fmean(r.get("eval_loss", math.nan) for r in runs) if runs else math.nan
+
     def bytes_of(task: str, name: str) -> float:
         runs = all_results[task].get(name)
         return statistics.fmean(r["bytes_up"] for r in runs) if runs else math.nan
 
     figures: dict[str, list[float]] = {k: [] for k in (
         "min_federated_minus_probe", "zo_minus_fedit_accuracy", "zo_upload_bytes_over_fedit",
-        "lorafair_minus_fedit_accuracy", "central_minus_best_federated", "best_compression_ratio_within_1pt")}
+        "lorafair_minus_fedit_accuracy", "central_minus_best_federated", "best_compression_ratio_within_1pt",
+        "fedkseed_pro_over_fedkseed_eval_loss")}
     for task, results in all_results.items():
         fed = [n for n in results if n in CONTENDERS]
         if not fed or "probe" not in results:  # an interrupted bench: nothing federated to compare yet
@@ -328,6 +336,10 @@ def targets(all_results: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str
             best_zo = max(zo, key=lambda n: mean(task, n))
             figures["zo_minus_fedit_accuracy"].append(100 * (mean(task, best_zo) - mean(task, "fedit")))
             figures["zo_upload_bytes_over_fedit"].append(bytes_of(task, best_zo) / bytes_of(task, "fedit"))
+        if "fedkseed-pro-bias" in results and "fedkseed-bias" in results:  # the same subset and lr
+            ratio = loss_of(task, "fedkseed-pro-bias") / loss_of(task, "fedkseed-bias")
+            if not math.isnan(ratio):
+                figures["fedkseed_pro_over_fedkseed_eval_loss"].append(ratio)
         if "lorafair" in results and "fedit" in results:
             figures["lorafair_minus_fedit_accuracy"].append(100 * (mean(task, "lorafair") - mean(task, "fedit")))
         central_best = max((mean(task, n) for n in CENTRAL if n in results), default=math.nan)
@@ -338,7 +350,7 @@ def targets(all_results: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str
             figures["best_compression_ratio_within_1pt"].append(ratio)
     worse = {"min_federated_minus_probe": min, "zo_minus_fedit_accuracy": min, "zo_upload_bytes_over_fedit": max,
              "lorafair_minus_fedit_accuracy": min, "central_minus_best_federated": max,
-             "best_compression_ratio_within_1pt": min}
+             "best_compression_ratio_within_1pt": min, "fedkseed_pro_over_fedkseed_eval_loss": max}
     return {k: worse[k](v) if v else math.nan for k, v in figures.items()}
 
 
