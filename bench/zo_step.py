@@ -17,6 +17,10 @@ one batch of random token ids with ``labels = input_ids`` (causal-LM loss):
 * perturbation throughput on a 10M-element float32 tensor: generate and add ``c * z``
   with fedtune's torch and numpy streams, and ``torch.normal`` + ``add_`` as a baseline.
 
+fedtune's step, pass and stream are also timed on the pure torch/numpy path (``_old``:
+``fedtune.rng.pure_path``, what ran before the compiled replay kernel and still runs where
+it cannot build), interleaved with the rest, so old and new are compared in one run.
+
 Prints the set-up on the first line, then ``name=value`` lines, the headline last.
 
 Run from the repository root::
@@ -48,6 +52,7 @@ import transformers
 from transformers import OPTConfig, OPTForCausalLM
 
 from fedtune import rng as np_rng
+from fedtune.rng import pure_path
 from fedtune.rng import torch_backend as torch_rng
 from fedtune.zo.mezo import NamedParams, apply_direction_, zo_step
 
@@ -145,6 +150,15 @@ def _time_steps(args: argparse.Namespace, net: OPTForCausalLM, ids: torch.Tensor
         apply_direction_(params, seed, -_EPS)
 
     @torch.inference_mode()
+    def zo_pass_pair_old() -> None:
+        with pure_path():
+            zo_pass_pair()
+
+    def zo_step_old() -> None:
+        with pure_path():
+            zo_step(params, loss_fn, seed=next(seeds), eps=_EPS, lr=_LR)
+
+    @torch.inference_mode()
     def mezo_pass_pair() -> None:
         seed = next(seeds)
         _mezo_perturb(params, seed, _EPS)
@@ -154,14 +168,17 @@ def _time_steps(args: argparse.Namespace, net: OPTForCausalLM, ids: torch.Tensor
         {
             "forward_s": forward,
             "zo_step_s": lambda: zo_step(params, loss_fn, seed=next(seeds), eps=_EPS, lr=_LR),
+            "zo_step_s_old": zo_step_old,
             "mezo_reference_step_s": lambda: _mezo_reference_step(params, loss_fn, next(seeds), _EPS, _LR),
             "zo_pass_pair": zo_pass_pair,
+            "zo_pass_pair_old": zo_pass_pair_old,
             "mezo_pass_pair": mezo_pass_pair,
         },
         args.warmup,
         args.steps,
     )
     medians["zo_perturb_pass_s"] = medians.pop("zo_pass_pair") / 2
+    medians["zo_perturb_pass_s_old"] = medians.pop("zo_pass_pair_old") / 2
     medians["mezo_reference_perturb_pass_s"] = medians.pop("mezo_pass_pair") / 2
     return medians
 
@@ -175,10 +192,18 @@ def _time_rng(repeats: int, seed: int) -> dict[str, float]:
         torch.manual_seed(seed)
         x.add_(torch.normal(mean=0, std=1, size=x.shape, dtype=x.dtype), alpha=_EPS)
 
+    def old(fn: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            with pure_path():
+                fn()
+        return run
+
     medians = _time_interleaved(
         {
             "rng_bytes_per_second_torch": lambda: torch_rng.add_scaled_(x, seed, "bench.rng", _EPS),
             "rng_bytes_per_second_numpy": lambda: np_rng.add_scaled_(a, seed, "bench.rng", _EPS),
+            "rng_bytes_per_second_torch_old": old(lambda: torch_rng.add_scaled_(x, seed, "bench.rng", _EPS)),
+            "rng_bytes_per_second_numpy_old": old(lambda: np_rng.add_scaled_(a, seed, "bench.rng", _EPS)),
             "torch_normal_bytes_per_second": torch_normal,
         },
         warmup=1,
@@ -312,10 +337,11 @@ def main(argv: list[str] | None = None) -> None:
     )
 
     t = _time_steps(args, net, ids)
-    for name in ("forward_s", "zo_step_s", "mezo_reference_step_s"):
+    for name in ("forward_s", "zo_step_s_old", "zo_step_s", "mezo_reference_step_s"):
         print(f"{name}={t[name]:.4f}")
     # Where a step's time goes beyond its two forwards: its perturbation passes over the
     # whole model (fedtune: +eps, -2 eps, restore+update; MeZO: those and a 4th for z).
+    print(f"zo_perturb_pass_s_old={t['zo_perturb_pass_s_old']:.4f}")
     print(f"zo_perturb_pass_s={t['zo_perturb_pass_s']:.4f}")
     print(f"mezo_reference_perturb_pass_s={t['mezo_reference_perturb_pass_s']:.4f}")
     print(f"zo_step_minus_two_forwards_s={t['zo_step_s'] - 2 * t['forward_s']:.4f}")
@@ -348,6 +374,7 @@ def main(argv: list[str] | None = None) -> None:
 
     print(f"bench_wall_s={time.perf_counter() - started:.0f}")
     print(f"zo_step_over_mezo_reference={t['zo_step_s'] / t['mezo_reference_step_s']:.3f}")
+    print(f"zo_step_over_two_forwards_old={t['zo_step_s_old'] / (2 * t['forward_s']):.3f}")
     print(f"zo_step_over_two_forwards={t['zo_step_s'] / (2 * t['forward_s']):.3f}")
 
 

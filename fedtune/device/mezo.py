@@ -9,7 +9,7 @@ Malladi et al., "Fine-Tuning Language Models with Just Forward Passes", NeurIPS 
     g = (L+ - L-) / (2 eps)
     w <- w + eps z - lr g z                 # restore and update in one pass
 
-The arrays are updated in place (:func:`fedtune.rng.add_scaled_`), so an ONNX Runtime
+The arrays are updated in place (:func:`fedtune.rng.add_scaled_many_`), so an ONNX Runtime
 session that reads them through bound OrtValues sees every perturbation without a copy.
 The step and its variants are :mod:`fedtune.zo.estimators`, shared with the torch client;
 this module supplies only the numpy perturbation.
@@ -22,7 +22,7 @@ from functools import partial
 
 import numpy as np
 
-from fedtune.rng import add_scaled_
+from fedtune.rng import add_scaled_many_
 from fedtune.zo.estimators import Estimator, as_seeds, check_hyperparameters, estimate_step, local_steps
 from fedtune.zo.steps import LocalResult, StepResult
 
@@ -33,8 +33,11 @@ NamedArrays = Sequence[tuple[str, np.ndarray]]
 
 
 def _apply(arrays: NamedArrays, seed: int, coef: float) -> None:
-    for name, array in arrays:
-        add_scaled_(array, seed, name, coef)
+    add_scaled_many_(arrays, [seed], [coef])
+
+
+def _apply_many(arrays: NamedArrays, seeds: Sequence[int], coefs: Sequence[float]) -> None:
+    add_scaled_many_(arrays, seeds, coefs)
 
 
 def zo_step(
@@ -62,7 +65,8 @@ def zo_step(
     check_hyperparameters(eps=eps, lr=lr, estimator=estimator)
     if not arrays:
         raise ValueError("`arrays` is empty: there is nothing to train")
-    return estimate_step(partial(_apply, arrays), loss_fn, seeds=as_seeds(seed), eps=eps, lr=lr, estimator=estimator)
+    return estimate_step(partial(_apply, arrays), loss_fn, seeds=as_seeds(seed), eps=eps, lr=lr,
+                         estimator=estimator, perturb_many=partial(_apply_many, arrays))
 
 
 def local_train(
@@ -83,4 +87,5 @@ def local_train(
     return local_steps(
         partial(_apply, arrays), loss_for_step,
         keys=keys, seed_of_key=seed_of_key, eps=eps, lr=lr, estimator=estimator, directions=directions,
+        perturb_many=partial(_apply_many, arrays),
     )

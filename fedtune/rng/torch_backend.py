@@ -1,6 +1,11 @@
 """The torch implementation of :mod:`fedtune.rng`'s stream, on any device.
 
-Same function, same bits as the numpy path (pinned by ``tests/rng``). torch has no
+Same function, same bits as the numpy path (pinned by ``tests/rng``). On CPU tensors of
+float32, float64 and float16 the updates run on fedtune's compiled replay kernel
+(:func:`fedtune.rng.fast_kernel`: one pass over all the tensors of a call, every direction
+added to a tile while it is in registers, ``torch.get_num_threads()`` threads); everything
+else (CUDA, bfloat16, the kernel unavailable or ``$FEDTUNE_REPLAY_KERNEL=fallback``) runs
+the torch ops below, with the same bits. torch has no
 unsigned 64-bit arithmetic, so the hash runs on int64: multiplication wraps modulo 2**64
 exactly as uint64 does, and every right shift is followed by a mask that clears the sign
 extension, which turns torch's arithmetic shift into the logical one splitmix64 needs.
@@ -8,7 +13,7 @@ extension, which turns torch's arithmetic shift into the logical one splitmix64 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import numpy as np
@@ -21,12 +26,19 @@ from . import (
     _SIGNS,
     BITS_PER_WORD,
     CHUNK_ELEMENTS,
+    _check_seed,
+    _overlapping,
     derive_seed,
+    fast_kernel,
+    run_kernel,
     tensor_key,
 )
 from . import words as _numpy_words
 
-__all__ = ["add_scaled_", "add_scaled_many_", "rademacher", "seeded_init", "words"]
+__all__ = ["add_scaled_", "add_scaled_many_", "add_scaled_multi_", "rademacher", "seeded_init", "words"]
+
+# torch dtypes the compiled kernel takes, by the numpy name it knows them by.
+_KERNEL_DTYPES = {torch.float32: "float32", torch.float64: "float64", torch.float16: "float16"}
 
 
 def _as_int64(value: int) -> int:
@@ -98,38 +110,66 @@ def rademacher(
     return z[start - aligned :]
 
 
-@torch.no_grad()
-def add_scaled_(tensor: torch.Tensor, seed: int, name: str, coef: float) -> None:
-    """In place: ``tensor += c * z(seed, name)`` with ``c = tensor.dtype(coef)``.
+def _round_coef(coef: float, dtype: torch.dtype) -> float:
+    """The coefficient rounded to ``dtype`` (as torch rounds a float64 scalar), as a float."""
+    return float(torch.tensor(coef, dtype=torch.float64).to(dtype).item())
 
-    Bit-identical to :func:`fedtune.rng.add_scaled_` (numpy) for the same dtype: the
-    product ``c * (±1)`` is exact, then one rounding per element in the add. Works in
-    chunks of :data:`fedtune.rng.CHUNK_ELEMENTS`, so the extra memory is a few MiB
-    whatever the tensor's size.
 
-    Args:
-        tensor: a contiguous floating-point tensor (a parameter's ``.data``), any device.
-        seed, name: select the stream.
-        coef: the scale.
-    """
+def _check_tensor(tensor: torch.Tensor) -> None:
     if not tensor.is_floating_point():
         raise TypeError(f"`tensor` must be floating point, got {tensor.dtype}")
     if not tensor.is_contiguous():
         raise ValueError("`tensor` must be contiguous (updated in place through a flat view)")
+
+
+def _add_scaled_fallback_(tensor: torch.Tensor, seed: int, name: str, coef: float) -> None:
+    """The torch-ops canonical update, in chunks of :data:`fedtune.rng.CHUNK_ELEMENTS`."""
     flat = tensor.view(-1)
     # Round the coefficient to the tensor's dtype first, the same way numpy does, then
     # scale the ±1 table: every entry is exactly ±c.
-    c = torch.tensor(coef, dtype=torch.float64).to(tensor.dtype).item()
-    table = _signs(tensor.device, tensor.dtype) * c
+    table = _signs(tensor.device, tensor.dtype) * _round_coef(coef, tensor.dtype)
     key = tensor_key(seed, name)
     for start in range(0, flat.numel(), CHUNK_ELEMENTS):
         count = min(CHUNK_ELEMENTS, flat.numel() - start)
         flat[start : start + count].add_(_chunk_z(key, start, count, table))
 
 
-# Elements per block of the fused replay: small enough that the block stays in the CPU's
-# L2 cache while every direction of a round is added to it.
+# Elements per block of the torch-ops replay: small enough that the block stays in the
+# CPU's L2 cache while every direction of a round is added to it.
 REPLAY_BLOCK = 1 << 18
+
+
+def _add_scaled_many_fallback_(tensor: torch.Tensor, seeds: Sequence[int], name: str,
+                               coefs: Sequence[float]) -> None:
+    """The torch-ops replay of one tensor: L2-sized blocks, every direction per block."""
+    flat = tensor.view(-1)
+    signs = _signs(tensor.device, tensor.dtype)
+    tables = [signs * _round_coef(c, tensor.dtype) for c in coefs]
+    keys = [tensor_key(seed, name) for seed in seeds]
+    for start in range(0, flat.numel(), REPLAY_BLOCK):
+        count = min(REPLAY_BLOCK, flat.numel() - start)
+        block = flat[start : start + count]
+        for key, table in zip(keys, tables):
+            block.add_(_chunk_z(key, start, count, table))
+
+
+@torch.no_grad()
+def add_scaled_(tensor: torch.Tensor, seed: int, name: str, coef: float) -> None:
+    """In place: ``tensor += c * z(seed, name)`` with ``c = tensor.dtype(coef)``.
+
+    Bit-identical to :func:`fedtune.rng.add_scaled_` (numpy) for the same dtype: the
+    product ``c * (±1)`` is exact, then one rounding per element in the add. On the
+    compiled kernel for CPU tensors it can take; else with torch ops in chunks of
+    :data:`fedtune.rng.CHUNK_ELEMENTS`, so the extra memory is a few MiB whatever the
+    tensor's size.
+
+    Args:
+        tensor: a contiguous floating-point tensor (a parameter's ``.data``), any device.
+        seed, name: select the stream.
+        coef: the scale.
+    """
+    _check_tensor(tensor)
+    add_scaled_multi_([(name, tensor)], [seed], [coef])
 
 
 @torch.no_grad()
@@ -145,15 +185,60 @@ def add_scaled_many_(tensor: torch.Tensor, seeds: list[int], name: str, coefs: l
         raise ValueError(f"seeds and coefs differ in length: {len(seeds)} vs {len(coefs)}")
     if not tensor.is_floating_point() or not tensor.is_contiguous():
         raise TypeError("`tensor` must be a contiguous floating-point tensor")
-    flat = tensor.view(-1)
-    signs = _signs(tensor.device, tensor.dtype)
-    tables = [signs * torch.tensor(c, dtype=torch.float64).to(tensor.dtype).item() for c in coefs]
-    keys = [tensor_key(seed, name) for seed in seeds]
-    for start in range(0, flat.numel(), REPLAY_BLOCK):
-        count = min(REPLAY_BLOCK, flat.numel() - start)
-        block = flat[start : start + count]
-        for key, table in zip(keys, tables):
-            block.add_(_chunk_z(key, start, count, table))
+    add_scaled_multi_([(name, tensor)], seeds, coefs)
+
+
+@torch.no_grad()
+def add_scaled_multi_(
+    tensors: Sequence[tuple[str, torch.Tensor]],
+    seeds: Sequence[int],
+    coefs: Sequence[float],
+    *,
+    threads: int | None = None,
+) -> None:
+    """In place, for every ``(name, tensor)`` and each ``(seed, coef)`` in order:
+    ``tensor += c * z(seed, name)``, ``c = tensor.dtype(coef)``.
+
+    One call for a whole round (replay) or a whole perturbation (one seed): bit-identical
+    to :func:`add_scaled_many_` per tensor. CPU tensors the compiled kernel takes (float32,
+    float64, float16; disjoint; finite coefficients) go to it in one call, spread over
+    ``threads`` threads (default ``torch.get_num_threads()``); the others run torch ops.
+
+    Args:
+        tensors: ``(name, contiguous floating-point tensor)`` pairs (parameters' ``.data``).
+        seeds: the directions' stream seeds, in the order they are added.
+        coefs: one scale per seed.
+    """
+    if len(seeds) != len(coefs):
+        raise ValueError(f"seeds and coefs differ in length: {len(seeds)} vs {len(coefs)}")
+    seeds = [_check_seed(seed) for seed in seeds]
+    for _, tensor in tensors:
+        _check_tensor(tensor)
+    if not seeds:
+        return
+    rest: list[tuple[str, torch.Tensor]] = list(tensors)
+    cpu = [t for _, t in tensors if t.device.type == "cpu"]
+    kernel = fast_kernel() if cpu else None
+    # Tensors sharing memory get the definition's order (tensor by tensor).
+    if kernel is not None and not _overlapping([(t.data_ptr(), t.numel() * t.element_size()) for t in cpu]):
+        groups: dict[torch.dtype, list[tuple[str, torch.Tensor]]] = {}
+        rest = []
+        for name, tensor in tensors:
+            ok = tensor.device.type == "cpu" and tensor.dtype in _KERNEL_DTYPES
+            (groups.setdefault(tensor.dtype, []) if ok else rest).append((name, tensor))
+        for dtype, group in groups.items():
+            cs = np.array([_round_coef(c, dtype) for c in coefs], dtype=_KERNEL_DTYPES[dtype])
+            if np.isnan(cs).any():  # NaN payloads: left to torch's own arithmetic
+                rest.extend(group)
+                continue
+            run_kernel(kernel, _KERNEL_DTYPES[dtype], [t.data_ptr() for _, t in group],
+                       [t.numel() for _, t in group], [n for n, _ in group], seeds, cs,
+                       threads or torch.get_num_threads())
+    for name, tensor in rest:
+        if len(seeds) == 1:
+            _add_scaled_fallback_(tensor, seeds[0], name, coefs[0])
+        else:
+            _add_scaled_many_fallback_(tensor, seeds, name, coefs)
 
 
 @contextmanager

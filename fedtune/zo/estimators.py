@@ -32,6 +32,13 @@ With one direction the restore and the update are one pass (``w += r - lr scalar
 right after its estimate (the next is taken at ``w``), and the q updates ``-lr scalar_i``
 are applied afterwards, in order. A non-finite loss (or estimate) restores the weights and
 skips the whole step, every direction of it.
+
+A backend may also supply ``perturb_many(seeds, coefs)``, the same additions for several
+directions in one pass over the weights (:func:`fedtune.rng.add_scaled_many_`). Then the
+perturbations are held until the weights are next read (the next forward, or the end of
+the steps) and applied together: the restore-and-update of one step and the next step's
+``+eps`` become one pass instead of two. Every element still gets the same additions in
+the same order, so the weights are bit-identical with or without it.
 """
 
 from __future__ import annotations
@@ -50,6 +57,7 @@ __all__ = [
     "Estimator",
     "Loss",
     "Perturb",
+    "PerturbMany",
     "as_seeds",
     "check_hyperparameters",
     "estimate_step",
@@ -62,8 +70,38 @@ ESTIMATORS: tuple[str, ...] = get_args(Estimator)
 Perturb = Callable[[int, float], None]
 """``perturb(seed, coef)``: in place, ``w += coef * z(seed)`` on every trainable tensor."""
 
+PerturbMany = Callable[[Sequence[int], Sequence[float]], None]
+"""``perturb_many(seeds, coefs)``: for each ``(seed, coef)`` in order, ``perturb(seed, coef)``,
+in one pass over the weights."""
+
 Loss = Callable[[], float]
 """One forward on the step's batch with the current weights."""
+
+
+class _Deferred:
+    """Perturbations held until the weights are next read, then applied in one pass, in order."""
+
+    def __init__(self, perturb_many: PerturbMany) -> None:
+        self._perturb_many = perturb_many
+        self._seeds: list[int] = []
+        self._coefs: list[float] = []
+
+    def perturb(self, seed: int, coef: float) -> None:
+        self._seeds.append(seed)
+        self._coefs.append(coef)
+
+    def flush(self) -> None:
+        if self._seeds:
+            seeds, coefs = self._seeds, self._coefs
+            self._seeds, self._coefs = [], []
+            self._perturb_many(seeds, coefs)
+
+    def loss(self, loss: Loss) -> Loss:
+        """``loss`` run on the weights with every held perturbation applied."""
+        def run() -> float:
+            self.flush()
+            return loss()
+        return run
 
 
 def check_hyperparameters(*, eps: float, lr: float, estimator: str) -> None:
@@ -95,6 +133,7 @@ def estimate_step(
     eps: float,
     lr: float,
     estimator: Estimator = "central",
+    perturb_many: PerturbMany | None = None,
 ) -> StepResult:
     """One ZO step over the directions of ``seeds``, on the weights ``perturb`` moves.
 
@@ -105,6 +144,7 @@ def estimate_step(
         eps: perturbation scale, > 0.
         lr: learning rate, >= 0 (0 estimates without moving the weights).
         estimator: ``central``, ``forward`` or ``sign`` (see the module).
+        perturb_many: optional; consecutive perturbations then share a pass (the module).
 
     Returns:
         The step's :class:`StepResult`: ``scalars`` holds each direction's scalar (what is
@@ -119,6 +159,16 @@ def estimate_step(
     seeds = [int(seed) for seed in seeds]
     if not seeds:
         raise ValueError("`seeds` is empty: a step needs at least one direction")
+    if perturb_many is not None:
+        deferred = _Deferred(perturb_many)
+        try:
+            return _step(deferred.perturb, deferred.loss(loss), seeds, eps, lr, estimator)
+        finally:
+            deferred.flush()
+    return _step(perturb, loss, seeds, eps, lr, estimator)
+
+
+def _step(perturb: Perturb, loss: Loss, seeds: list[int], eps: float, lr: float, estimator: Estimator) -> StepResult:
     q = len(seeds)
 
     base_loss = math.nan
@@ -177,11 +227,14 @@ def local_steps(
     lr: float,
     estimator: Estimator = "central",
     directions: int = 1,
+    perturb_many: PerturbMany | None = None,
 ) -> LocalResult:
     """A client's local steps: step ``s`` uses ``keys[s*q : (s+1)*q]`` (q = ``directions``).
 
     Args:
-        perturb: as for :func:`estimate_step`.
+        perturb, perturb_many: as for :func:`estimate_step`; with ``perturb_many`` the
+            perturbations are held across steps too (a step's update and the next step's
+            ``+eps`` share a pass) and all applied before this returns.
         loss_for_step: ``loss_for_step(step)`` runs the forward on step ``step``'s batch
             (the same batch for the step's q directions).
         keys: the drawn key of every direction, step by step (candidate indices or raw seeds).
@@ -196,11 +249,18 @@ def local_steps(
         ValueError: on bad hyper-parameters, or keys not a whole number of steps.
     """
     check_hyperparameters(eps=eps, lr=lr, estimator=estimator)
-    return run_steps(
-        keys,
-        lambda step, step_keys: estimate_step(
-            perturb, partial(loss_for_step, step), seeds=[seed_of_key(key) for key in step_keys],
-            eps=eps, lr=lr, estimator=estimator,
-        ),
-        directions=directions,
-    )
+    deferred = _Deferred(perturb_many) if perturb_many is not None else None
+
+    def step(index: int, step_keys: tuple[int, ...]) -> StepResult:
+        seeds = [seed_of_key(key) for key in step_keys]
+        if deferred is None:
+            return estimate_step(perturb, partial(loss_for_step, index), seeds=seeds,
+                                 eps=eps, lr=lr, estimator=estimator)
+        return estimate_step(deferred.perturb, deferred.loss(partial(loss_for_step, index)),
+                             seeds=seeds, eps=eps, lr=lr, estimator=estimator)
+
+    try:
+        return run_steps(keys, step, directions=directions)
+    finally:
+        if deferred is not None:
+            deferred.flush()

@@ -28,7 +28,7 @@ import torch
 from fedtune.rng import torch_backend as rng
 
 from .estimators import Estimator, local_steps
-from .mezo import NamedParams, apply_direction_
+from .mezo import NamedParams, apply_direction_, apply_directions_
 from .seeds import SeedUpdate, replay_coefficient
 from .steps import LocalResult
 
@@ -41,14 +41,13 @@ def replay_(params: NamedParams, update: SeedUpdate) -> None:
 
     Per element, the directions are added in the update's order, one float32 addition
     each: the same bits as applying them one by one (:func:`apply_direction_`), computed in
-    one cache-friendly pass per tensor.
+    one pass over all the tensors (the compiled kernel on CPU: :mod:`fedtune.rng`).
     """
     seeds = [int(s) for s in update.seeds.tolist()]
     coefs = [replay_coefficient(update.lr, g) for g in update.scalars.tolist()]
     if not seeds:
         return
-    for name, tensor in params:
-        rng.add_scaled_many_(tensor.data, seeds, name, coefs)
+    rng.add_scaled_multi_([(name, tensor.data) for name, tensor in params], seeds, coefs)
 
 
 @torch.inference_mode()
@@ -81,4 +80,5 @@ def local_train(
     return local_steps(
         partial(apply_direction_, params), lambda step: float(loss_for_step(step)),
         keys=keys, seed_of_key=seed_of_key, eps=eps, lr=lr, estimator=estimator, directions=directions,
+        perturb_many=partial(apply_directions_, params),
     )

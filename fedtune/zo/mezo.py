@@ -29,16 +29,21 @@ from fedtune.rng import torch_backend as rng
 from .estimators import Estimator, as_seeds, check_hyperparameters, estimate_step
 from .steps import StepResult
 
-__all__ = ["NamedParams", "StepResult", "apply_direction_", "zo_step"]
+__all__ = ["NamedParams", "StepResult", "apply_direction_", "apply_directions_", "zo_step"]
 
 NamedParams = Sequence[tuple[str, torch.Tensor]]
 """The trainable tensors with the names their perturbations are keyed by."""
 
 
 def apply_direction_(params: NamedParams, seed: int, coef: float) -> None:
-    """In place, for every tensor: ``w += coef * z(seed, name)``."""
-    for name, tensor in params:
-        rng.add_scaled_(tensor.data, seed, name, coef)
+    """In place, for every tensor: ``w += coef * z(seed, name)`` (one kernel call for all of them)."""
+    rng.add_scaled_multi_([(name, tensor.data) for name, tensor in params], [seed], [coef])
+
+
+def apply_directions_(params: NamedParams, seeds: Sequence[int], coefs: Sequence[float]) -> None:
+    """In place, for each ``(seed, coef)`` in order and every tensor: ``w += coef * z(seed, name)``,
+    in one pass over the weights (bit-identical to :func:`apply_direction_` per seed)."""
+    rng.add_scaled_multi_([(name, tensor.data) for name, tensor in params], seeds, coefs)
 
 
 @torch.inference_mode()
@@ -80,4 +85,5 @@ def zo_step(
     return estimate_step(
         partial(apply_direction_, params), lambda: float(loss_fn()),
         seeds=as_seeds(seed), eps=eps, lr=lr, estimator=estimator,
+        perturb_many=partial(apply_directions_, params),
     )

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedtune.rng import add_scaled_, derive_seed
+from fedtune.rng import add_scaled_many_, derive_seed
 
 __all__ = [
     "SeedUpdate",
@@ -83,10 +83,9 @@ def replay_coefficient(lr: float, scalar: float | np.floating) -> float:
 def replay_numpy_(arrays: Sequence[tuple[str, np.ndarray]], update: SeedUpdate) -> None:
     """Apply one round's update to float32 numpy arrays in place; bit-identical to
     :func:`fedtune.zo.fedkseed.replay_` on the same weights."""
-    for seed, scalar in zip(update.seeds.tolist(), update.scalars.tolist()):
-        coef = replay_coefficient(update.lr, scalar)
-        for name, array in arrays:
-            add_scaled_(array, int(seed), name, coef)
+    seeds = [int(seed) for seed in update.seeds.tolist()]
+    coefs = [replay_coefficient(update.lr, scalar) for scalar in update.scalars.tolist()]
+    add_scaled_many_(arrays, seeds, coefs)
 
 
 def weights_digest(named: Sequence[tuple[str, np.ndarray]]) -> str:
