@@ -84,12 +84,12 @@ def read_dataset(path: str | os.PathLike[str], split: str = "train") -> Any:
 
     Args:
         path: a ``save_to_disk`` directory or a parquet / JSON / JSON Lines / CSV file.
-        split: the split of a ``DatasetDict`` directory (ignored for a single dataset).
+        split: the split of a ``DatasetDict`` directory; a single dataset's one split is ``train``.
 
     Raises:
         FileNotFoundError: if ``path`` does not exist or is a directory ``save_to_disk`` did
             not write.
-        ValueError: on an unknown suffix or a split the ``DatasetDict`` lacks.
+        ValueError: on an unknown suffix or a split the dataset lacks.
     """
     kind = infer_format(path)
     datasets = _datasets()
@@ -111,6 +111,12 @@ def read_dataset(path: str | os.PathLike[str], split: str = "train") -> Any:
                         "set data.split to one of them"
                     )
                 return loaded[split]
+        if split != "train":
+            raise ValueError(
+                f"`data.split` = {split!r} but {str(path)!r} is a single dataset (its one split is 'train'); "
+                "remove data.split, or give a DatasetDict directory that has that split"
+            )
+        if kind == "disk":
             return loaded
         # The packaged readers build through a cache directory: a throwaway one, in memory after.
         with tempfile.TemporaryDirectory(prefix="fedtune-datasets-") as cache:
