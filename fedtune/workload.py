@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -26,6 +27,8 @@ from fedtune.rng import derive_seed, generator
 __all__ = ["Workload", "pick_device"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def pick_device(name: str) -> torch.device:
@@ -57,9 +60,64 @@ def _load_examples(cfg: RunConfig) -> tuple[list[fdata.Example], list[fdata.Exam
     examples = loader(d.path)
     if len(examples) < 2:
         raise ValueError(f"{d.path}: {len(examples)} example(s); need at least 2 to hold some out")
-    order = generator(cfg.seed, "holdout").permutation(len(examples)).tolist()
-    num_eval = min(d.eval_examples, max(1, len(examples) // 10))
-    return [examples[i] for i in order[num_eval:]], [examples[i] for i in order[:num_eval]]
+    train_rows, eval_rows = _holdout(cfg, len(examples))
+    return [examples[i] for i in train_rows], [examples[i] for i in eval_rows]
+
+
+def _holdout(cfg: RunConfig, num_rows: int) -> tuple[list[int], list[int]]:
+    """(train rows, held-out rows) of a file: a seeded tenth at most, ``eval_examples`` at most."""
+    order = generator(cfg.seed, "holdout").permutation(num_rows).tolist()
+    num_eval = min(cfg.data.eval_examples, max(1, num_rows // 10))
+    return order[num_eval:], order[:num_eval]
+
+
+@dataclass(frozen=True)
+class FileData:
+    """A ``data.source = "file"`` dataset as read, split into training and held-out rows.
+
+    ``train_values`` are the training rows' ``data.partition_field`` values; ``label_names``
+    the classes' names when the labels were strings (else empty).
+    """
+
+    train: list[fdata.Example]
+    held_out: list[fdata.Example]
+    train_values: list[str]
+    label_names: tuple[str, ...]
+
+
+def _load_file(cfg: RunConfig, tokenizer: Any = None) -> FileData:
+    """Read ``data.path`` (and ``data.eval_path``) with :func:`fedtune.data.hf.load_examples`.
+
+    The held-out rows come from ``data.eval_path`` / ``data.eval_split`` when given (a seeded
+    sample of ``eval_examples`` of them), else from ``data.path`` as for jsonl/csv.
+    """
+    from fedtune.data.hf import load_examples
+
+    d = cfg.data
+    sources = [(d.path, d.split)]
+    separate_eval = bool(d.eval_path or d.eval_split)
+    if separate_eval:
+        sources.append((d.eval_path or d.path, d.eval_split or d.split))
+    loaded, names = load_examples(
+        sources, template=d.template, fields=dict(d.fields), partition_field=d.partition_field,
+        tokenizer=tokenizer, seq_cls=cfg.model.task == "seq-cls",
+    )
+    rows = loaded[0]
+    if separate_eval:
+        held = loaded[1].examples
+        pick = generator(cfg.seed, "holdout").permutation(len(held))[: d.eval_examples].tolist()
+        return FileData(rows.examples, [held[i] for i in sorted(pick)], rows.values, names)
+    if len(rows.examples) < 2:
+        raise ValueError(f"`data.path` {d.path!r} holds {len(rows.examples)} row(s); need at least 2 to hold "
+                         "some out, or give data.eval_path")
+    train_rows, eval_rows = _holdout(cfg, len(rows.examples))
+    return FileData([rows.examples[i] for i in train_rows], [rows.examples[i] for i in eval_rows],
+                    [rows.values[i] for i in train_rows], names)
+
+
+def _encodable(items: list[T], keep: list[bool]) -> list[T]:
+    """The items whose ``keep`` flag is set, in order."""
+    return [item for item, ok in zip(items, keep, strict=True) if ok]
 
 
 @dataclass
@@ -79,21 +137,67 @@ class Workload:
             return models.load_tokenizer(models.resolve_model_path(m.path))
         if self.cfg.data.source == "instructions":
             return fdata.WordTokenizer.for_instructions()
-        train, held_out = self.examples
-        texts = [f"{ex.prompt} {ex.response}" for ex in train + held_out]
+        texts = [f"{ex.prompt} {ex.response}" for ex in self._all_examples]
         if self.cfg.model.head == "label-names":  # the head scores (or embeds) the names' words
             texts += list(self.label_names)
         return fdata.WordTokenizer(sorted({w for text in texts for w in text.split()}))
 
     @cached_property
     def examples(self) -> tuple[list[fdata.Example], list[fdata.Example]]:
-        return _load_examples(self.cfg)
+        """(train, held-out) examples; a file source's rows that cannot be encoded are dropped."""
+        if self.cfg.data.source != "file":
+            return _load_examples(self.cfg)
+        data = self._file_data
+        return self._drop_unencodable(data.train, "train"), self._drop_unencodable(data.held_out, "held-out")
+
+    @cached_property
+    def _file_data(self) -> FileData:
+        chat = self.cfg.data.template == "chat"  # rendered with the model's tokenizer (a model.path one)
+        return _load_file(self.cfg, self.tokenizer if chat else None)
+
+    @cached_property
+    def _all_examples(self) -> list[fdata.Example]:
+        """Every example read, before any is dropped: the word vocabulary and the classes come from these."""
+        if self.cfg.data.source == "file":
+            return self._file_data.train + self._file_data.held_out
+        train, held_out = self.examples
+        return train + held_out
+
+    @cached_property
+    def _train_kept(self) -> list[bool]:
+        return self._keep(self._file_data.train, "train")
+
+    def _keep(self, examples: list[fdata.Example], which: str) -> list[bool]:
+        """Which examples encode, with ONE summary line for those that do not."""
+        if self.cfg.model.task == "seq-cls":
+            reasons = [None if ex.text.strip() else "empty text" for ex in examples]
+        else:
+            from fedtune.data.arrays import lm_skip_reason
+
+            length = self.cfg.data.max_length
+            reasons = [lm_skip_reason(ex, self.tokenizer, max_length=length) for ex in examples]
+        skipped = Counter(r for r in reasons if r is not None)
+        if skipped:
+            log.warning(
+                "skipped %d of %d %s rows of %s that cannot be encoded (%s; data.max_length = %d)",
+                sum(skipped.values()), len(examples), which, self.cfg.data.path,
+                ", ".join(f"{n} {why}" for why, n in sorted(skipped.items())), self.cfg.data.max_length,
+            )
+        return [r is None for r in reasons]
+
+    def _drop_unencodable(self, examples: list[fdata.Example], which: str) -> list[fdata.Example]:
+        keep = self._train_kept if which == "train" else self._keep(examples, which)
+        return _encodable(examples, keep)
+
+    @cached_property
+    def partition_values(self) -> list[str]:
+        """The training examples' ``data.partition_field`` values (file sources)."""
+        return _encodable(self._file_data.train_values, self._train_kept)
 
     @cached_property
     def num_labels(self) -> int:
         """Classes of a seq-cls head: the largest label in the data plus one (at least 2)."""
-        train, held_out = self.examples
-        return max(2, 1 + max(ex.label for ex in train + held_out))
+        return max(2, 1 + max(ex.label for ex in self._all_examples))
 
     @cached_property
     def label_names(self) -> tuple[str, ...]:
@@ -102,8 +206,8 @@ class Workload:
         Raises:
             ValueError: if their number differs from the data's classes.
         """
-        names = label_names(self.cfg, self.num_labels)
-        return names
+        found = self._file_data.label_names if self.cfg.data.source == "file" else ()
+        return label_names(self.cfg, self.num_labels, found)
 
     def build_model(self) -> torch.nn.Module:
         """A fresh copy of the base model on this party's device, in eval mode.
@@ -168,16 +272,22 @@ class Workload:
         """Indices of the training examples of client ``partition_id``."""
         if not 0 <= partition_id < num_partitions:
             raise ValueError(f"partition id {partition_id} is outside [0, {num_partitions})")
+        return [int(i) for i in self.partitions(num_partitions)[partition_id]]
+
+    def partitions(self, num_partitions: int) -> list[Any]:
+        """Every client's training example indices (sorted int64 arrays), by ``data.partition``."""
         d, seed = self.cfg.data, derive_seed(self.cfg.seed, "partition")
         if d.partition == "iid":
             parts = fdata.partition_iid(len(self.partition_labels), num_partitions, seed)
         elif d.partition == "dirichlet":
             parts = fdata.partition_dirichlet(self.partition_labels, num_partitions, d.alpha, seed)
+        elif d.partition == "by-field":
+            parts = fdata.partition_by_field(self.partition_values, num_partitions, seed, group=d.group_values)
         else:
             parts = fdata.partition_by_label(
                 self.partition_labels, num_partitions, d.labels_per_partition, seed
             )
-        return [int(i) for i in parts[partition_id]]
+        return parts
 
     def encode(self, examples: list[fdata.Example]) -> dict[str, torch.Tensor]:
         """Tensors for the model's task: response-only LM labels, or one class label per row."""
@@ -189,15 +299,17 @@ class Workload:
         return self.encode(self.examples[1])
 
 
-def label_names(cfg: RunConfig, num_labels: int) -> tuple[str, ...]:
-    """The class names of a run: ``data.label_names``, else the generated task's own.
+def label_names(cfg: RunConfig, num_labels: int, found: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The class names of a run: ``data.label_names``, else the generated task's own, else
+    ``found`` (a file's string labels, in class-id order).
 
     Raises:
         ValueError: if there are none, or their number differs from ``num_labels``.
     """
-    names = tuple(cfg.data.label_names) or fdata.GENERATED_LABEL_NAMES.get(cfg.data.source, ())
+    names = tuple(cfg.data.label_names) or fdata.GENERATED_LABEL_NAMES.get(cfg.data.source, ()) or found
     if not names:
-        raise ValueError(f"data.source = {cfg.data.source!r} names no classes: set `data.label_names`")
+        raise ValueError(f"data.source = {cfg.data.source!r} names no classes (its labels are ints): "
+                         "set `data.label_names`")
     if len(names) != num_labels:
         raise ValueError(
             f"`data.label_names` has {len(names)} names but the data has {num_labels} classes "

@@ -23,7 +23,7 @@ from fedtune import rng
 from .tasks import Example
 from .tokenizer import WordTokenizer
 
-__all__ = ["IGNORE_INDEX", "encode_lm", "pad_id", "sample_batch", "sample_rows", "token_ids"]
+__all__ = ["IGNORE_INDEX", "encode_lm", "lm_skip_reason", "pad_id", "sample_batch", "sample_rows", "token_ids"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,11 +60,38 @@ def _common_prefix_length(a: list[int], b: list[int]) -> int:
     return length
 
 
+def _lm_parts(example: Example, tokenizer: Any, eos: int) -> tuple[list[int], list[int]]:
+    """(prompt tokens, response tokens + eos) of ``example``, split as :func:`encode_lm` says."""
+    prompt_ids = token_ids(tokenizer, example.prompt)
+    full_ids = token_ids(tokenizer, example.text)
+    boundary = _common_prefix_length(prompt_ids, full_ids)
+    return full_ids[:boundary], full_ids[boundary:] + [eos]
+
+
+def lm_skip_reason(example: Example, tokenizer: Any, *, max_length: int) -> str | None:
+    """Why :func:`encode_lm` cannot train on ``example``, or None when it can.
+
+    ``"empty response"``: nothing to learn; ``"no room for the prompt"``: bos, the response
+    and eos fill ``max_length`` with no prompt token left (or overflow it, which
+    :func:`encode_lm` refuses). Loaders of user data drop such rows before encoding.
+    """
+    if not example.response.strip():
+        return "empty response"
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError("`tokenizer` has no `eos_token_id`; causal-LM targets end with eos")
+    prefix = 0 if tokenizer.bos_token_id is None else 1
+    _, response_part = _lm_parts(example, tokenizer, int(eos))
+    if prefix + 1 + len(response_part) > max_length:
+        return "no room for the prompt"
+    return None
+
+
 def encode_lm(examples: Sequence[Example], tokenizer: Any, *, max_length: int) -> dict[str, np.ndarray]:
     """Encode examples for causal-LM instruction tuning with the loss on the response only.
 
     Each row is ``[bos] + prompt + response + [eos]`` (``bos`` only if the tokenizer has
-    one). As in Stanford Alpaca, the text ``prompt + " " + response`` is tokenized whole
+    one). As in Stanford Alpaca, the text ``prompt + sep + response`` is tokenized whole
     and the response is what lies past the prompt's tokens; here "past" means past the
     longest common prefix with the tokens of ``prompt`` alone, so a tokenizer that merges
     across the boundary still supervises every response token. A row longer than
@@ -97,11 +124,7 @@ def encode_lm(examples: Sequence[Example], tokenizer: Any, *, max_length: int) -
     input_rows, label_rows = [], []
     num_truncated = 0
     for index, example in enumerate(examples):
-        prompt_ids = token_ids(tokenizer, example.prompt)
-        text = f"{example.prompt} {example.response}" if example.response else example.prompt
-        full_ids = token_ids(tokenizer, text)
-        boundary = _common_prefix_length(prompt_ids, full_ids)
-        prompt_part, response_part = full_ids[:boundary], full_ids[boundary:] + [eos]
+        prompt_part, response_part = _lm_parts(example, tokenizer, eos)
         room = max_length - len(prefix) - len(response_part)
         if room < 0:
             raise ValueError(

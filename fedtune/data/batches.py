@@ -54,7 +54,8 @@ def encode_classification(
 ) -> dict[str, torch.Tensor]:
     """Encode examples for a sequence-classification model; the target is ``example.label``.
 
-    The text is ``prompt`` (plus ``" " + response`` when the response is not empty). A
+    The text is ``example.text``: ``prompt``, plus ``sep + response`` when the response is
+    not empty. A
     Hugging Face tokenizer adds its own special tokens (``[CLS] ... [SEP]`` for BERT)
     and truncates on the right; a ``WordTokenizer`` row is ``[bos] + words + [eos]``, cut
     on the right of the words, so that both BERT-style (first token) and decoder-style
@@ -77,7 +78,7 @@ def encode_classification(
     rows = []
     num_truncated = 0
     for example in examples:
-        text = f"{example.prompt} {example.response}" if example.response else example.prompt
+        text = example.text
         if isinstance(tokenizer, WordTokenizer):
             words = tokenizer.encode(text)
             num_truncated += len(words) > max_length - 2

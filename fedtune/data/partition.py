@@ -10,6 +10,9 @@ its arguments.
   https://arxiv.org/abs/1909.06335; Flower Datasets' ``DirichletPartitioner``).
 - :func:`partition_by_label`: each partition sees exactly ``labels_per_partition`` labels,
   the pathological non-IID split of McMahan et al., 2017 (https://arxiv.org/abs/1602.05629).
+- :func:`partition_by_field`: a natural split, one partition per distinct value of a field
+  (a task, a category, a user), FedKSeed's Natural Instructions setting; or the values
+  grouped onto fewer partitions, balanced by example count.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import numpy as np
 
 from fedtune import rng
 
-__all__ = ["partition_by_label", "partition_dirichlet", "partition_iid"]
+__all__ = ["partition_by_field", "partition_by_label", "partition_dirichlet", "partition_iid"]
 
 logger = logging.getLogger(__name__)
 
@@ -221,3 +224,60 @@ def partition_by_label(
             parts[k].append(chunk)
     # Shuffle which partition is which, so the extra-holder labels are not always partition 0's.
     return _finish([np.concatenate(parts[k]) for k in gen.permutation(num_partitions)])
+
+
+def partition_by_field(
+    values: Sequence[str], num_partitions: int, seed: int, *, group: bool = False
+) -> list[np.ndarray]:
+    """Natural partitions: the examples of each distinct ``values`` entry stay together.
+
+    Without ``group`` there must be exactly ``num_partitions`` distinct values, and
+    partition ``k`` holds the examples of the ``k``-th value in sorted order. With
+    ``group`` the values are spread over the partitions, largest first, each onto the
+    partition holding the fewest examples so far (lowest index on a tie); values of equal
+    size go in an order drawn from ``seed``. That greedy split is balanced by example count
+    to within the largest value's size, and a pure function of its arguments.
+
+    Args:
+        values: one field value per example (a task, category, ...), shape ``(N,)``.
+        num_partitions: ``K``, >= 1.
+        seed: partition seed (orders values of equal size when grouping).
+        group: allow more distinct values than partitions, grouping them.
+
+    Returns:
+        ``K`` sorted int64 arrays of example indices covering ``range(N)`` exactly once.
+
+    Raises:
+        TypeError, ValueError: on a bad argument; if there are fewer distinct values than
+            partitions (some would be empty), or more without ``group``. The messages name
+            ``data.partition_field``, ``federation.num_clients`` and ``data.group_values``.
+    """
+    _check_int("num_partitions", num_partitions, 1)
+    if len(values) == 0:
+        raise ValueError("`values` must hold at least one value, got none")
+    distinct, inverse, counts = np.unique(np.asarray(values, dtype=str), return_inverse=True, return_counts=True)
+    num_values = len(distinct)
+    if num_values < num_partitions:
+        raise ValueError(
+            f"`data.partition_field` has {num_values} distinct values in the training data but "
+            f"federation.num_clients = {num_partitions}: {num_partitions - num_values} clients would hold no "
+            f"examples; set federation.num_clients <= {num_values}"
+        )
+    if num_values > num_partitions and not group:
+        raise ValueError(
+            f"`data.partition_field` has {num_values} distinct values but federation.num_clients = "
+            f"{num_partitions} (one client per value); set federation.num_clients = {num_values} or "
+            "data.group_values = true to group values onto the clients"
+        )
+    if not group:
+        return _finish([np.flatnonzero(inverse == v) for v in range(num_values)])
+    gen = rng.generator(seed, "partition-by-field")
+    tie_order = gen.permutation(num_values)
+    order = tie_order[np.argsort(-counts[tie_order], kind="stable")]  # largest first, ties seeded
+    sizes = np.zeros(num_partitions, dtype=np.int64)
+    owner = np.empty(num_values, dtype=np.int64)
+    for value in order:
+        k = int(np.argmin(sizes))  # the first of the smallest
+        owner[value] = k
+        sizes[k] += counts[value]
+    return _finish([np.flatnonzero(owner[inverse] == k) for k in range(num_partitions)])

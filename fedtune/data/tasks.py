@@ -45,11 +45,15 @@ class Example:
             empty for classification data).
         label: a non-negative category id, used by the non-IID partitioners and as the
             target of sequence classification.
+        sep: what joins prompt and response into one text: a space, or nothing where the
+            prompt ends its own line (the ``alpaca``/``dolly``/``chat`` templates of
+            :mod:`fedtune.data.templates`, which Alpaca and Dolly trained on without one).
     """
 
     prompt: str
     response: str
     label: int
+    sep: str = " "
 
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str):
@@ -60,6 +64,13 @@ class Example:
             raise TypeError(f"`label` must be an int, got {type(self.label).__name__} {self.label!r}")
         if self.label < 0:
             raise ValueError(f"`label` must be >= 0, got {self.label}")
+        if self.sep not in (" ", ""):
+            raise ValueError(f"`sep` must be ' ' or '', got {self.sep!r}")
+
+    @property
+    def text(self) -> str:
+        """Prompt and response as one text (the prompt alone when the response is empty)."""
+        return f"{self.prompt}{self.sep}{self.response}" if self.response else self.prompt
 
 
 def solve(task_type: str, symbols: Sequence[str]) -> list[str]:
