@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import logging
 import os
@@ -69,6 +70,14 @@ def _check_environment(cfg: RunConfig) -> None:
         )
     if cfg.data.source not in ("instructions", "topics", "news") and not Path(cfg.data.path).is_file():
         raise UsageError(f"data.path {cfg.data.path!r} does not exist")
+    if cfg.log.tensorboard:
+        from fedtune.runs import TENSORBOARD_MISSING, tensorboard_available
+
+        if not tensorboard_available():
+            raise UsageError(TENSORBOARD_MISSING)
+    if "rougeL" in cfg.eval.metrics and importlib.util.find_spec("rouge_score") is None:
+        raise UsageError("`eval.metrics` = rougeL needs the rouge-score package: pip install 'fedtune[torch]' "
+                         "(or pip install rouge-score)")
     if cfg.device.startswith("cuda"):
         import torch
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -21,6 +22,9 @@ from fedtune import data as fdata
 from fedtune import models
 from fedtune.config import RunConfig
 from fedtune.data.batches import encode_classification, encode_lm
+from fedtune.metrics import GENERATION_METRICS, exact_match, rouge_l
+from fedtune.metrics import macro_f1 as macro_f1_score
+from fedtune.progress import Progress
 from fedtune.rng import derive_seed, generator
 
 __all__ = ["Workload", "pick_device"]
@@ -188,6 +192,46 @@ class Workload:
     def eval_set(self) -> dict[str, torch.Tensor]:
         return self.encode(self.examples[1])
 
+    def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
+        """``eval_<name>`` for every metric of ``eval.metrics`` on the held-out set.
+
+        Loss, accuracy and macro-F1 come from one pass over it; Rouge-L and exact match
+        from text generated for its first ``eval.generate_examples`` prompts, whose time
+        is reported on its own as ``eval_generate_seconds``.
+        """
+        e = self.cfg.eval
+        scores: dict[str, float] = {}
+        if {"loss", "accuracy", "macro_f1"} & set(e.metrics):
+            computed = evaluate(model, self.eval_set, e.batch_size, self.device,
+                                macro_f1="macro_f1" in e.metrics, progress_s=self.cfg.log.progress_s)
+            scores.update({k: v for k, v in computed.items() if k.removeprefix("eval_") in e.metrics})
+        if set(GENERATION_METRICS) & set(e.metrics):
+            scores.update(self.generation_scores(model))
+        return scores
+
+    def generation_scores(self, model: torch.nn.Module) -> dict[str, float]:
+        """Rouge-L and/or exact match (as ``eval.metrics`` asks) of generated responses,
+        and ``eval_generate_seconds``."""
+        from fedtune.generate import GenerationSettings, generate_texts, prompt_ids
+
+        e, start = self.cfg.eval, time.monotonic()
+        examples = self.examples[1][: e.generate_examples]
+        settings = GenerationSettings(
+            max_new_tokens=e.max_new_tokens, batch_size=e.batch_size, do_sample=e.do_sample,
+            temperature=e.temperature, seed=derive_seed(self.cfg.seed, "generate"),
+            progress_s=self.cfg.log.progress_s,
+        )
+        prompts = prompt_ids(examples, self.tokenizer, self.cfg.data.max_length)
+        texts = generate_texts(model, self.tokenizer, prompts, settings, self.device)
+        references = [ex.response for ex in examples]
+        scores = {}
+        if "rougeL" in e.metrics:
+            scores["eval_rougeL"] = rouge_l(texts, references)
+        if "exact_match" in e.metrics:
+            scores["eval_exact_match"] = exact_match(texts, references)
+        scores["eval_generate_seconds"] = time.monotonic() - start
+        return scores
+
 
 def label_names(cfg: RunConfig, num_labels: int) -> tuple[str, ...]:
     """The class names of a run: ``data.label_names``, else the generated task's own.
@@ -234,14 +278,20 @@ def batch_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], device: t
 
 @torch.inference_mode()
 def evaluate(
-    model: torch.nn.Module, encoded: dict[str, torch.Tensor], batch_size: int, device: torch.device
+    model: torch.nn.Module, encoded: dict[str, torch.Tensor], batch_size: int, device: torch.device,
+    *, macro_f1: bool = False, progress_s: float = 0.0,
 ) -> dict[str, float]:
     """Token-level loss and next-token accuracy over the response tokens of ``encoded``; for a
-    classification set (``labels`` of shape ``(N,)``) the mean loss and argmax accuracy per row."""
-    if encoded["labels"].dim() == 1:
-        return _evaluate_classification(model, encoded, batch_size, device)
-    total_loss, total_correct, total_tokens = 0.0, 0, 0
+    classification set (``labels`` of shape ``(N,)``) the mean loss and argmax accuracy per row,
+    and with ``macro_f1`` also the macro-F1 of the argmax (``eval_macro_f1``).
+
+    ``progress_s`` > 0 logs ``evaluating: i/N examples`` that often while it runs.
+    """
     num_examples = encoded["input_ids"].shape[0]
+    progress = Progress("evaluating", num_examples, "examples", progress_s)
+    if encoded["labels"].dim() == 1:
+        return _evaluate_classification(model, encoded, batch_size, device, macro_f1, progress)
+    total_loss, total_correct, total_tokens = 0.0, 0, 0
     for start in range(0, num_examples, batch_size):
         batch = {k: v[start : start + batch_size].to(device) for k, v in encoded.items()}
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -253,22 +303,30 @@ def evaluate(
         )
         total_correct += int((logits.argmax(-1)[mask] == labels[mask]).sum())
         total_tokens += int(mask.sum())
+        progress.advance(batch["input_ids"].shape[0])
     if total_tokens == 0:
         return {"eval_loss": math.nan, "eval_accuracy": math.nan}
     return {"eval_loss": total_loss / total_tokens, "eval_accuracy": total_correct / total_tokens}
 
 
 def _evaluate_classification(
-    model: torch.nn.Module, encoded: dict[str, torch.Tensor], batch_size: int, device: torch.device
+    model: torch.nn.Module, encoded: dict[str, torch.Tensor], batch_size: int, device: torch.device,
+    macro_f1: bool, progress: Progress,
 ) -> dict[str, float]:
-    total_loss, total_correct = 0.0, 0
+    total_loss, predictions = 0.0, []
     num_examples = encoded["input_ids"].shape[0]
     for start in range(0, num_examples, batch_size):
         batch = {k: v[start : start + batch_size].to(device) for k, v in encoded.items()}
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
         total_loss += float(torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="sum"))
-        total_correct += int((logits.argmax(-1) == batch["labels"]).sum())
-    return {"eval_loss": total_loss / num_examples, "eval_accuracy": total_correct / num_examples}
+        predictions += logits.argmax(-1).tolist()
+        progress.advance(batch["input_ids"].shape[0])
+    labels = encoded["labels"].tolist()
+    scores = {"eval_loss": total_loss / num_examples,
+              "eval_accuracy": sum(p == y for p, y in zip(predictions, labels, strict=True)) / num_examples}
+    if macro_f1:
+        scores["eval_macro_f1"] = macro_f1_score(predictions, labels)
+    return scores
 
 
 def save_model(model: Any, directory: str | Path, tokenizer: Any = None) -> None:

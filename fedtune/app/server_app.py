@@ -44,7 +44,11 @@ def main(grid: Grid, context: Context) -> None:
             raise ValueError(f"--resume is not supported for {cfg.algorithm.name!r} yet: start a new run")
         lora = FederatedLora(cfg, run_dir)
         lora.assign_partitions = simulated
-        lora.start_rounds(grid, cfg.rounds, writer.write_round)
+        writer.track(cfg, first_round=0)
+        try:
+            lora.start_rounds(grid, cfg.rounds, writer.write_round)
+        finally:
+            writer.close()
         save_model(lora.model, writer.model_dir, lora.workload.tokenizer)
         log.info("final adapter (PEFT format): %s", writer.model_dir)
         return
@@ -60,6 +64,11 @@ def main(grid: Grid, context: Context) -> None:
         from fedtune.onnx.export import export_run
 
         export_run(cfg, onnx_path_for(cfg, run_dir))
-    strategy.start_rounds(grid, cfg.rounds, writer.write_round)
+    # start_rounds writes round 0 again if no round had finished, else from the round after the state
+    writer.track(cfg, first_round=strategy.state_round + 1 if strategy.state_round else 0, resumed=resume)
+    try:
+        strategy.start_rounds(grid, cfg.rounds, writer.write_round)
+    finally:
+        writer.close()
     save_model(strategy.model, writer.model_dir, strategy.workload.tokenizer)
     log.info("final weights: %s", writer.model_dir)
