@@ -4,7 +4,7 @@
 ``metrics.jsonl`` (one JSON object per round, appended and fsync'ed as each round ends, so a
 crash loses no finished round), with ``log.tensorboard`` the same numbers as TensorBoard
 event files under ``tensorboard/``, and ``model/`` (the final weights as safetensors in the
-Hugging Face layout, with the tokenizer).
+Hugging Face layout, with the tokenizer: :func:`fedtune.workload.save_model`).
 """
 
 from __future__ import annotations

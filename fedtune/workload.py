@@ -116,6 +116,16 @@ class Workload:
         classifier (:mod:`fedtune.models`' heads); with ``algorithm.params = "lora"`` (a
         zeroth-order run over adapters) the model comes wrapped in PEFT LoRA adapters.
         """
+        model = self.build_base_model()
+        if self.cfg.algorithm.params == "lora":
+            from fedtune.lora.adapters import inject_lora
+
+            model = inject_lora(model, self.cfg.lora, self.cfg.model.task, self.cfg.seed)
+        model.to(self.device)
+        return model.eval()
+
+    def build_base_model(self) -> torch.nn.Module:
+        """The model before any LoRA adapter, on CPU: what a PEFT adapter of the run sits on."""
         m = self.cfg.model
         vocab = None if m.path else self.tokenizer.vocab_size
         path = models.resolve_model_path(m.path) if m.path else None
@@ -136,12 +146,18 @@ class Workload:
                 path=path, config=m.config or None,
                 task=m.task, vocab_size=vocab, num_labels=num_labels, seed=self.cfg.seed,
             )
-        if self.cfg.algorithm.params == "lora":
-            from fedtune.lora.adapters import inject_lora
+        return model
 
-            model = inject_lora(model, self.cfg.lora, m.task, self.cfg.seed)
-        model.to(self.device)
-        return model.eval()
+    def save(self, model: torch.nn.Module, directory: str | Path) -> None:
+        """Save the run's final ``model`` where the standard tools load it (:func:`save_model`).
+
+        A PEFT model is saved as its adapter; when the base was built from a named config
+        (no ``model.path`` to point at) the base is saved beside it, under ``base/``.
+        """
+        base = None
+        if hasattr(model, "peft_config") and not self.cfg.model.path:
+            base = self.build_base_model()
+        save_model(model, directory, self.tokenizer, task=self.cfg.model.task, base_model=base)
 
     def _is_causal_lm(self, path: str | None) -> bool:
         if path is None:
@@ -329,14 +345,31 @@ def _evaluate_classification(
     return scores
 
 
-def save_model(model: Any, directory: str | Path, tokenizer: Any = None) -> None:
-    """Save weights as safetensors in the Hugging Face layout (config.json + model.safetensors)."""
+BASE_DIR = "base"  # under a saved adapter: the base model it was trained on, when built from a config
+
+
+def save_model(
+    model: Any, directory: str | Path, tokenizer: Any = None, *, task: str = "causal-lm", base_model: Any = None
+) -> None:
+    """Save weights as safetensors in the Hugging Face layout, loadable without fedtune.
+
+    ``model/`` gets ``config.json`` + ``model.safetensors`` (a PEFT model: its
+    ``adapter_config.json`` + ``adapter_model.safetensors``) and the tokenizer: a Hugging
+    Face one as it saves itself, fedtune's word tokenizer as a ``tokenizers``
+    ``tokenizer.json`` (:mod:`fedtune.hf_tokenizer`), so ``AutoTokenizer.from_pretrained``
+    loads either. ``base_model``, if given, is saved under ``base/`` for
+    ``PeftModel.from_pretrained(AutoModel...from_pretrained(directory / "base"), directory)``.
+    """
     from transformers.utils import logging as hf_logging
+
+    from fedtune.hf_tokenizer import save_word_tokenizer
 
     hf_logging.disable_progress_bar()  # one shard of a small model: a bar is noise
     directory = Path(directory)
     model.save_pretrained(directory, safe_serialization=True)
-    if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
+    if base_model is not None:
+        base_model.save_pretrained(directory / BASE_DIR, safe_serialization=True)
+    if isinstance(tokenizer, fdata.WordTokenizer):
+        save_word_tokenizer(tokenizer, directory, task)
+    elif tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
         tokenizer.save_pretrained(directory)
-    elif tokenizer is not None and hasattr(tokenizer, "save"):
-        tokenizer.save(directory)

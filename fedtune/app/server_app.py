@@ -19,7 +19,6 @@ from fedtune.runs import RunWriter, config_from_run_config, configure_logging, c
 from fedtune.server.lora_strategy import FederatedLora
 from fedtune.server.polling import prompt
 from fedtune.server.strategy import FedKSeed
-from fedtune.workload import save_model
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +48,7 @@ def main(grid: Grid, context: Context) -> None:
             lora.start_rounds(grid, cfg.rounds, writer.write_round)
         finally:
             writer.close()
-        save_model(lora.model, writer.model_dir, lora.workload.tokenizer)
+        lora.workload.save(lora.model, writer.model_dir)
         log.info("final adapter (PEFT format): %s", writer.model_dir)
         return
     strategy = FedKSeed(cfg, run_dir, resume=resume)
@@ -70,5 +69,5 @@ def main(grid: Grid, context: Context) -> None:
         strategy.start_rounds(grid, cfg.rounds, writer.write_round)
     finally:
         writer.close()
-    save_model(strategy.model, writer.model_dir, strategy.workload.tokenizer)
+    strategy.workload.save(strategy.model, writer.model_dir)
     log.info("final weights: %s", writer.model_dir)
