@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import logging
 import os
@@ -75,6 +76,14 @@ def _check_environment(cfg: RunConfig) -> None:
         if d.source == "file" and path and not Path(path).exists():
             raise UsageError(f"data.{key} {path!r} does not exist; give a local dataset (fedtune never "
                              "reads a hub id): a save_to_disk directory or a .parquet/.json/.jsonl/.csv file")
+    if cfg.log.tensorboard:
+        from fedtune.runs import TENSORBOARD_MISSING, tensorboard_available
+
+        if not tensorboard_available():
+            raise UsageError(TENSORBOARD_MISSING)
+    if "rougeL" in cfg.eval.metrics and importlib.util.find_spec("rouge_score") is None:
+        raise UsageError("`eval.metrics` = rougeL needs the rouge-score package: pip install 'fedtune[torch]' "
+                         "(or pip install rouge-score)")
     if cfg.device.startswith("cuda"):
         import torch
 

@@ -21,6 +21,7 @@ import tomllib
 
 from fedtune import algorithms
 from fedtune.data.templates import TEMPLATES
+from fedtune.metrics import check_metrics
 
 __all__ = [
     "AlgorithmConfig",
@@ -29,6 +30,7 @@ __all__ = [
     "DataConfig",
     "EvalConfig",
     "FederationConfig",
+    "LogConfig",
     "LoraConfig",
     "ModelConfig",
     "OnDeviceConfig",
@@ -187,6 +189,21 @@ class EvalConfig:
     batch_size: int = 64
     check_sync: bool = True  # clients report a digest of their synced weights; server compares
     diverge_after: int = 3  # a run is flagged diverging when eval loss rose this many evaluations in a row
+    # what is reported as eval_<name> (fedtune.metrics): loss, accuracy (both tasks), rougeL,
+    # exact_match (causal-lm, from generated text), macro_f1 (seq-cls)
+    metrics: tuple[str, ...] = ("loss", "accuracy")
+    generate_examples: int = 100  # held-out prompts generated for rougeL / exact_match (generation is slow)
+    max_new_tokens: int = 32  # generated tokens per prompt at most (generation stops at eos)
+    do_sample: bool = False  # false = greedy; true = sampling, seeded from the run's seed
+    temperature: float = 1.0  # of sampling (do_sample = true)
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """What a run records beside metrics.jsonl, and how it reports long phases."""
+
+    tensorboard: bool = False  # TensorBoard event files under <run dir>/tensorboard (extra `tracking`)
+    progress_s: float = 10.0  # a phase (evaluation, generation) running longer logs its progress this often
 
 
 @dataclass(frozen=True)
@@ -243,6 +260,7 @@ class RunConfig:
     federation: FederationConfig = field(default_factory=FederationConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    log: LogConfig = field(default_factory=LogConfig)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     compress: CompressConfig = field(default_factory=CompressConfig)
@@ -371,6 +389,7 @@ def _check_values(cfg: RunConfig) -> list[str]:
     need(cfg.eval.every >= 1, f"`eval.every` must be >= 1, got {cfg.eval.every}")
     need(cfg.eval.diverge_after >= 1, f"`eval.diverge_after` must be >= 1, got {cfg.eval.diverge_after}")
     need(cfg.eval.batch_size >= 1, f"`eval.batch_size` must be >= 1, got {cfg.eval.batch_size}")
+    errors += _check_eval(cfg)
     s = cfg.simulation
     need(s.num_cpus_per_client > 0,
          f"`simulation.num_cpus_per_client` must be > 0, got {s.num_cpus_per_client}")
@@ -432,6 +451,21 @@ def _check_file_source(cfg: RunConfig) -> list[str]:
     if d.partition_field and d.partition != "by-field":
         errors.append(f"`data.partition_field` = {d.partition_field!r} applies to data.partition = 'by-field', "
                       f"got {d.partition!r}; set the partition or remove the field")
+    return errors
+
+
+def _check_eval(cfg: RunConfig) -> list[str]:
+    """``eval.metrics`` and generation's keys, one line per problem."""
+    e = cfg.eval
+    errors = check_metrics(e.metrics, cfg.model.task)
+    if e.generate_examples < 1:
+        errors.append(f"`eval.generate_examples` must be >= 1, got {e.generate_examples}")
+    if e.max_new_tokens < 1:
+        errors.append(f"`eval.max_new_tokens` must be >= 1, got {e.max_new_tokens}")
+    if not (math.isfinite(e.temperature) and e.temperature > 0):
+        errors.append(f"`eval.temperature` must be > 0, got {e.temperature}")
+    if not (math.isfinite(cfg.log.progress_s) and cfg.log.progress_s >= 0):
+        errors.append(f"`log.progress_s` must be >= 0 (0 = no progress lines), got {cfg.log.progress_s}")
     return errors
 
 

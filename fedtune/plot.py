@@ -1,4 +1,5 @@
-"""Figures of one run: eval loss and accuracy, train loss, and bytes per client, per round.
+"""Figures of one run: eval loss and accuracy, train loss, bytes per client and the
+generation / classification scores (Rouge-L, exact match, macro-F1), per round.
 
 Reads the ``metrics.jsonl`` a run writes (one JSON object per line, each with an int
 ``"round"`` and any of the metrics below) and draws PNGs with matplotlib's object API
@@ -29,7 +30,12 @@ _METRICS = (
     "bytes_up_per_client",
     "bytes_down_per_client",
     "elapsed_s",
+    "eval_rougeL",
+    "eval_exact_match",
+    "eval_macro_f1",
 )
+# The scores in [0, 1] beside loss and accuracy (eval.metrics), with their legend labels.
+_SCORES = (("eval_rougeL", "Rouge-L (F)"), ("eval_exact_match", "exact match"), ("eval_macro_f1", "macro-F1"))
 # A byte series spanning more than this factor gets a log y axis.
 _LOG_SCALE_RANGE = 100.0
 _BYTE_UNITS = (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10), ("B", 1))
@@ -161,6 +167,16 @@ def _plot_bytes(series: dict[str, Series], path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
+def _plot_scores(series: dict[str, Series], path: Path) -> None:
+    fig, ax = _new_axes("generation and classification scores")
+    for (key, label), marker in zip(_SCORES, ("o", "s", "^"), strict=True):
+        if series[key][0]:
+            ax.plot(*series[key], marker=marker, label=label)
+    ax.set_ylabel("score (fraction)")
+    ax.legend(loc="best")
+    fig.savefig(path, dpi=100)
+
+
 def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
     """Draw a run's metrics as PNGs.
 
@@ -169,7 +185,9 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
     * ``eval.png``: ``eval_loss`` and, on a second y axis, ``eval_accuracy`` vs round;
     * ``train_loss.png``: ``train_loss`` vs round;
     * ``bytes.png``: ``bytes_up_per_client`` and ``bytes_down_per_client`` vs round, in
-      B/KiB/MiB/GiB, on a log axis when they span more than a factor of 100.
+      B/KiB/MiB/GiB, on a log axis when they span more than a factor of 100;
+    * ``scores.png``: ``eval_rougeL``, ``eval_exact_match`` and ``eval_macro_f1`` vs round
+      (``eval.metrics``), when the run has any of them.
 
     A figure whose metrics never appear is skipped (logged at INFO). Rows may lack any
     metric and hold other keys; null (the log's non-finite values), NaN and inf are gaps.
@@ -179,7 +197,7 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
         out_dir: where to write the PNGs (created if missing); defaults to ``run_dir``.
 
     Returns:
-        The paths written, in the order eval, train loss, bytes.
+        The paths written, in the order eval, train loss, bytes, scores.
 
     Raises:
         FileNotFoundError: ``run_dir`` or its ``metrics.jsonl`` does not exist.
@@ -204,6 +222,7 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
         ("eval.png", ("eval_loss", "eval_accuracy"), _plot_eval),
         ("train_loss.png", ("train_loss",), _plot_train_loss),
         ("bytes.png", ("bytes_up_per_client", "bytes_down_per_client"), _plot_bytes),
+        ("scores.png", tuple(key for key, _ in _SCORES), _plot_scores),
     )
     for filename, keys, draw in figures:
         if not any(series[key][0] for key in keys):

@@ -2,8 +2,9 @@
 
 ``runs/<name>/`` holds ``config.toml`` (the fully resolved config, re-runnable as is),
 ``metrics.jsonl`` (one JSON object per round, appended and fsync'ed as each round ends, so a
-crash loses no finished round) and ``model/`` (the final weights as safetensors in the
-Hugging Face layout, with the tokenizer).
+crash loses no finished round), with ``log.tensorboard`` the same numbers as TensorBoard
+event files under ``tensorboard/``, and ``model/`` (the final weights as safetensors in the
+Hugging Face layout, with the tokenizer: :func:`fedtune.workload.save_model`).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ ENV_RESUME = "FEDTUNE_RESUME"  # set to 1 by `fedtune run --resume`: continue th
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.toml"
 MODEL_DIR = "model"
+TENSORBOARD_DIR = "tensorboard"
 
 
 _LOGGERS = ("fedtune",)  # the library, its apps included
@@ -162,12 +164,7 @@ def progress_line(record: Mapping[str, Any], rounds: int) -> str:
     parts = [f"round {record['round']}/{rounds}:"]
     if record.get("train_loss") is not None:
         parts.append(f"train loss {record['train_loss']:.4f},")
-    if record.get("eval_loss") is not None:
-        parts.append(f"eval loss {record['eval_loss']:.4f}")
-        if record.get("eval_accuracy") is not None:
-            parts.append(f"(acc {record['eval_accuracy']:.3f}),")
-        else:
-            parts[-1] += ","
+    parts += eval_parts(record)
     before, after = record.get("bias_before"), record.get("bias_after")  # federated LoRA's aggregation bias
     if before is not None and after is not None and math.isfinite(before) and math.isfinite(after):
         parts.append(f"bias {before:.3f} -> {after:.3f},")
@@ -188,6 +185,25 @@ def progress_line(record: Mapping[str, Any], rounds: int) -> str:
         timing += f", ETA {format_duration(record['eta_s'])}"
     parts.append(timing + ")")
     return " ".join(parts)
+
+
+# The scores besides loss and accuracy, as the progress line names them (eval.metrics).
+_SCORE_LABELS = (("eval_macro_f1", "macro-F1"), ("eval_rougeL", "rougeL"), ("eval_exact_match", "EM"))
+
+
+def eval_parts(record: Mapping[str, Any]) -> list[str]:
+    """The progress line's evaluation words, each ending in a comma:
+    ``eval loss 2.2000 (acc 0.125), rougeL 0.412, EM 0.100, generation 3.1 s,``."""
+    parts: list[str] = []
+    loss, accuracy = record.get("eval_loss"), record.get("eval_accuracy")
+    if loss is not None:
+        parts.append(f"eval loss {loss:.4f}" + (f" (acc {accuracy:.3f})," if accuracy is not None else ","))
+    elif accuracy is not None:
+        parts.append(f"eval acc {accuracy:.3f},")
+    parts += [f"{label} {record[key]:.3f}," for key, label in _SCORE_LABELS if record.get(key) is not None]
+    if record.get("eval_generate_seconds") is not None:
+        parts.append(f"generation {record['eval_generate_seconds']:.1f} s,")
+    return parts
 
 
 def format_duration(seconds: float) -> str:
@@ -220,6 +236,21 @@ class RunWriter:
         self.metrics_path = self.run_dir / METRICS_FILE
         self.diverge_after = diverge_after
         self._eval_losses: list[float] = []
+        self.tracker: TensorBoardTracker | None = None
+
+    def track(self, cfg: RunConfig, first_round: int, *, resumed: bool = False) -> None:
+        """With ``log.tensorboard``, also write every record to TensorBoard (see
+        :class:`TensorBoardTracker`); ``first_round`` is the first round this process
+        writes (0 on a fresh run; on a ``resumed`` one the round after the restored state,
+        or 0 if it restored none)."""
+        if cfg.log.tensorboard:
+            self.tracker = TensorBoardTracker(self.run_dir / TENSORBOARD_DIR, cfg, first_round, resumed=resumed)
+
+    def close(self) -> None:
+        """Flush and close the tracker, if any (metrics.jsonl is closed after every line)."""
+        if self.tracker is not None:
+            self.tracker.close()
+            self.tracker = None
 
     def _divergence(self, record: Mapping[str, Any]) -> str:
         """Why ``record`` looks diverging ("" if it does not)."""
@@ -245,15 +276,13 @@ class RunWriter:
             f.write(line + "\n")
             f.flush()
             os.fsync(f.fileno())
+        if self.tracker is not None:
+            self.tracker.write(record)
         if record.get("round", 0) > 0:
             log.info("%s", progress_line(record, self.rounds))
         else:
-            log.info(
-                "round 0/%d: eval loss %.4f (acc %.3f) before training",
-                self.rounds,
-                record.get("eval_loss") or math.nan,
-                record.get("eval_accuracy") or math.nan,
-            )
+            words = " ".join(eval_parts(record)).removesuffix(",")
+            log.info("round 0/%d: %s before training", self.rounds, words)
 
     def truncate_after(self, last_round: int) -> int:
         """Keep the records of rounds <= ``last_round`` (the state a resume restarts from),
@@ -276,3 +305,59 @@ class RunWriter:
     @property
     def model_dir(self) -> Path:
         return self.run_dir / MODEL_DIR
+
+
+def tensorboard_available() -> bool:
+    """Whether TensorBoard's package (the ``tracking`` extra) is installed."""
+    import importlib.util
+
+    return importlib.util.find_spec("tensorboard") is not None
+
+
+TENSORBOARD_MISSING = ("`log.tensorboard = true` needs the tensorboard package: "
+                       "pip install 'fedtune[tracking]' (or set log.tensorboard = false)")
+
+
+def numeric_metrics(record: Mapping[str, Any]) -> dict[str, float]:
+    """The finite numbers of a round's record, by name, ``round`` excepted: what a tracker plots
+    (metrics.jsonl writes a non-finite value as null, so a tracker leaves it out too)."""
+    return {key: float(value) for key, value in record.items()
+            if key != "round" and isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value)}
+
+
+class TensorBoardTracker:
+    """TensorBoard event files of a run, written from the records of metrics.jsonl.
+
+    Every finite number of a round's record becomes a scalar under its own name at
+    ``step = round``, flushed as the round ends (a crash loses at most what metrics.jsonl
+    loses); with round 0 the resolved config is written as text at step 0. A resumed
+    run opens a new event file with ``purge_step = first_round``: TensorBoard's reader
+    then drops what the interrupted run had logged from that round on, so no step shows
+    twice. Uses ``torch.utils.tensorboard.SummaryWriter``.
+
+    Raises:
+        RuntimeError: if the tensorboard package is missing.
+    """
+
+    def __init__(self, directory: Path, cfg: RunConfig, first_round: int, *, resumed: bool = False) -> None:
+        if not tensorboard_available():
+            raise RuntimeError(TENSORBOARD_MISSING)
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.directory = Path(directory)
+        self.writer = SummaryWriter(str(self.directory), purge_step=first_round if resumed else None)
+        if first_round == 0:
+            # Markdown: a fenced block keeps the TOML's lines as they are.
+            self.writer.add_text("config", "```toml\n" + dump_toml(cfg) + "```", global_step=0)
+            self.writer.flush()
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        """Add the record's numbers at step ``record["round"]`` and flush them to disk."""
+        step = int(record["round"])
+        for key, value in numeric_metrics(record).items():
+            self.writer.add_scalar(key, value, global_step=step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,6 +23,9 @@ from fedtune import data as fdata
 from fedtune import models
 from fedtune.config import RunConfig
 from fedtune.data.batches import encode_classification, encode_lm
+from fedtune.metrics import GENERATION_METRICS, exact_match, rouge_l
+from fedtune.metrics import macro_f1 as macro_f1_score
+from fedtune.progress import Progress
 from fedtune.rng import derive_seed, generator
 
 __all__ = ["Workload", "pick_device"]
@@ -216,6 +220,16 @@ class Workload:
         classifier (:mod:`fedtune.models`' heads); with ``algorithm.params = "lora"`` (a
         zeroth-order run over adapters) the model comes wrapped in PEFT LoRA adapters.
         """
+        model = self.build_base_model()
+        if self.cfg.algorithm.params == "lora":
+            from fedtune.lora.adapters import inject_lora
+
+            model = inject_lora(model, self.cfg.lora, self.cfg.model.task, self.cfg.seed)
+        model.to(self.device)
+        return model.eval()
+
+    def build_base_model(self) -> torch.nn.Module:
+        """The model before any LoRA adapter, on CPU: what a PEFT adapter of the run sits on."""
         m = self.cfg.model
         vocab = None if m.path else self.tokenizer.vocab_size
         path = models.resolve_model_path(m.path) if m.path else None
@@ -236,12 +250,18 @@ class Workload:
                 path=path, config=m.config or None,
                 task=m.task, vocab_size=vocab, num_labels=num_labels, seed=self.cfg.seed,
             )
-        if self.cfg.algorithm.params == "lora":
-            from fedtune.lora.adapters import inject_lora
+        return model
 
-            model = inject_lora(model, self.cfg.lora, m.task, self.cfg.seed)
-        model.to(self.device)
-        return model.eval()
+    def save(self, model: torch.nn.Module, directory: str | Path) -> None:
+        """Save the run's final ``model`` where the standard tools load it (:func:`save_model`).
+
+        A PEFT model is saved as its adapter; when the base was built from a named config
+        (no ``model.path`` to point at) the base is saved beside it, under ``base/``.
+        """
+        base = None
+        if hasattr(model, "peft_config") and not self.cfg.model.path:
+            base = self.build_base_model()
+        save_model(model, directory, self.tokenizer, task=self.cfg.model.task, base_model=base)
 
     def _is_causal_lm(self, path: str | None) -> bool:
         if path is None:
@@ -298,6 +318,46 @@ class Workload:
     def eval_set(self) -> dict[str, torch.Tensor]:
         return self.encode(self.examples[1])
 
+    def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
+        """``eval_<name>`` for every metric of ``eval.metrics`` on the held-out set.
+
+        Loss, accuracy and macro-F1 come from one pass over it; Rouge-L and exact match
+        from text generated for its first ``eval.generate_examples`` prompts, whose time
+        is reported on its own as ``eval_generate_seconds``.
+        """
+        e = self.cfg.eval
+        scores: dict[str, float] = {}
+        if {"loss", "accuracy", "macro_f1"} & set(e.metrics):
+            computed = evaluate(model, self.eval_set, e.batch_size, self.device,
+                                macro_f1="macro_f1" in e.metrics, progress_s=self.cfg.log.progress_s)
+            scores.update({k: v for k, v in computed.items() if k.removeprefix("eval_") in e.metrics})
+        if set(GENERATION_METRICS) & set(e.metrics):
+            scores.update(self.generation_scores(model))
+        return scores
+
+    def generation_scores(self, model: torch.nn.Module) -> dict[str, float]:
+        """Rouge-L and/or exact match (as ``eval.metrics`` asks) of generated responses,
+        and ``eval_generate_seconds``."""
+        from fedtune.generate import GenerationSettings, generate_texts, prompt_ids
+
+        e, start = self.cfg.eval, time.monotonic()
+        examples = self.examples[1][: e.generate_examples]
+        settings = GenerationSettings(
+            max_new_tokens=e.max_new_tokens, batch_size=e.batch_size, do_sample=e.do_sample,
+            temperature=e.temperature, seed=derive_seed(self.cfg.seed, "generate"),
+            progress_s=self.cfg.log.progress_s,
+        )
+        prompts = prompt_ids(examples, self.tokenizer, self.cfg.data.max_length)
+        texts = generate_texts(model, self.tokenizer, prompts, settings, self.device)
+        references = [ex.response for ex in examples]
+        scores = {}
+        if "rougeL" in e.metrics:
+            scores["eval_rougeL"] = rouge_l(texts, references)
+        if "exact_match" in e.metrics:
+            scores["eval_exact_match"] = exact_match(texts, references)
+        scores["eval_generate_seconds"] = time.monotonic() - start
+        return scores
+
 
 def label_names(cfg: RunConfig, num_labels: int, found: tuple[str, ...] = ()) -> tuple[str, ...]:
     """The class names of a run: ``data.label_names``, else the generated task's own, else
@@ -346,14 +406,20 @@ def batch_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], device: t
 
 @torch.inference_mode()
 def evaluate(
-    model: torch.nn.Module, encoded: dict[str, torch.Tensor], batch_size: int, device: torch.device
+    model: torch.nn.Module, encoded: dict[str, torch.Tensor], batch_size: int, device: torch.device,
+    *, macro_f1: bool = False, progress_s: float = 0.0,
 ) -> dict[str, float]:
     """Token-level loss and next-token accuracy over the response tokens of ``encoded``; for a
-    classification set (``labels`` of shape ``(N,)``) the mean loss and argmax accuracy per row."""
-    if encoded["labels"].dim() == 1:
-        return _evaluate_classification(model, encoded, batch_size, device)
-    total_loss, total_correct, total_tokens = 0.0, 0, 0
+    classification set (``labels`` of shape ``(N,)``) the mean loss and argmax accuracy per row,
+    and with ``macro_f1`` also the macro-F1 of the argmax (``eval_macro_f1``).
+
+    ``progress_s`` > 0 logs ``evaluating: i/N examples`` that often while it runs.
+    """
     num_examples = encoded["input_ids"].shape[0]
+    progress = Progress("evaluating", num_examples, "examples", progress_s)
+    if encoded["labels"].dim() == 1:
+        return _evaluate_classification(model, encoded, batch_size, device, macro_f1, progress)
+    total_loss, total_correct, total_tokens = 0.0, 0, 0
     for start in range(0, num_examples, batch_size):
         batch = {k: v[start : start + batch_size].to(device) for k, v in encoded.items()}
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -365,32 +431,57 @@ def evaluate(
         )
         total_correct += int((logits.argmax(-1)[mask] == labels[mask]).sum())
         total_tokens += int(mask.sum())
+        progress.advance(batch["input_ids"].shape[0])
     if total_tokens == 0:
         return {"eval_loss": math.nan, "eval_accuracy": math.nan}
     return {"eval_loss": total_loss / total_tokens, "eval_accuracy": total_correct / total_tokens}
 
 
 def _evaluate_classification(
-    model: torch.nn.Module, encoded: dict[str, torch.Tensor], batch_size: int, device: torch.device
+    model: torch.nn.Module, encoded: dict[str, torch.Tensor], batch_size: int, device: torch.device,
+    macro_f1: bool, progress: Progress,
 ) -> dict[str, float]:
-    total_loss, total_correct = 0.0, 0
+    total_loss, predictions = 0.0, []
     num_examples = encoded["input_ids"].shape[0]
     for start in range(0, num_examples, batch_size):
         batch = {k: v[start : start + batch_size].to(device) for k, v in encoded.items()}
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
         total_loss += float(torch.nn.functional.cross_entropy(logits, batch["labels"], reduction="sum"))
-        total_correct += int((logits.argmax(-1) == batch["labels"]).sum())
-    return {"eval_loss": total_loss / num_examples, "eval_accuracy": total_correct / num_examples}
+        predictions += logits.argmax(-1).tolist()
+        progress.advance(batch["input_ids"].shape[0])
+    labels = encoded["labels"].tolist()
+    scores = {"eval_loss": total_loss / num_examples,
+              "eval_accuracy": sum(p == y for p, y in zip(predictions, labels, strict=True)) / num_examples}
+    if macro_f1:
+        scores["eval_macro_f1"] = macro_f1_score(predictions, labels)
+    return scores
 
 
-def save_model(model: Any, directory: str | Path, tokenizer: Any = None) -> None:
-    """Save weights as safetensors in the Hugging Face layout (config.json + model.safetensors)."""
+BASE_DIR = "base"  # under a saved adapter: the base model it was trained on, when built from a config
+
+
+def save_model(
+    model: Any, directory: str | Path, tokenizer: Any = None, *, task: str = "causal-lm", base_model: Any = None
+) -> None:
+    """Save weights as safetensors in the Hugging Face layout, loadable without fedtune.
+
+    ``model/`` gets ``config.json`` + ``model.safetensors`` (a PEFT model: its
+    ``adapter_config.json`` + ``adapter_model.safetensors``) and the tokenizer: a Hugging
+    Face one as it saves itself, fedtune's word tokenizer as a ``tokenizers``
+    ``tokenizer.json`` (:mod:`fedtune.hf_tokenizer`), so ``AutoTokenizer.from_pretrained``
+    loads either. ``base_model``, if given, is saved under ``base/`` for
+    ``PeftModel.from_pretrained(AutoModel...from_pretrained(directory / "base"), directory)``.
+    """
     from transformers.utils import logging as hf_logging
+
+    from fedtune.hf_tokenizer import save_word_tokenizer
 
     hf_logging.disable_progress_bar()  # one shard of a small model: a bar is noise
     directory = Path(directory)
     model.save_pretrained(directory, safe_serialization=True)
-    if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
+    if base_model is not None:
+        base_model.save_pretrained(directory / BASE_DIR, safe_serialization=True)
+    if isinstance(tokenizer, fdata.WordTokenizer):
+        save_word_tokenizer(tokenizer, directory, task)
+    elif tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
         tokenizer.save_pretrained(directory)
-    elif tokenizer is not None and hasattr(tokenizer, "save"):
-        tokenizer.save(directory)

@@ -124,3 +124,22 @@ def test_import_does_not_load_matplotlib():
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
 
     assert done.stdout.strip() == "False"
+
+
+def test_a_run_with_generation_or_classification_scores_gets_a_scores_figure(tmp_path):
+    rows = [{"round": 0, "eval_loss": 2.5, "eval_rougeL": 0.05, "eval_exact_match": 0.0},
+            {"round": 1, "eval_loss": 2.2, "eval_rougeL": 0.31, "eval_exact_match": 0.12},
+            {"round": 2, "eval_loss": 2.0, "eval_rougeL": None, "eval_exact_match": None},
+            {"round": 3, "eval_loss": 1.9, "eval_rougeL": 0.42, "eval_exact_match": 0.2}]
+    run_dir = write_metrics(tmp_path / "run", rows)
+
+    written = plot_run(run_dir)
+
+    assert [p.name for p in written] == ["eval.png", "scores.png"]
+    assert_png(run_dir / "scores.png")
+
+
+def test_a_run_without_scores_gets_no_scores_figure(tmp_path):
+    run_dir = write_metrics(tmp_path / "run")
+
+    assert "scores.png" not in [p.name for p in plot_run(run_dir)]

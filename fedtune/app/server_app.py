@@ -19,7 +19,6 @@ from fedtune.runs import RunWriter, config_from_run_config, configure_logging, c
 from fedtune.server.lora_strategy import FederatedLora
 from fedtune.server.polling import prompt
 from fedtune.server.strategy import FedKSeed
-from fedtune.workload import save_model
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +43,12 @@ def main(grid: Grid, context: Context) -> None:
             raise ValueError(f"--resume is not supported for {cfg.algorithm.name!r} yet: start a new run")
         lora = FederatedLora(cfg, run_dir)
         lora.assign_partitions = simulated
-        lora.start_rounds(grid, cfg.rounds, writer.write_round)
-        save_model(lora.model, writer.model_dir, lora.workload.tokenizer)
+        writer.track(cfg, first_round=0)
+        try:
+            lora.start_rounds(grid, cfg.rounds, writer.write_round)
+        finally:
+            writer.close()
+        lora.workload.save(lora.model, writer.model_dir)
         log.info("final adapter (PEFT format): %s", writer.model_dir)
         return
     strategy = FedKSeed(cfg, run_dir, resume=resume)
@@ -60,6 +63,11 @@ def main(grid: Grid, context: Context) -> None:
         from fedtune.onnx.export import export_run
 
         export_run(cfg, onnx_path_for(cfg, run_dir))
-    strategy.start_rounds(grid, cfg.rounds, writer.write_round)
-    save_model(strategy.model, writer.model_dir, strategy.workload.tokenizer)
+    # start_rounds writes round 0 again if no round had finished, else from the round after the state
+    writer.track(cfg, first_round=strategy.state_round + 1 if strategy.state_round else 0, resumed=resume)
+    try:
+        strategy.start_rounds(grid, cfg.rounds, writer.write_round)
+    finally:
+        writer.close()
+    strategy.workload.save(strategy.model, writer.model_dir)
     log.info("final weights: %s", writer.model_dir)

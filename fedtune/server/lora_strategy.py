@@ -42,7 +42,7 @@ from fedtune.privacy.accounting import ledger_for
 from fedtune.privacy.dp import private_mean
 from fedtune.server.rounds import RoundLoop, RoundStats
 from fedtune.server.secagg import run_secure_lora_round
-from fedtune.workload import Workload, evaluate
+from fedtune.workload import Workload
 
 __all__ = ["Accepted", "FederatedLora", "LoraRoundStats"]
 
@@ -267,7 +267,7 @@ class FederatedLora(RoundLoop):
     # --- the round loop ----------------------------------------------------------------
 
     def evaluate(self) -> dict[str, float]:
-        return evaluate(self.model, self.workload.eval_set, self.cfg.eval.batch_size, self.workload.device)
+        return self.workload.evaluate(self.model)
 
     def run_round(self, grid: Grid, server_round: int) -> dict[str, Any]:
         """One full round: sample, send the global adapter, collect, aggregate, apply."""

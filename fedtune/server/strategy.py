@@ -36,7 +36,7 @@ from fedtune.privacy.accounting import ledger_for
 from fedtune.privacy.dp import private_mean
 from fedtune.server.rounds import RoundLoop, RoundStats
 from fedtune.server.secagg import run_secure_seed_round
-from fedtune.workload import Workload, evaluate
+from fedtune.workload import Workload
 from fedtune.zo import SeedUpdate, aggregate, replay_
 from fedtune.zo.checkpoint import latest_checkpoint, save_checkpoint
 from fedtune.zo.client import state_digest
@@ -363,7 +363,7 @@ class FedKSeed(RoundLoop):
     # --- the round loop ----------------------------------------------------------------
 
     def evaluate(self) -> dict[str, float]:
-        return evaluate(self.model, self.workload.eval_set, self.cfg.eval.batch_size, self.workload.device)
+        return self.workload.evaluate(self.model)
 
     def run_round(self, grid: Grid, server_round: int) -> dict[str, Any]:
         """One full round: sample, send, catch up whoever fell behind, aggregate, apply."""
