@@ -93,7 +93,7 @@ def _declare(kind: Literal["adam", "yogi", "adagrad"], title: str) -> Algorithm:
         name=f"fed{kind}",
         family="lora",
         summary=f"federated LoRA with {title} on the server (FedOpt): FedIT's mean as the pseudo-gradient",
-        features=frozenset({"dp", "compress"}),
+        features=frozenset({"dp", "compress", "robust"}),
         rule="fedit",
         section=FedOptConfig,
         section_name="fedopt",
