@@ -31,6 +31,8 @@ competing with another process a cell took minutes instead of ~30 s. Measured on
 ``OMP_NUM_THREADS=1 python bench/robust.py --rounds 2 --local-steps 5 --malicious 0,2 --rules plain,median``
 gave plain 92.1 / 25.4 % with 0 / 2 malicious, median 92.6 / 92.7 %: robust_minus_clean 0.6,
 robust_minus_plain 67.3 points.
+With 2 malicious, ``--malicious 2 --rules trimmed-mean,krum`` (same settings): trimmed mean
+92.4 %, Krum 91.5 %. Cells with 1 and 3 malicious were not run.
 """
 
 from __future__ import annotations
