@@ -25,6 +25,7 @@ from fedtune.metrics import check_metrics
 
 __all__ = [
     "AlgorithmConfig",
+    "AttackConfig",
     "CompressConfig",
     "ConfigError",
     "DataConfig",
@@ -35,6 +36,7 @@ __all__ = [
     "ModelConfig",
     "OnDeviceConfig",
     "PrivacyConfig",
+    "RobustConfig",
     "RunConfig",
     "SimulationConfig",
     "dump_toml",
@@ -247,6 +249,37 @@ class PrivacyConfig:
 
 
 @dataclass(frozen=True)
+class RobustConfig:
+    """Byzantine-robust aggregation of clear updates (docs/architecture.md, "Robust aggregation").
+
+    Every rule counts each client once (``algorithm.weighting`` does not apply: a client's
+    claimed example count is itself open to attack) and needs clear updates: no SecAgg+, no DP.
+    """
+
+    # "none" = the algorithm's own weighted mean; "median" / "trimmed-mean" = coordinate-wise
+    # over the clients' update vectors (FedKSeed: their dense per-seed sums); "krum" = the
+    # update closest to its n - f - 2 nearest neighbours (Multi-Krum with krum_keep > 0)
+    method: Literal["none", "median", "trimmed-mean", "krum"] = "none"
+    trim_fraction: float = 0.1  # trimmed-mean: floor(trim_fraction * n) values cut at each end, per coordinate
+    krum_byzantine: int = 1  # krum: f, the malicious clients it tolerates (needs clients_per_round >= 2f + 3)
+    krum_keep: int = 0  # krum: 0 = the one selected update; m > 0 = Multi-Krum, the mean of the m best
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """An experiment tool: the chosen simulated clients send corrupted updates (docs/architecture.md).
+
+    It exists to measure robust aggregation (bench/robust.py); a real deployment leaves it empty.
+    """
+
+    clients: tuple[int, ...] = ()  # partition ids of the malicious clients; empty = no attack
+    # "scale" = update x factor; "sign-flip" = update x -factor; "random" = Gaussian noise of
+    # factor x the update's RMS per coordinate, in place of the update
+    kind: Literal["scale", "sign-flip", "random"] = "scale"
+    factor: float = 1000.0
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """A whole experiment."""
 
@@ -266,6 +299,8 @@ class RunConfig:
     compress: CompressConfig = field(default_factory=CompressConfig)
     ondevice: OnDeviceConfig = field(default_factory=OnDeviceConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    robust: RobustConfig = field(default_factory=RobustConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
     # the algorithms' own sections ([fedprox], [fedopt], ...: fedtune.algorithms), by table
     # name, sorted; every registered section is present (defaults where the TOML has none)
     sections: tuple[tuple[str, Any], ...] = field(default_factory=lambda: _default_sections())
@@ -414,6 +449,8 @@ def _check_values(cfg: RunConfig) -> list[str]:
     need(not od.onnx_path or od.onnx_path.endswith(".onnx"),
          f"`ondevice.onnx_path` must name a .onnx file, got {od.onnx_path!r}")
     errors += _check_privacy(cfg)
+    errors += _check_robust(cfg)
+    errors += _check_attack(cfg)
     if spec.check is not None:
         errors += spec.check(cfg)
     return errors
@@ -536,6 +573,63 @@ def _check_privacy(cfg: RunConfig) -> list[str]:
             errors.append(f"`{key}` does not support ONNX device clients (`ondevice.clients` > 0) yet")
     if p.secagg and f.clients_per_round < 3:
         errors.append(f"`privacy.secagg` needs clients_per_round >= 3 (SecAgg+ shares), got {f.clients_per_round}")
+    return errors
+
+
+def _check_robust(cfg: RunConfig) -> list[str]:
+    """The [robust] section's illegal values and combinations, one line each."""
+    r, f, a = cfg.robust, cfg.federation, cfg.algorithm
+    errors: list[str] = []
+    if not (math.isfinite(r.trim_fraction) and 0 <= r.trim_fraction < 0.5):
+        errors.append(
+            f"`robust.trim_fraction` ({r.trim_fraction}) must be in [0, 0.5): it cuts floor(trim_fraction x n) "
+            f"of the n clients at each end, and at 0.5 or more it would drop every client of a round "
+            f"(federation.clients_per_round = {f.clients_per_round}, min_replies = {f.min_replies})")
+    elif r.method == "trimmed-mean" and int(r.trim_fraction * f.clients_per_round) < 1:
+        errors.append(
+            f"`robust.trim_fraction` ({r.trim_fraction}) x `federation.clients_per_round` ({f.clients_per_round}) "
+            "is below 1: the trimmed mean would cut no client and be the plain mean; raise either")
+    if r.krum_byzantine < 0:
+        errors.append(f"`robust.krum_byzantine` must be >= 0, got {r.krum_byzantine}")
+    if not 0 <= r.krum_keep <= f.clients_per_round:
+        errors.append(f"`robust.krum_keep` must be in [0, clients_per_round={f.clients_per_round}], got {r.krum_keep}")
+    if r.method == "krum" and f.clients_per_round < 2 * r.krum_byzantine + 3:
+        errors.append(
+            f"`robust.method` = 'krum' with `robust.krum_byzantine` = {r.krum_byzantine} needs "
+            f"`federation.clients_per_round` >= 2f + 3 = {2 * r.krum_byzantine + 3}, got {f.clients_per_round}")
+    if r.method == "none":
+        return errors
+    if cfg.privacy.secagg:
+        errors.append(
+            f"`robust.method` = {r.method!r} needs each client's update in clear, but `privacy.secagg` = true "
+            "shows the server only their sum: robust aggregation does not compose with SecAgg+; turn one off")
+    if cfg.privacy.dp != "none":
+        errors.append(
+            f"`robust.method` = {r.method!r} with `privacy.dp` = {cfg.privacy.dp!r}: DP's noise is calibrated to "
+            "the mean of clipped updates, not to a robust statistic; use one or the other")
+    spec = algorithms.get(a.name)
+    if "robust" not in spec.features:
+        why = {
+            "mezo": "MeZO draws a fresh seed every step, so no two clients share a coordinate to compare",
+            "lorafair": "LoRA-FAIR's correction is fitted to the weighted mean of the clients' B_k A_k",
+            "hetlora": "HetLoRA's clients send updates of different ranks, with no common coordinates",
+        }.get(a.name, "the algorithm does not declare it")
+        errors.append(f"`robust.method` supports algorithm.name {', '.join(algorithms.supporting('robust'))}, "
+                      f"got {a.name!r} ({why})")
+    return errors
+
+
+def _check_attack(cfg: RunConfig) -> list[str]:
+    """The [attack] section's illegal values, one line each."""
+    at, n = cfg.attack, cfg.federation.num_clients
+    errors: list[str] = []
+    outside = sorted({c for c in at.clients if not 0 <= c < n})
+    if outside:
+        errors.append(f"`attack.clients` must be partition ids in [0, num_clients={n}), got {outside}")
+    if len(set(at.clients)) != len(at.clients):
+        errors.append(f"`attack.clients` names a client twice: {list(at.clients)}")
+    if not (math.isfinite(at.factor) and at.factor > 0):
+        errors.append(f"`attack.factor` must be a finite number > 0, got {at.factor}")
     return errors
 
 

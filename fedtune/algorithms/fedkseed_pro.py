@@ -12,5 +12,5 @@ FEDKSEED_PRO = register(Algorithm(
     name="fedkseed-pro",
     family="zo",
     summary="FedKSeed with importance-sampled seeds",
-    features=frozenset({"secagg", "dp", "device", "resume", "lora-params", "trainable", "momentum"}),
+    features=frozenset({"secagg", "dp", "device", "resume", "lora-params", "trainable", "momentum", "robust"}),
 ))

@@ -95,7 +95,7 @@ def _declare(kind: Literal["adam", "yogi", "adagrad"], title: str) -> Algorithm:
         summary=f"federated LoRA with {title} on the server (FedOpt): FedIT's mean as the pseudo-gradient",
         # SecAgg+: the server optimizer steps from the securely summed mean, as it steps from
         # the clear one (tests/privacy/test_secagg_lora.py).
-        features=frozenset({"secagg", "dp", "compress"}),
+        features=frozenset({"secagg", "dp", "compress", "robust"}),
         rule="fedit",
         section=FedOptConfig,
         section_name="fedopt",

@@ -11,6 +11,6 @@ FFA_LORA = register(Algorithm(
     name="ffa-lora",
     family="lora",
     summary="federated LoRA with A frozen: the average of B is exact",
-    features=frozenset({"secagg", "dp", "compress"}),
+    features=frozenset({"secagg", "dp", "compress", "robust"}),
     rule="ffa-lora",
 ))

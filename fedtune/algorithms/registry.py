@@ -38,6 +38,7 @@ FEATURES = frozenset({
     "lora-params",  # algorithm.params = "lora": zeroth-order over PEFT adapters
     "trainable",  # model.trainable: a zeroth-order subset of the model's tensors
     "momentum",  # algorithm.server_momentum: momentum on the aggregated per-seed scalars
+    "robust",  # robust.method: Byzantine-robust aggregation of the clear updates (fedtune.robust)
 })
 
 

@@ -13,6 +13,7 @@ Flower keeps between messages, in simulation and deployment alike).
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from fedtune import wire
+from fedtune.attack import attack_rng, corrupt_state, is_malicious
 from fedtune.client.secagg import is_secure, secure_reply
 from fedtune.client.zo_protocol import partition_of, train_config
 from fedtune.config import RunConfig
@@ -57,6 +59,11 @@ def train_lora(cfg: RunConfig, msg: Message, context: Context, run_dir: Path | N
     partition_id, num_partitions = partition_of(msg, context)
     report = client.train(server_round, partition_id, num_partitions, global_state)
     global_state = client.view(global_state, partition_id)  # at this client's rank (hetlora), like report.state
+    if is_malicious(cfg.attack, partition_id):  # [attack], an experiment tool: corrupt the update it sends
+        bad = corrupt_state({n: t.numpy() for n, t in report.state.items()},
+                            {n: global_state[n].numpy() for n in report.state}, cfg.attack,
+                            attack_rng(cfg.seed, server_round, partition_id))
+        report = dataclasses.replace(report, state={n: torch.from_numpy(v) for n, v in bad.items()})
     metrics = client_metrics(cfg, {  # nothing under DP (fedtune.privacy.release)
         wire.NUM_EXAMPLES: report.num_examples,
         wire.TRAIN_LOSS: report.train_loss,

@@ -9,11 +9,13 @@ it holds), run the local steps, encode the report. The client object is a
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 from fedtune import wire
+from fedtune.attack import attack_rng, corrupt, is_malicious
 from fedtune.client.node_cache import cache_path, keep_of, restore, store
 from fedtune.client.secagg import is_secure, secure_seed_reply
 from fedtune.config import RunConfig
@@ -89,6 +91,9 @@ def answer_train(msg: Message, context: Context, cfg: RunConfig, client: Any) ->
     partition_id, num_partitions = partition_of(msg, context)
     report = client.train(server_round, partition_id, num_partitions, probabilities)
     store(cache, client, keep_of(context))
+    if is_malicious(cfg.attack, partition_id):  # [attack], an experiment tool: corrupt the scalars it sends
+        rng = attack_rng(cfg.seed, server_round, partition_id)
+        report = dataclasses.replace(report, scalars=corrupt(report.scalars, cfg.attack, rng))
     metrics = client_metrics(cfg, {  # nothing under DP (fedtune.privacy.release)
         wire.NUM_EXAMPLES: report.num_examples,
         wire.TRAIN_LOSS: report.train_loss,

@@ -40,6 +40,7 @@ from fedtune.lora.payload import pack, plus_vector, unpack, unpack_update
 from fedtune.privacy import update_vector
 from fedtune.privacy.accounting import ledger_for
 from fedtune.privacy.dp import private_mean
+from fedtune.robust import robust_mean
 from fedtune.server.rounds import RoundLoop, RoundStats
 from fedtune.server.secagg import run_secure_lora_round
 from fedtune.workload import Workload
@@ -183,7 +184,9 @@ class FederatedLora(RoundLoop):
         """Aggregate the round's adapters with the rule in clear text and apply the result.
 
         Under ``privacy.dp`` (FedIT, FFA-LoRA) the rule's mean is taken over the updates as
-        vectors, clipped and noised (:func:`fedtune.privacy.dp.private_mean`). ``stats``: the
+        vectors, clipped and noised (:func:`fedtune.privacy.dp.private_mean`); under
+        ``[robust]`` a robust statistic of those vectors replaces it (:func:`fedtune.robust.robust_mean`,
+        every client counted once). ``stats``: the
         round's numbers, filled in here (None: Flower's interface, where only the returned
         record tells them)."""
         stats = LoraRoundStats() if stats is None else stats
@@ -195,6 +198,10 @@ class FederatedLora(RoundLoop):
             uplink = {n: self.state[n] for n in self.uplink}
             mean = private_mean([update_vector(item.state, uplink) for item in accepted], self.cfg)
             self.apply(Aggregate(self.plus_mean(mean), math.nan, math.nan), stats)
+        elif usable and self.cfg.robust.method != "none":  # [robust]: over the updates as vectors, unweighted
+            uplink = {n: self.state[n] for n in self.uplink}
+            robust = robust_mean([update_vector(item.state, uplink) for item in accepted], self.cfg.robust)
+            self.apply(Aggregate(self.plus_mean(robust), math.nan, math.nan), stats)
         elif usable:
             self.apply(self.rule.aggregate([(item.weight, item.state) for item in accepted], self.state), stats)
         return None, MetricRecord({"replies": stats.replies})

@@ -34,6 +34,7 @@ from fedtune.config import RunConfig
 from fedtune.privacy import dense_seed_vector
 from fedtune.privacy.accounting import ledger_for
 from fedtune.privacy.dp import private_mean
+from fedtune.robust import robust_mean
 from fedtune.server.rounds import RoundLoop, RoundStats
 from fedtune.server.secagg import run_secure_seed_round
 from fedtune.workload import Workload
@@ -327,7 +328,10 @@ class FedKSeed(RoundLoop):
         """Aggregate the step lists into this round's seed update and apply it.
 
         Replies are summed in partition order, so the round's float sums do not depend on
-        which node ids Flower handed out. ``stats``: the round's numbers, filled in here
+        which node ids Flower handed out. Under ``[robust]`` each seed's scalar is a robust
+        statistic (:func:`fedtune.robust.robust_mean`) of the clients' dense per-seed sums, a
+        client that did not step on a seed counting as 0 there, rounded to float32 once and
+        logged like any round. ``stats``: the round's numbers, filled in here
         (None: Flower's interface, where only the returned record tells them).
         """
         stats = SeedRoundStats() if stats is None else stats
@@ -353,6 +357,10 @@ class FedKSeed(RoundLoop):
             k = self.cfg.algorithm.num_candidates
             mean = private_mean([dense_seed_vector(keys, g, k, math.inf)[0] for _, keys, g in accepted], self.cfg)
             update = self.update_from_mean(server_round, mean)
+        elif self.cfg.robust.method != "none":  # a robust statistic per seed of the dense per-seed sums
+            k = self.cfg.algorithm.num_candidates
+            dense = [dense_seed_vector(keys, g, k, math.inf)[0] for _, keys, g in accepted]
+            update = self.update_from_mean(server_round, robust_mean(dense, self.cfg.robust))
         else:
             update = aggregate(accepted, round=server_round, lr=lr, seed_of_key=self.seed_of_key)
         self.account(server_round, stats, self.clear_sums(replies, nodes, usable))  # before the log has it
