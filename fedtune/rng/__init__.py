@@ -90,6 +90,13 @@ def _check_seed(seed: int) -> int:
     return seed
 
 
+def _check_directions(seeds: Sequence[int], coefs: Sequence[float]) -> list[int]:
+    """The checked seeds of a many-direction update (one coefficient each)."""
+    if len(seeds) != len(coefs):
+        raise ValueError(f"seeds and coefs differ in length: {len(seeds)} vs {len(coefs)}")
+    return [_check_seed(seed) for seed in seeds]
+
+
 @lru_cache(maxsize=4096)
 def _name_key(name: str) -> int:
     """``splitmix64(fnv1a64(utf8(name)))``: the seed-independent half of :func:`tensor_key`."""
@@ -247,9 +254,7 @@ def add_scaled_many_(
         seeds: the directions' stream seeds, in the order they are added.
         coefs: one scale per seed.
     """
-    if len(seeds) != len(coefs):
-        raise ValueError(f"seeds and coefs differ in length: {len(seeds)} vs {len(coefs)}")
-    seeds = [_check_seed(seed) for seed in seeds]
+    seeds = _check_directions(seeds, coefs)
     for _, array in arrays:
         _check_array(array)
     if not seeds:

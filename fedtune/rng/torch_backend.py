@@ -26,7 +26,7 @@ from . import (
     _SIGNS,
     BITS_PER_WORD,
     CHUNK_ELEMENTS,
-    _check_seed,
+    _check_directions,
     _overlapping,
     derive_seed,
     fast_kernel,
@@ -209,9 +209,7 @@ def add_scaled_multi_(
         seeds: the directions' stream seeds, in the order they are added.
         coefs: one scale per seed.
     """
-    if len(seeds) != len(coefs):
-        raise ValueError(f"seeds and coefs differ in length: {len(seeds)} vs {len(coefs)}")
-    seeds = [_check_seed(seed) for seed in seeds]
+    seeds = _check_directions(seeds, coefs)
     for _, tensor in tensors:
         _check_tensor(tensor)
     if not seeds:
