@@ -18,14 +18,10 @@ sys.path.insert(0, os.getcwd())
 from flwr.serverapp import ServerApp
 from flwr.simulation import run_simulation
 
-from fedtune.config import load_config
-from fedtune.runs import ENV_CONFIG, ENV_RESUME, ENV_RUN_DIR, configure_logging, create_run_dir
+from tests.privacy.instrumented import ForwardingGrid, open_run
 
 config_path, out = sys.argv[1], Path(sys.argv[2])
-cfg = load_config(config_path)
-run_dir = create_run_dir(cfg)
-os.environ.update({ENV_CONFIG: str(run_dir / "config.toml"), ENV_RUN_DIR: str(run_dir), ENV_RESUME: "0"})
-configure_logging()
+cfg, run_dir = open_run(config_path)
 
 import fedtune.app.client_app as real_client
 import fedtune.app.server_app as real_server
@@ -45,14 +41,12 @@ def describe(content):
     return {"keys": sorted(keys), "metrics": metrics}
 
 
-class RecordingGrid:
+class RecordingGrid(ForwardingGrid):
     """The grid the ServerApp gets: forwards everything, keeps what the server receives."""
 
     def __init__(self, grid):
-        self._grid, self.replies = grid, []
-
-    def __getattr__(self, name):
-        return getattr(self._grid, name)
+        super().__init__(grid)
+        self.replies = []
 
     def send_and_receive(self, messages, *, timeout=None):
         replies = list(self._grid.send_and_receive(list(messages), timeout=timeout))

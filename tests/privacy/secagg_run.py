@@ -32,14 +32,10 @@ from flwr.simulation import run_simulation
 from fedtune import wire
 from fedtune._flwr_compat import RECORD_KEY_CONFIGS, Stage, bytes_to_ndarray, fit_vector, ndarray_to_bytes
 from fedtune._flwr_compat import SecAggKey as Key
-from fedtune.config import load_config
-from fedtune.runs import ENV_CONFIG, ENV_RESUME, ENV_RUN_DIR, configure_logging, create_run_dir
+from tests.privacy.instrumented import ForwardingGrid, open_run
 
 config_path, out = sys.argv[1], Path(sys.argv[2])
-cfg = load_config(config_path)
-run_dir = create_run_dir(cfg)
-os.environ.update({ENV_CONFIG: str(run_dir / "config.toml"), ENV_RUN_DIR: str(run_dir), ENV_RESUME: "0"})
-configure_logging()
+cfg, run_dir = open_run(config_path)
 
 import fedtune.app.client_app as real_client
 import fedtune.app.server_app as real_server
@@ -96,14 +92,12 @@ def train(msg, context):
     return reply
 
 
-class RecordingGrid:
+class RecordingGrid(ForwardingGrid):
     """The grid the ServerApp gets: forwards everything, keeps what the server receives."""
 
     def __init__(self, grid):
-        self._grid, self.masked, self.clear_steps, self.replies = grid, 0, 0, 0
-
-    def __getattr__(self, name):
-        return getattr(self._grid, name)
+        super().__init__(grid)
+        self.masked, self.clear_steps, self.replies = 0, 0, 0
 
     def send_and_receive(self, messages, *, timeout=None):
         messages = list(messages)
