@@ -144,6 +144,9 @@ class AlgorithmConfig:
     eps: float = 1e-3  # perturbation scale
     estimator: Literal["central", "forward", "sign"] = "central"  # ZO gradient estimator (fedtune.zo.estimators)
     directions: int = 1  # q, ZO directions per local step (one (key, scalar) entry each)
+    # ZO steps on a label-name head alone run on the frozen encoder's features, computed once
+    # per client's data (the same loss; false: the whole forward every step)
+    cache_features: bool = True
     # beta of server momentum on FedKSeed's aggregated per-seed scalars (0 = none): the logged
     # round is m_t = beta m_(t-1) + G_t over the K seeds, so replay and resume stay canonical
     server_momentum: float = 0.0
