@@ -104,3 +104,16 @@ def test_resume_refuses_a_different_config(small_config, tmp_path):
 
     assert result.returncode == 2
     assert "does not resolve to the run's config" in result.stderr and "rounds" in result.stderr
+
+
+@pytest.mark.slow
+def test_a_run_in_which_no_client_ever_answers_fails_with_one_line(small_config, tmp_path):
+    path = small_config(name="silent", rounds=2, num_clients=3, per_round=3)
+    path.write_text(path.read_text().replace("min_replies = 2", "min_replies = 2\nround_timeout_s = 0.05"))
+
+    result = run_cli("run", path, timeout=300)
+
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    records = _records(tmp_path / "runs" / "silent")
+    assert [r["round"] for r in records] == [0, 1, 2] and all(r["replies"] == 0 for r in records[1:])
+    assert "no client update was aggregated in any of the 2 rounds" in result.stdout + result.stderr
