@@ -22,6 +22,7 @@ import tomllib
 from fedtune import algorithms
 from fedtune.data.templates import TEMPLATES
 from fedtune.metrics import check_metrics
+from fedtune.zo import estimators as zo_estimators
 
 __all__ = [
     "AlgorithmConfig",
@@ -142,7 +143,7 @@ class AlgorithmConfig:
     batch_size: int = 16  # examples per step
     lr: float = 2e-4  # learning rate of the ZO update
     eps: float = 1e-3  # perturbation scale
-    estimator: Literal["central", "forward", "sign"] = "central"  # ZO gradient estimator (fedtune.zo.estimators)
+    estimator: str = "central"  # ZO gradient estimator: a registered one (fedtune.zo.estimators)
     directions: int = 1  # q, ZO directions per local step (one (key, scalar) entry each)
     # ZO steps on a label-name head alone run on the frozen encoder's features, computed once
     # per client's data (the same loss; false: the whole forward every step)
@@ -376,6 +377,8 @@ def _check_values(cfg: RunConfig) -> list[str]:
     need(math.isfinite(a.lr) and a.lr >= 0, f"`algorithm.lr` must be >= 0, got {a.lr}")
     need(math.isfinite(a.eps) and a.eps > 0, f"`algorithm.eps` must be > 0, got {a.eps}")
     need(a.directions >= 1, f"`algorithm.directions` must be >= 1, got {a.directions}")
+    need(a.estimator in zo_estimators.names(),
+         f"`algorithm.estimator` must be one of {', '.join(zo_estimators.names())}, got {a.estimator!r}")
     need(0 <= a.server_momentum < 1, f"`algorithm.server_momentum` must be in [0, 1), got {a.server_momentum}")
     need(a.server_momentum == 0 or "momentum" in spec.features,
          f"`algorithm.server_momentum` needs a pool of seeds ({', '.join(algorithms.supporting('momentum'))}), "
