@@ -402,8 +402,16 @@ def _check_values(cfg: RunConfig) -> list[str]:
          f"`lora.two_phase` applies to algorithm.name = 'lorafair' only, got {a.name!r} (FedIT and "
          "FFA-LoRA are plain weighted sums already)")
     need("trainable" in spec.features or not m.trainable,
-         f"`model.trainable` selects tensors for the zeroth-order algorithms; {a.name!r} trains "
-         "`lora.target_modules` (and a seq-cls head): leave model.trainable empty")
+         f"`model.trainable` selects the tensors that {', '.join(algorithms.supporting('trainable'))} tune; "
+         f"{a.name!r} trains `lora.target_modules` (and a seq-cls head): leave model.trainable empty")
+    first_order_tensors = spec.family == "lora" and bool(m.trainable)
+    unsupported = [key for key, on in (("privacy.secagg", cfg.privacy.secagg), ("privacy.dp", cfg.privacy.dp != "none"),
+                                       ("compress.method", cfg.compress.method != "none"),
+                                       ("robust.method", cfg.robust.method != "none"),
+                                       ("ondevice.clients", bool(cfg.ondevice.clients))) if on]
+    need(not (first_order_tensors and unsupported),
+         f"first-order fine-tuning of model tensors (`model.trainable` with {a.name!r}) does not support "
+         f"{', '.join(unsupported)} yet; use LoRA adapters (leave model.trainable empty) for those")
     need(math.isfinite(m.head_scale) and m.head_scale > 0, f"`model.head_scale` must be > 0, got {m.head_scale}")
     need(m.head == "default" or m.task == "seq-cls",
          f"`model.head` = {m.head!r} applies to model.task = 'seq-cls', got {m.task!r}")

@@ -36,7 +36,7 @@ FEATURES = frozenset({
     "compress",  # compress.method: compressed dense uploads
     "resume",  # fedtune run --resume: continue a crashed run from its log
     "lora-params",  # algorithm.params = "lora": zeroth-order over PEFT adapters
-    "trainable",  # model.trainable: a zeroth-order subset of the model's tensors
+    "trainable",  # model.trainable: the model tensors a ZO run perturbs, or a first-order one trains instead of adapters
     "momentum",  # algorithm.server_momentum: momentum on the aggregated per-seed scalars
     "robust",  # robust.method: Byzantine-robust aggregation of the clear updates (fedtune.robust)
 })

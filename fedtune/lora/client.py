@@ -23,13 +23,14 @@ from fedtune.rng import derive_seed
 from fedtune.rng.torch_backend import seeded_init
 from fedtune.workload import Workload
 
-from .adapters import adapter_parameters, inject_lora, read_state, write_state
+from .adapters import read_state, write_state
 from .factors import factor_pairs
 from .fair import project
 from .hetlora import truncate, zero_beyond
 from .payload import shapes_of
 from .rules import rule_class
 from .train import local_train
+from .weights import trained_model
 
 __all__ = ["LoraClient", "LoraReport", "client_for", "lora_run_key"]
 
@@ -67,8 +68,7 @@ class LoraClient:
         self.rule = rule_class(spec.rule)(cfg.lora)
         self.loss_term = spec.client_loss(cfg) if spec.client_loss is not None else None
         self._rank_of = spec.client_rank  # heterogeneous ranks (hetlora): the partition's own
-        self.model = inject_lora(self.workload.build_model(), cfg.lora, cfg.model.task, cfg.seed)
-        self.params = adapter_parameters(self.model)
+        self.model, self.params = trained_model(self.workload, cfg)  # adapters, or model.trainable's tensors
         self.uplink = self.rule.uplink_names(self.params)
         self.shapes = shapes_of(self.params)
         self.uplink_shapes = {n: self.shapes[n] for n in self.uplink}

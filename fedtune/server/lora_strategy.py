@@ -31,12 +31,13 @@ from flwr.serverapp import Grid
 
 from fedtune import algorithms, wire
 from fedtune.config import RunConfig
-from fedtune.lora import Aggregate, adapter_parameters, inject_lora, read_state, rule_class, write_state
+from fedtune.lora import Aggregate, read_state, rule_class, write_state
 from fedtune.lora.client import lora_run_key
 from fedtune.lora.factors import factor_pairs, is_factor_a, weighted_mean
 from fedtune.lora.fair import correct
 from fedtune.lora.hetlora import truncate
 from fedtune.lora.payload import pack, plus_vector, unpack, unpack_update
+from fedtune.lora.weights import trained_model, trains_model_tensors
 from fedtune.privacy import update_vector
 from fedtune.privacy.accounting import ledger_for
 from fedtune.privacy.dp import private_mean
@@ -88,8 +89,7 @@ class FederatedLora(RoundLoop):
         # FedOpt: an optimizer on the server turns each round's aggregate into the next global adapter
         self.server_optimizer = spec.server_optimizer(cfg) if spec.server_optimizer is not None else None
         self.client_rank = spec.client_rank  # heterogeneous ranks (hetlora): updates cut to the client's
-        self.model = inject_lora(self.workload.build_model(), cfg.lora, cfg.model.task, cfg.seed)
-        self.params = adapter_parameters(self.model)
+        self.model, self.params = trained_model(self.workload, cfg)  # adapters, or model.trainable's tensors
         self.state = read_state(self.params)  # the global adapter, float32 on CPU
         self.uplink = self.rule.uplink_names(self.params)
         self.uplink_shapes = {n: tuple(self.params[n].shape) for n in self.uplink}
@@ -107,6 +107,14 @@ class FederatedLora(RoundLoop):
         extra = ""
         if a.name == "lorafair":
             extra = f", lambda {lo.fair_lambda:g}, {lo.fair_steps or 'closed-form'} solve"
+        if trains_model_tensors(self.cfg):
+            log.info(
+                "%s: first-order fine-tuning of %d model tensors (%d parameters, model.trainable); "
+                "%d local %s steps x batch %d, lr %g; %d of %d clients per round",
+                a.name, len(self.state), sum(t.numel() for t in self.state.values()),
+                a.local_steps, lo.optimizer, a.batch_size, a.lr, f.clients_per_round, f.num_clients,
+            )
+            return
         log.info(
             "%s: LoRA r=%d alpha=%g on %d modules (%d adapter parameters, %d sent per client)%s%s; "
             "%d local %s steps x batch %d, lr %g; %d of %d clients per round",
