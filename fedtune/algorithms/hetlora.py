@@ -6,7 +6,8 @@ rank self-pruning and the reasons for choosing it over FlexLoRA and FLoRA are in
 partition ``p`` trains rank ``ranks[p % len(ranks)]`` (e.g. ``[2, 4, 8]``: a third of the
 clients each), never above ``lora.rank``, the global adapter's. With ``prune`` a client may
 shrink its rank after its local steps; the server keeps the rank it reports for its next
-rounds.
+rounds. Under SecAgg+ the clients' zero-padded updates are summed (the ranks, as the
+example counts, travel in clear).
 """
 
 from __future__ import annotations
@@ -107,7 +108,8 @@ HETLORA = register(Algorithm(
     name="hetlora",
     family="lora",
     summary="federated LoRA with a rank per client (HetLoRA zero-padding, per-slice means, rank self-pruning)",
-    features=frozenset({"compress"}),
+    # SecAgg+: the clients' updates zero-padded to lora.rank, summed (tests/privacy/test_secagg_lora.py)
+    features=frozenset({"secagg", "compress"}),
     rule="hetlora",
     section=HetLoraConfig,
     section_name="hetlora",

@@ -72,7 +72,7 @@ def train_lora(cfg: RunConfig, msg: Message, context: Context, run_dir: Path | N
         values[wire.RANK] = report.rank
     metrics = client_metrics(cfg, values)  # nothing under DP (fedtune.privacy.release)
     if is_secure(msg):  # SecAgg+ (privacy.secagg): the update as one vector for secaggplus_mod to mask
-        return _secure_update(cfg, msg, context, server_round, report, global_state, metrics)
+        return _secure_update(client, msg, context, server_round, report, global_state, metrics)
     # a simulation's node plays another client next round: the residual stays with the partition
     lent = PartitionState(run_dir) if wire.PARTITION in config and run_dir is not None else None
     if lent is not None:
@@ -131,9 +131,12 @@ def _phase_two(client: LoraClient, msg: Message, context: Context, server_round:
     return Message(RecordDict({wire.PROJECTIONS: pack(projections)}), reply_to=msg)
 
 
-def _secure_update(cfg: RunConfig, msg: Message, context: Context, server_round: int, report: LoraReport,
+def _secure_update(client: LoraClient, msg: Message, context: Context, server_round: int, report: LoraReport,
                    global_state: dict[str, Any], metrics: MetricRecord) -> Message:
-    vector = update_vector(report.state, global_state)  # secure_reply clips (and adds DP noise)
+    cfg = client.cfg
+    # at lora.rank, zero beyond a hetlora client's rank: every client's vector has the same length,
+    # and the slices it did not train add nothing to the sum (fedtune.lora.hetlora)
+    vector = update_vector(client.full(report.state), client.full(global_state))  # secure_reply clips, noises
     if cfg.lora.two_phase:  # the factors phase 2 projects: its own, as trained, and the global's
         context.state[wire.PENDING] = pack(report.state)
         context.state[wire.PENDING_BASE] = pack(global_state)

@@ -35,6 +35,11 @@ would drop; fedtune compares it with the kept slices' of the same round, so that
 needs no state between rounds (a simulation's node plays another client next round): the
 server keeps every partition's rank and names it in the partition's train message.
 
+**Under SecAgg+** a client sends its update zero-padded to rank R (:func:`pad`): the
+weighted mean of those vectors, added to the global adapter, is this rule's result, since a
+slice a client did not train adds its weight times the global slice to the mean, which is
+the global slice plus zero change.
+
 The zeroed slices stay zero while a client trains: with both factors of a slice zero, both
 of their gradients are zero (a product's gradient needs the other factor).
 """
@@ -91,8 +96,8 @@ def rank_of_update(state: Mapping[str, torch.Tensor]) -> int:
 def pad(state: Mapping[str, torch.Tensor], current: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """A truncated ``state`` at ``current``'s rank: the slices it lacks are ``current``'s (float32).
 
-    ``current`` the global adapter: an update as the rule counts it; zeros: a client's
-    adapter as it trains it. Other tensors are ``state``'s.
+    ``current`` the global adapter: an update as the rule counts it; zeros: the update
+    zero-padded, as a client sends it under SecAgg+. Other tensors are ``state``'s.
     """
     out = {}
     for name, now in current.items():
