@@ -175,3 +175,29 @@ def test_pruning_that_never_triggers_changes_nothing(task_identity):
 
     assert all(torch.equal(on.state[n], off.state[n]) for n in off.state)
     assert on.ranks == {}
+
+
+@pytest.mark.slow
+def test_a_reply_claiming_more_than_the_rank_it_was_sent_is_rejected(task_identity):
+    from fedtune import wire
+    from fedtune.client.lora import train_lora
+    from fedtune.server.lora_strategy import FederatedLora
+    from tests.lora.conftest import InProcessGrid, micro_config
+
+    cfg = micro_config("algorithm.name=hetlora", "hetlora.ranks=[2]", "hetlora.prune=true",
+                       "hetlora.prune_threshold=1e9", "federation.clients_per_round=4")
+    strategy = FederatedLora(cfg)
+
+    def overclaim(msg, context):
+        reply = train_lora(cfg, msg, context)
+        reply.content[wire.METRICS][wire.RANK] = 3  # sent rank 2, pruned to 1
+        return reply
+
+    grid = InProcessGrid(cfg)
+    grid.handlers = {node: overclaim for node in grid.node_ids[:1]}
+    records = []
+
+    strategy.start_rounds(grid, 1, records.append, connect_timeout=1)
+
+    assert records[-1]["rejected"] == 1 and records[-1]["replies"] == 3
+    assert strategy.ranks == {1: 1, 2: 1, 3: 1}  # the overclaiming client (partition 0) keeps its rank 2
