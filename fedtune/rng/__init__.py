@@ -50,6 +50,7 @@ __all__ = [
     "kernel_threads",
     "pure_path",
     "rademacher",
+    "round_coefs",
     "secret_generator",
     "tensor_key",
     "words",
@@ -196,18 +197,43 @@ def rademacher(
     return z[offset : offset + count].astype(dtype, copy=False)
 
 
+def _is_float(dtype: np.dtype) -> bool:
+    """numpy's float dtypes, and ``ml_dtypes.bfloat16`` (a float whose numpy kind is ``'V'``)."""
+    return dtype.kind == "f" or dtype.name == "bfloat16"
+
+
 def _check_array(array: np.ndarray) -> None:
-    if not isinstance(array, np.ndarray) or array.dtype.kind != "f":
+    if not isinstance(array, np.ndarray) or not _is_float(array.dtype):
         raise TypeError(f"`array` must be a float numpy array, got {type(array).__name__}")
     if not array.flags.c_contiguous:
         raise ValueError("`array` must be C-contiguous (updated in place through a flat view)")
 
 
+def round_coefs(coefs: Sequence[float], dtype: np.dtype) -> np.ndarray:
+    """The coefficients ``c`` of the canonical update, rounded once to ``dtype``.
+
+    float32 and float64 round the float64 value directly; the 16-bit dtypes (float16,
+    ``ml_dtypes.bfloat16``) round it to float32 first, then to the dtype, which is what torch
+    does (its half and bfloat16 scalars are built from a float), so both backends hold the
+    same ``c`` even for a value near a 16-bit rounding boundary. Overflow gives ±inf.
+    """
+    with np.errstate(over="ignore"):
+        values = np.asarray(coefs, dtype=np.float64)
+        if dtype.itemsize == 2:
+            values = values.astype(np.float32)
+        return values.astype(dtype)
+
+
 def _add_scaled_fallback_(array: np.ndarray, seed: int, name: str, coef: float) -> None:
     """The pure-numpy canonical update (the definition the compiled kernel is checked
-    against): chunks of :data:`CHUNK_ELEMENTS`, z expanded through the ±c byte table."""
+    against): chunks of :data:`CHUNK_ELEMENTS`, z expanded through the ±c byte table.
+
+    Per element ``w <- round_to_dtype(float32(w) + float32(±c))`` for the 16-bit dtypes:
+    numpy's float16 and ml_dtypes' bfloat16 add in float32 and round once, which is the
+    correctly rounded sum (float32 holds more than twice their significand bits + 2).
+    """
     flat = array.reshape(-1)
-    table = _SIGNS.astype(array.dtype) * array.dtype.type(coef)
+    table = _SIGNS.astype(array.dtype) * round_coefs([coef], array.dtype)[0]
     key = tensor_key(seed, name)
     for start in range(0, flat.size, CHUNK_ELEMENTS):
         count = min(CHUNK_ELEMENTS, flat.size - start)
@@ -224,7 +250,8 @@ def add_scaled_(array: np.ndarray, seed: int, name: str, coef: float) -> None:
     (:func:`fast_kernel`) when it is available, else in numpy: the same bits.
 
     Args:
-        array: a C-contiguous float32/float64/float16 array, updated in place.
+        array: a C-contiguous float32, float64, float16 or ``ml_dtypes.bfloat16`` array,
+            updated in place.
         seed, name: select the stream.
         coef: the scale (e.g. ``-lr * g`` for an update, ``eps`` for a perturbation).
     """
@@ -270,8 +297,7 @@ def add_scaled_many_(
                   and array.flags.writeable and array.flags.aligned)
             (by_dtype.setdefault(array.dtype, []) if ok else rest).append((name, array))
         for dtype, group in by_dtype.items():
-            with np.errstate(over="ignore"):  # as the pure path: a coefficient may round to inf
-                cs = np.array([dtype.type(coef) for coef in coefs], dtype=dtype)
+            cs = round_coefs(coefs, dtype)  # as the pure path: a coefficient may round to inf
             if np.isnan(cs).any():  # NaN payloads: left to the pure path's own arithmetic
                 rest.extend(group)
                 continue
@@ -389,7 +415,7 @@ def _verify(kernel: _fast.Kernel) -> str | None:
         for seed, coef in zip(seeds, coefs):
             for name, a in expected:
                 _add_scaled_fallback_(a, seed, name, coef)
-        cs = np.array([np.dtype(dtype).type(c) for c in coefs], dtype=dtype)
+        cs = round_coefs(coefs, np.dtype(dtype))
         run_kernel(kernel, dtype, [a.ctypes.data for _, a in arrays], sizes, [n for n, _ in arrays],
                    seeds, cs, 2)
         for (name, result), (_, want) in zip(arrays, expected):
