@@ -24,6 +24,7 @@ from pathlib import Path
 
 from fedtune import algorithms
 from fedtune.config import RunConfig
+from fedtune.dtypes import itemsize
 
 __all__ = ["MemoryEstimate", "available_memory", "estimate_memory", "parameter_count"]
 
@@ -104,7 +105,7 @@ def estimate_memory(cfg: RunConfig, num_params: int, cores: int, available: int)
     s, f = cfg.simulation, cfg.federation
     pool = s.num_cpus or cores
     workers = max(1, min(int(pool // s.num_cpus_per_client), f.clients_per_round))
-    model = 4 * num_params  # float32
+    model = itemsize(cfg.model.dtype) * num_params
     state = 0
     if algorithms.get(cfg.algorithm.name).family == "lora" and cfg.compress.method != "none" and cfg.compress.error_feedback:
         # a residual the size of the upload for every client that can have trained; the upload

@@ -89,6 +89,32 @@ def _check_environment(cfg: RunConfig) -> None:
 
         if not torch.cuda.is_available():
             raise UsageError(f"device = {cfg.device!r} but CUDA is not available; use auto or cpu")
+    _check_dtype(cfg)
+
+
+def _check_dtype(cfg: RunConfig) -> None:
+    """A 16-bit ``model.dtype`` the device cannot compute (a CPU torch build without float16
+    matmuls, bfloat16 on a GPU older than Ampere, no ``ml_dtypes`` for the numpy side): one
+    line, before anything starts. Measured by running what a client runs: a linear layer's
+    forward and backward under autocast, and one canonical update."""
+    if cfg.model.dtype == "float32":
+        return
+    import torch
+
+    from fedtune.dtypes import autocast, numpy_dtype, torch_dtype
+    from fedtune.rng.torch_backend import add_scaled_
+    from fedtune.workload import pick_device
+
+    device, dtype = pick_device(cfg.device), torch_dtype(cfg.model.dtype)
+    try:
+        numpy_dtype(cfg.model.dtype)
+        layer = torch.nn.Linear(8, 8).to(device, dtype)
+        with autocast(device, cfg.model.dtype):
+            layer(torch.ones(2, 8, device=device, dtype=dtype)).float().sum().backward()
+        add_scaled_(layer.weight.data, 0, "check", 1e-2)
+    except (RuntimeError, TypeError, ImportError) as exc:
+        raise UsageError(f"`model.dtype` = {cfg.model.dtype!r} cannot run on {device} here "
+                         f"({str(exc).splitlines()[0]}); use model.dtype = 'float32'") from None
 
 
 def _check_model(cfg: RunConfig) -> None:

@@ -67,7 +67,8 @@ class ModelConfig:
     path: str = ""  # local Hugging Face model directory (config.json + safetensors); never a hub id
     config: str = ""  # a named config from fedtune.models (built from scratch, seeded)
     task: Literal["causal-lm", "seq-cls"] = "causal-lm"
-    dtype: Literal["float32"] = "float32"  # replay is canonical in float32
+    # weights' dtype: held, perturbed and replayed in it (LoRA: the frozen base's; adapters stay float32)
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     trainable: tuple[str, ...] = ()  # fnmatch patterns of trainable tensor names; empty = all
     # seq-cls head: "default" = the architecture's own (a new one is randomly initialised);
     # "label-names" = starts at the zero-shot classifier from the label names (fedtune.models
@@ -409,6 +410,10 @@ def _check_values(cfg: RunConfig) -> list[str]:
                                        ("compress.method", cfg.compress.method != "none"),
                                        ("robust.method", cfg.robust.method != "none"),
                                        ("ondevice.clients", bool(cfg.ondevice.clients))) if on]
+    need(not first_order_tensors or m.dtype == "float32",
+         f"`model.dtype` = {m.dtype!r} with first-order fine-tuning of model tensors (`model.trainable` with "
+         f"{a.name!r}) would keep their optimizer state in {m.dtype}: use LoRA adapters (float32 over the "
+         f"{m.dtype} base) or model.dtype = 'float32'")
     need(not (first_order_tensors and unsupported),
          f"first-order fine-tuning of model tensors (`model.trainable` with {a.name!r}) does not support "
          f"{', '.join(unsupported)} yet; use LoRA adapters (leave model.trainable empty) for those")
@@ -460,6 +465,9 @@ def _check_values(cfg: RunConfig) -> list[str]:
          f"tokenizer, not a Hugging Face one), got config={m.config!r}, task={m.task!r}")
     need(od.clients == 0 or d.source in ("instructions", "jsonl", "csv"),
          f"`ondevice.clients` > 0 supports data.source instructions, jsonl or csv, got {d.source!r}")
+    need(od.clients == 0 or m.dtype == "float32",
+         f"`model.dtype` = {m.dtype!r} is not supported by ONNX device clients (`ondevice.clients` > 0): "
+         "their replay is float32; use model.dtype = 'float32' or ondevice.clients = 0")
     need(not od.onnx_path or od.onnx_path.endswith(".onnx"),
          f"`ondevice.onnx_path` must name a .onnx file, got {od.onnx_path!r}")
     errors += _check_privacy(cfg)

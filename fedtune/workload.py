@@ -23,6 +23,7 @@ from fedtune import data as fdata
 from fedtune import models
 from fedtune.config import RunConfig
 from fedtune.data.batches import encode_classification, encode_lm
+from fedtune.dtypes import autocast, float32_loss, torch_dtype
 from fedtune.metrics import GENERATION_METRICS, exact_match, rouge_l
 from fedtune.metrics import macro_f1 as macro_f1_score
 from fedtune.progress import Progress
@@ -238,7 +239,7 @@ class Workload:
             causal = self._is_causal_lm(path)
             base = models.load_model(
                 path=path, config=m.config or None, task="causal-lm" if causal else "encoder",
-                vocab_size=vocab, seed=self.cfg.seed,
+                vocab_size=vocab, seed=self.cfg.seed, dtype=torch_dtype(m.dtype),
             )
             if causal:
                 model = models.VerbalizerClassifier(base, self.tokenizer, self.label_names)
@@ -249,6 +250,7 @@ class Workload:
             model = models.load_model(
                 path=path, config=m.config or None,
                 task=m.task, vocab_size=vocab, num_labels=num_labels, seed=self.cfg.seed,
+                dtype=torch_dtype(m.dtype),
             )
         return model
 
@@ -328,8 +330,9 @@ class Workload:
         e = self.cfg.eval
         scores: dict[str, float] = {}
         if {"loss", "accuracy", "macro_f1"} & set(e.metrics):
-            computed = evaluate(model, self.eval_set, e.batch_size, self.device,
-                                macro_f1="macro_f1" in e.metrics, progress_s=self.cfg.log.progress_s)
+            with autocast(self.device, self.cfg.model.dtype):  # losses from float32 logits (evaluate)
+                computed = evaluate(model, self.eval_set, e.batch_size, self.device,
+                                    macro_f1="macro_f1" in e.metrics, progress_s=self.cfg.log.progress_s)
             scores.update({k: v for k, v in computed.items() if k.removeprefix("eval_") in e.metrics})
         if set(GENERATION_METRICS) & set(e.metrics):
             scores.update(self.generation_scores(model))
@@ -399,9 +402,10 @@ def select_parameters(
 
 
 def batch_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
-    """Mean cross-entropy of a batch: over response tokens (causal LM) or rows (seq-cls)."""
+    """Mean cross-entropy of a batch: over response tokens (causal LM) or rows (seq-cls),
+    in float32 whatever the model's dtype (:func:`fedtune.dtypes.float32_loss`)."""
     batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-    return model(**batch).loss
+    return float32_loss(model(**batch), batch["labels"])
 
 
 @torch.inference_mode()

@@ -35,6 +35,8 @@ from flwr.app import Context
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import load_file, save_file
 
+from fedtune.dtypes import to_numpy
+
 __all__ = ["CACHE_DIR", "CACHE_KEEP", "cache_path", "keep_of", "prune", "restore", "store"]
 
 CACHE_DIR = "cache-dir"  # node config key: a directory on the node's own disk
@@ -91,11 +93,7 @@ def store(path: Path | None, client: Any, keep: int = DEFAULT_KEEP) -> None:
     cached = _cached_round(path, client.key)
     if cached is not None and cached >= state:
         return
-    try:
-        arrays = {name: np.ascontiguousarray(_numpy(t)) for name, t in client.base}
-    except TypeError as exc:  # a dtype numpy has no type for (bfloat16): no cache, the log path works
-        log.warning("no weight cache for this run: %s", exc)
-        return
+    arrays = {name: np.ascontiguousarray(_numpy(t)) for name, t in client.base}
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     os.close(fd)
@@ -141,5 +139,5 @@ def prune(directory: Path, keep: int) -> list[Path]:
 
 
 def _numpy(t: Any) -> Any:
-    """A numpy view of a torch tensor or numpy array (no torch import here)."""
-    return t.detach().cpu().numpy() if hasattr(t, "detach") else t
+    """A numpy view of a torch tensor (bfloat16 as ``ml_dtypes.bfloat16``) or a numpy array."""
+    return to_numpy(t) if hasattr(t, "detach") else t

@@ -32,6 +32,7 @@ from flwr.serverapp import Grid
 
 from fedtune import wire
 from fedtune.config import RunConfig
+from fedtune.dtypes import copy_bits_, itemsize, to_numpy, wire_tensor
 from fedtune.privacy import dense_seed_vector
 from fedtune.privacy.accounting import ledger_for
 from fedtune.privacy.dp import private_mean
@@ -144,9 +145,8 @@ class FedKSeed(RoundLoop):
         start = 0
         if found is not None:
             start, arrays = found
-            with torch.inference_mode():
-                for name, p in self.params:
-                    p.copy_(torch.from_numpy(arrays[name]).view_as(p))
+            for name, p in self.params:
+                copy_bits_(p.data, arrays[name])
         with torch.inference_mode():
             for update in updates[start:]:
                 replay_(self.params, update)
@@ -201,7 +201,7 @@ class FedKSeed(RoundLoop):
         self._record(update, payload)
         every = self.cfg.federation.checkpoint_every
         if self.run_dir is not None and every and update.round % every == 0:
-            arrays = [(name, p.detach().cpu().numpy()) for name, p in self.params]
+            arrays = [(name, to_numpy(p)) for name, p in self.params]
             save_checkpoint(self.run_dir / CHECKPOINT_DIR, update.round, arrays)
 
     def update_from_mean(self, server_round: int, mean: np.ndarray) -> SeedUpdate:
@@ -241,7 +241,7 @@ class FedKSeed(RoundLoop):
         config[wire.UPDATES] = self.encoded_log[first : self.state_round]
         content = RecordDict({wire.CONFIG: ConfigRecord(config)})
         if since is None:
-            state = {name: p.detach().cpu() for name, p in self.params}
+            state = {name: wire_tensor(p) for name, p in self.params}
             content[wire.WEIGHTS] = ArrayRecord(torch_state_dict=state)
         return content
 
@@ -263,7 +263,7 @@ class FedKSeed(RoundLoop):
         entries = self.encoded_log[have : self.state_round]
         seeds = sum(len(u.keys) for u in self.log[have : self.state_round])
         replay_s = sum(map(len, entries)) / bytes_per_s + seeds * self.num_params / self.replay_rate
-        weights_s = 4 * self.num_params / bytes_per_s
+        weights_s = itemsize(self.cfg.model.dtype) * self.num_params / bytes_per_s
         return (have if replay_s <= weights_s else None), replay_s, weights_s
 
     def _bridge(self, reply: Message) -> int | None:

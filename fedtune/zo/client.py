@@ -29,6 +29,7 @@ import torch
 
 from fedtune.config import RunConfig
 from fedtune.data.batches import sample_batch
+from fedtune.dtypes import autocast, copy_bits_, to_numpy
 from fedtune.lru import LRU
 from fedtune.models import LabelNameClassifier
 from fedtune.workload import Workload, batch_loss
@@ -44,8 +45,8 @@ FEATURES = "features"  # the key of the cached features in a client's encoded da
 
 
 def state_digest(named: Sequence[tuple[str, torch.Tensor]]) -> str:
-    """:func:`fedtune.zo.seeds.weights_digest` of torch tensors."""
-    return weights_digest([(name, t.detach().cpu().contiguous().numpy()) for name, t in named])
+    """:func:`fedtune.zo.seeds.weights_digest` of torch tensors, over their own dtype's bytes."""
+    return weights_digest([(name, to_numpy(t)) for name, t in named])
 
 
 class ZOClient(SeedClient):
@@ -68,7 +69,7 @@ class ZOClient(SeedClient):
 
     def _load_base(self, weights: Mapping[str, np.ndarray]) -> None:
         for name, tensor in self.base:
-            tensor.copy_(torch.from_numpy(np.asarray(weights[name])).view_as(tensor))
+            copy_bits_(tensor, np.asarray(weights[name]))
 
     def _replay_base(self, update: SeedUpdate) -> None:
         replay_(self.base, update)
@@ -87,6 +88,10 @@ class ZOClient(SeedClient):
                            estimator=a.estimator, directions=a.directions)
 
     def _batch_loss(self, encoded: dict[str, Any], batch_size: int, seed: int, step: int) -> torch.Tensor:
+        with autocast(self.workload.device, self.cfg.model.dtype):  # float32 adapters/head over a 16-bit base
+            return self._forward_loss(encoded, batch_size, seed, step)
+
+    def _forward_loss(self, encoded: dict[str, Any], batch_size: int, seed: int, step: int) -> torch.Tensor:
         if self.head is not None:  # the same rows as below: sample_batch's draw depends only on N
             batch = sample_batch({key: encoded[key] for key in (FEATURES, "labels")}, batch_size, seed=seed, step=step)
             device = self.workload.device
