@@ -74,7 +74,14 @@ def inject_lora(model: torch.nn.Module, lora: LoraConfig, task: str, seed: int) 
         raise ValueError(
             f"`lora.target_modules` = {list(lora.target_modules)}: {exc}; linear modules look like {linear}"
         ) from None
-    num = sum(p.numel() for p in adapter_parameters(peft_model).values())
+    trained = adapter_parameters(peft_model)
+    # PEFT's habit (and QLoRA's): the trained tensors stay float32 over a bfloat16/float16
+    # base (PEFT upcasts lora_A/B itself, not a seq-cls head it copies), so the optimizer's
+    # state and every party's adapter arithmetic are float32. A no-op on a float32 model.
+    with torch.no_grad():
+        for param in trained.values():
+            param.data = param.data.float()
+    num = sum(p.numel() for p in trained.values())
     targets = sorted(getattr(peft_model.peft_config["default"], "target_modules", None) or [])
     log.info("LoRA r=%d alpha=%g on %s: %d adapter parameters", lora.rank, lora.alpha, targets, num)
     return peft_model

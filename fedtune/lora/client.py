@@ -18,6 +18,7 @@ import torch
 from fedtune import algorithms
 from fedtune.config import RunConfig
 from fedtune.data.batches import sample_batch
+from fedtune.dtypes import torch_dtype
 from fedtune.lru import LRU, PARTITION_CACHE
 from fedtune.rng import derive_seed
 from fedtune.rng.torch_backend import seeded_init
@@ -132,6 +133,7 @@ class LoraClient:
                 weight_decay=self.cfg.lora.weight_decay,
                 device=self.workload.device,
                 extra_loss=extra_loss,
+                base_dtype=torch_dtype(self.cfg.model.dtype),
             )
         if result.skipped:
             log.warning("round %d, partition %d: %d step(s) skipped for a non-finite loss",

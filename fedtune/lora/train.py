@@ -1,8 +1,10 @@
 """A client's local LoRA training: a plain AdamW or SGD loop over seeded batches.
 
-Mixed precision on CUDA (``torch.autocast`` in bf16 where the GPU supports it, else fp16
-with a ``GradScaler``); float32 on CPU, where low-precision matmuls are often slower. The
-optimizer is fresh every round, as in FedIT and LoRA-FAIR: its state does not travel.
+A float32 model: mixed precision on CUDA (``torch.autocast`` in bf16 where the GPU supports
+it, else fp16 with a ``GradScaler``); float32 on CPU, where low-precision matmuls are often
+slower. A bfloat16/float16 base (``model.dtype``): autocast in that dtype on any device, the
+adapters, their gradients and the optimizer state in float32 (:func:`fedtune.lora.adapters.inject_lora`).
+The optimizer is fresh every round, as in FedIT and LoRA-FAIR: its state does not travel.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+
+from fedtune.dtypes import float32_loss
 
 __all__ = ["TrainResult", "local_train"]
 
@@ -25,7 +29,9 @@ class TrainResult:
     skipped: int  # steps skipped for a non-finite loss
 
 
-def _autocast_dtype(device: torch.device) -> torch.dtype | None:
+def _autocast_dtype(device: torch.device, base_dtype: torch.dtype) -> torch.dtype | None:
+    if base_dtype != torch.float32:
+        return base_dtype
     if device.type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -42,6 +48,7 @@ def local_train(
     weight_decay: float,
     device: torch.device,
     extra_loss: Callable[[], torch.Tensor] | None = None,
+    base_dtype: torch.dtype = torch.float32,
 ) -> TrainResult:
     """Take ``steps`` optimizer steps on ``params``; ``model`` is left in eval mode.
 
@@ -58,6 +65,8 @@ def local_train(
         extra_loss: a term added to every step's loss, from the current ``params`` (an
             algorithm's client hook, e.g. FedProx's proximal term); the reported loss is the
             model's alone.
+        base_dtype: the frozen weights' dtype (``model.dtype``): a 16-bit one is the
+            autocast dtype.
 
     Returns:
         The :class:`TrainResult`.
@@ -80,15 +89,15 @@ def local_train(
         if optimizer == "adamw"
         else torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
     )
-    amp = _autocast_dtype(device)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp is torch.float16)
+    amp = _autocast_dtype(device, base_dtype)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp is torch.float16 and device.type == "cuda")
     losses, skipped = [], 0
     model.train()
     try:
         for step in range(steps):
             batch = {k: v.to(device, non_blocking=True) for k, v in batch_for_step(step).items()}
             with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                loss = model(**batch).loss
+                loss = float32_loss(model(**batch), batch["labels"])
             if not torch.isfinite(loss):
                 skipped += 1
                 continue
