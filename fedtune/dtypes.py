@@ -16,7 +16,8 @@ torch is imported inside the functions that need it: the config and the torch-fr
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,27 +26,22 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DTYPE_NAMES",
-    "DtypeName",
     "autocast",
     "copy_bits_",
     "float32_loss",
     "itemsize",
+    "lost_fraction",
     "numpy_dtype",
     "to_numpy",
     "torch_dtype",
-    "unit_roundoff",
     "wire_tensor",
 ]
 
-DtypeName = Literal["float32", "bfloat16", "float16"]
 DTYPE_NAMES: tuple[str, ...] = ("float32", "bfloat16", "float16")
-# Significand bits, the implicit one included: IEEE 754 binary32/binary16, and bfloat16
-# (binary32's exponent with 7 stored fraction bits).
-_SIGNIFICAND_BITS = {"float32": 24, "bfloat16": 8, "float16": 11}
 
 
 def _check(name: str) -> str:
-    if name not in _SIGNIFICAND_BITS:
+    if name not in DTYPE_NAMES:
         raise ValueError(f"unknown model dtype {name!r}; known: {', '.join(DTYPE_NAMES)}")
     return name
 
@@ -53,13 +49,6 @@ def _check(name: str) -> str:
 def itemsize(name: str) -> int:
     """Bytes per element of dtype ``name``."""
     return 4 if _check(name) == "float32" else 2
-
-
-def unit_roundoff(name: str) -> float:
-    """``2**-p`` for ``p`` significand bits: half an ulp at 1.0, so adding ``d`` to a weight
-    ``w`` changes it only if ``|d| > unit_roundoff * |w|`` (about; exactly ``>=`` half an ulp
-    of ``w``, which lies in ``(u|w|/2, u|w|]``)."""
-    return 2.0 ** -_SIGNIFICAND_BITS[_check(name)]
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -151,3 +140,22 @@ def float32_loss(output: Any, labels: torch.Tensor) -> torch.Tensor:
     if labels.dim() == 1 and output.logits.dtype != torch.float32:
         return torch.nn.functional.cross_entropy(output.logits.float(), labels)
     return output.loss
+
+
+def lost_fraction(tensors: Sequence[torch.Tensor], step: float) -> float:
+    """The fraction of the elements of ``tensors`` that ``w + step`` leaves unchanged.
+
+    In a 16-bit dtype a perturbation ``eps * z`` rounds away on every weight whose half ulp
+    exceeds ``eps`` (bfloat16, eps = 1e-3: ``|w| >= 0.5``, norm gains at 1.0 among
+    them): those weights are never perturbed, so never trained. Computed as the update
+    computes it (``step`` rounded to each tensor's dtype first), one tensor at a time.
+    """
+    import torch
+
+    lost = total = 0
+    with torch.no_grad():
+        for tensor in tensors:
+            c = torch.tensor(step, dtype=torch.float32).to(tensor.dtype)
+            lost += int(((tensor + c) == tensor).sum())
+            total += tensor.numel()
+    return lost / total if total else 0.0

@@ -26,14 +26,14 @@ from tests.conftest import run_cli
 from tests.lora.conftest import InProcessGrid, micro_config, run_rounds
 
 
-def _zo_config(dtype, algorithm="fedkseed", **federation):
+def _zo_config(dtype, algorithm="fedkseed", eps=1e-2, **federation):
     return parse_config({
         "seed": 1, "model": {"config": "micro-llama", "dtype": dtype},
         "data": {"num_examples": 120, "eval_examples": 16, "max_length": 16},
         "federation": {"num_clients": 3, "clients_per_round": 3, "min_replies": 3, "checkpoint_every": 2,
                        **federation},
         "algorithm": {"name": algorithm, "num_candidates": 16, "local_steps": 3, "batch_size": 4,
-                      "lr": 5e-4, "eps": 1e-2},
+                      "lr": 5e-4, "eps": eps},
     })
 
 
@@ -120,6 +120,15 @@ def test_the_memory_estimate_counts_the_dtypes_bytes():
     half = estimate_memory(_zo_config("bfloat16"), 10**9, cores=2, available=10**12)
 
     assert full.worker_bytes - half.worker_bytes == MODEL_COPIES * (4 - 2) * 10**9  # bytes per parameter
+
+
+@pytest.mark.parametrize(("eps", "warned"), [(1e-3, True), (1e-2, False)])
+def test_an_eps_that_rounds_away_on_many_weights_is_warned_about_once(caplog, eps, warned):
+    FedKSeed(_zo_config("bfloat16", eps=eps)).summary()
+
+    # micro-llama's norm gains are 1.0: bfloat16's half ulp there is 2**-8 > 1e-3 (0.3 % of its weights)
+    lines = [r.message for r in caplog.records if "rounds away" in r.message]
+    assert len(lines) == int(warned)
 
 
 @pytest.mark.slow

@@ -32,7 +32,7 @@ from flwr.serverapp import Grid
 
 from fedtune import wire
 from fedtune.config import RunConfig
-from fedtune.dtypes import copy_bits_, itemsize, to_numpy, wire_tensor
+from fedtune.dtypes import copy_bits_, itemsize, lost_fraction, to_numpy, wire_tensor
 from fedtune.privacy import dense_seed_vector
 from fedtune.privacy.accounting import ledger_for
 from fedtune.privacy.dp import private_mean
@@ -57,6 +57,9 @@ CHECKPOINT_DIR = "checkpoints"
 # kernel's (~2e10 per s on 2 cores). The server's own replays replace it until clients report
 # theirs (under DP they never do: the rate is data-independent but withheld with the rest).
 DEFAULT_REPLAY_ELEMENTS_PER_S = 1e9
+# Above this fraction of trainable weights left unmoved by eps (a 16-bit model.dtype), the
+# server warns at start: a few outliers are normal, the norm gains of a whole model are not.
+LOST_PERTURBATION_WARN = 1e-3
 
 
 @dataclass
@@ -228,6 +231,15 @@ class FedKSeed(RoundLoop):
             a.batch_size, a.lr, a.eps, f.clients_per_round, f.num_clients, len(self.params),
             self.num_params,
         )
+        dtype = self.cfg.model.dtype
+        lost = lost_fraction([p for _, p in self.params], a.eps) if dtype != "float32" else 0.0
+        if lost > LOST_PERTURBATION_WARN:  # legal, but those weights never train (docs/architecture.md)
+            log.warning(
+                "algorithm.eps = %g is below half an ulp of %.2f %% of the trainable weights in %s (the "
+                "largest, norm gains at 1.0 among them): their perturbation rounds away and they never "
+                "train; raise algorithm.eps (1e-2 moves every bfloat16 weight below 4 in magnitude)",
+                a.eps, 100 * lost, dtype,
+            )
 
     def train_content(self, server_round: int, since: int | None) -> RecordDict:
         """A train message: the log entries after state ``since``, or the full weights
