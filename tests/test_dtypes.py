@@ -26,14 +26,15 @@ from tests.conftest import run_cli
 from tests.lora.conftest import InProcessGrid, micro_config, run_rounds
 
 
-def _zo_config(dtype, algorithm="fedkseed", eps=1e-2, **federation):
+def _zo_config(dtype, algorithm="fedkseed", eps=1e-2, params="model", **federation):
     return parse_config({
         "seed": 1, "model": {"config": "micro-llama", "dtype": dtype},
         "data": {"num_examples": 120, "eval_examples": 16, "max_length": 16},
         "federation": {"num_clients": 3, "clients_per_round": 3, "min_replies": 3, "checkpoint_every": 2,
                        **federation},
         "algorithm": {"name": algorithm, "num_candidates": 16, "local_steps": 3, "batch_size": 4,
-                      "lr": 5e-4, "eps": eps},
+                      "lr": 5e-4, "eps": eps, "params": params},
+        "lora": {"rank": 2},
     })
 
 
@@ -47,15 +48,19 @@ def _zo_run(cfg, rounds, run_dir):
     return server, records
 
 
-@pytest.mark.parametrize(("dtype", "algorithm"), [("bfloat16", "fedkseed"), ("float16", "mezo")])
-def test_seed_federation_holds_replays_and_resumes_in_the_dtype(task_identity, tmp_path, dtype, algorithm):
-    cfg = _zo_config(dtype, algorithm)
-    torch_dtype = getattr(torch, dtype)
+@pytest.mark.parametrize(("dtype", "algorithm", "params"),
+                         [("bfloat16", "fedkseed", "model"), ("float16", "mezo", "model"),
+                          ("bfloat16", "mezo", "lora")])
+def test_seed_federation_holds_replays_and_resumes_in_the_dtype(task_identity, tmp_path, dtype, algorithm, params):
+    cfg = _zo_config(dtype, algorithm, params=params)
+    # MeZO's LoRA mode perturbs float32 adapters over the 16-bit base (PEFT's habit)
+    torch_dtype = getattr(torch, dtype) if params == "model" else torch.float32
 
     server, records = _zo_run(cfg, 3, tmp_path)
 
     assert all(r["replies"] == 3 and r["sync_mismatches"] == 0 and r["rejected"] == 0 for r in records[1:])
     assert all(p.dtype == torch_dtype for _, p in server.params)
+    assert all(p.dtype == getattr(torch, dtype) for n, p in server.model.named_parameters() if "lora_" not in n)
     assert all(np.isfinite(r["eval_loss"]) for r in records)
     # A client that missed every round is sent the 16-bit weights (their int16 bits for
     # bfloat16, through the ArrayRecord a Flower message carries) and lands on the digest.
@@ -66,7 +71,8 @@ def test_seed_federation_holds_replays_and_resumes_in_the_dtype(task_identity, t
     assert all(t.dtype == torch_dtype for _, t in late.base)
     # The checkpoint of round 2 keeps the dtype; resume = that checkpoint + round 3's log entry.
     with safe_open(str(tmp_path / "checkpoints" / "state-2.safetensors"), "np") as f:
-        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16" if dtype == "bfloat16" else "F16"}  # noqa: SIM118
+        saved = {f.get_slice(k).get_dtype() for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
+    assert saved == {{torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32"}[torch_dtype]}
     resumed = FedKSeed(cfg, tmp_path, resume=True)
     assert resumed.state_round == 3 and resumed.state_digest() == server.state_digest()
 
@@ -145,7 +151,7 @@ def test_a_bfloat16_fedkseed_simulation_stays_in_sync_and_saves_bfloat16(small_c
     assert [r["round"] for r in records] == [0, 1, 2, 3]
     assert all(r["sync_mismatches"] == 0 and r["rejected"] == 0 and r["replies"] >= 2 for r in records[1:])
     with safe_open(str(run_dir / "model" / "model.safetensors"), "np") as f:
-        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}  # noqa: SIM118
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}  # noqa: SIM118 (not iterable)
 
 
 def test_a_16_bit_model_for_device_clients_exits_2_before_anything_starts(small_config, tmp_path):
