@@ -127,17 +127,17 @@ def autocast(device: torch.device, name: str) -> contextlib.AbstractContextManag
     return torch.autocast(device.type, dtype=torch_dtype(name))
 
 
-def float32_loss(output: Any, labels: torch.Tensor) -> torch.Tensor:
+def float32_loss(output: Any, labels: torch.Tensor | None) -> torch.Tensor:
     """The mean cross-entropy of a forward's ``output`` (``.loss``, ``.logits``), in float32.
 
     A bfloat16 loss has 8 significant bits: a ZO step's ``L+ - L-`` would mostly be zero.
     Hugging Face's causal-LM loss upcasts its logits itself; its sequence-classification
     heads (``labels`` of shape ``(B,)``) do not, so theirs is taken again from float32 logits.
-    A float32 model's loss is returned as it is.
+    Any other output (a float32 model's, or one without ``labels``) gives its ``.loss``.
     """
     import torch
 
-    if labels.dim() == 1 and output.logits.dtype != torch.float32:
+    if labels is not None and labels.dim() == 1 and output.logits.dtype != torch.float32:
         return torch.nn.functional.cross_entropy(output.logits.float(), labels)
     return output.loss
 

@@ -97,7 +97,7 @@ def local_train(
         for step in range(steps):
             batch = {k: v.to(device, non_blocking=True) for k, v in batch_for_step(step).items()}
             with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                loss = float32_loss(model(**batch), batch["labels"])
+                loss = float32_loss(model(**batch), batch.get("labels"))
             if not torch.isfinite(loss):
                 skipped += 1
                 continue
