@@ -99,3 +99,14 @@ def test_bits_cross_torch_numpy_and_the_wire_unchanged(dtype):
     assert to_numpy(tensor).tobytes() == base.tobytes()
     assert weights_digest([("w", to_numpy(tensor))]) == weights_digest([("w", base)])
     assert weights_digest([("w", base)]) != weights_digest([("w", base.astype(np.float32))])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_agrees_with_the_pinned_bits(dtype):
+    tensor = _torch(low_precision_base(dtype)).cuda()
+
+    torch_backend.add_scaled_multi_([(LOW_PRECISION_NAME, tensor)], LOW_PRECISION_SEEDS, LOW_PRECISION_COEFS)
+
+    assert bits_digest(to_numpy(tensor)) == PINNED[dtype]
