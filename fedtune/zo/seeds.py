@@ -81,15 +81,17 @@ def replay_coefficient(lr: float, scalar: float | np.floating) -> float:
 
 
 def replay_numpy_(arrays: Sequence[tuple[str, np.ndarray]], update: SeedUpdate) -> None:
-    """Apply one round's update to float32 numpy arrays in place; bit-identical to
-    :func:`fedtune.zo.fedkseed.replay_` on the same weights."""
+    """Apply one round's update to numpy arrays in place (float32, float16 or
+    ``ml_dtypes.bfloat16``); bit-identical to :func:`fedtune.zo.fedkseed.replay_` on the
+    same weights in the same dtype."""
     seeds = [int(seed) for seed in update.seeds.tolist()]
     coefs = [replay_coefficient(update.lr, scalar) for scalar in update.scalars.tolist()]
     add_scaled_many_(arrays, seeds, coefs)
 
 
 def weights_digest(named: Sequence[tuple[str, np.ndarray]]) -> str:
-    """SHA-256 over the names and raw little-endian bytes of the arrays, in name order.
+    """SHA-256 over the names and raw little-endian bytes of the arrays, in name order
+    (the bytes of the arrays' own dtype: 2 per element for bfloat16 and float16).
 
     The identity of a global state: every party (torch or numpy) computes the same digest
     for the same weights, and the server compares clients' digests with its own.
