@@ -185,7 +185,8 @@ class CompressConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Server-side evaluation of the global model on held-out data."""
+    """Evaluation of the global model: on the server's held-out data, and (``federated``) on
+    the clients' own."""
 
     every: int = 1  # evaluate every N rounds (and always after the last)
     batch_size: int = 64
@@ -198,6 +199,11 @@ class EvalConfig:
     max_new_tokens: int = 32  # generated tokens per prompt at most (generation stops at eos)
     do_sample: bool = False  # false = greedy; true = sampling, seeded from the run's seed
     temperature: float = 1.0  # of sampling (do_sample = true)
+    # federated evaluation: each evaluating round, a sample of clients also scores the global
+    # model on a held-out share of their own data (docs/architecture.md, "Federated evaluation")
+    federated: bool = False
+    federated_fraction: float = 1.0  # clients asked = ceil(fraction x federation.clients_per_round)
+    federated_holdout: float = 0.2  # per client, a seeded share of its partition kept out of training
 
 
 @dataclass(frozen=True)
@@ -501,6 +507,19 @@ def _check_eval(cfg: RunConfig) -> list[str]:
         errors.append(f"`eval.max_new_tokens` must be >= 1, got {e.max_new_tokens}")
     if not (math.isfinite(e.temperature) and e.temperature > 0):
         errors.append(f"`eval.temperature` must be > 0, got {e.temperature}")
+    if not (math.isfinite(e.federated_fraction) and 0 < e.federated_fraction <= 1):
+        errors.append(f"`eval.federated_fraction` must be in (0, 1] (the share of federation.clients_per_round "
+                      f"asked to evaluate), got {e.federated_fraction}")
+    if not (math.isfinite(e.federated_holdout) and 0 < e.federated_holdout < 1):
+        errors.append(f"`eval.federated_holdout` must be in (0, 1) (each client's share of its data kept for "
+                      f"evaluation), got {e.federated_holdout}")
+    if e.federated and cfg.privacy.dp != "none":
+        errors.append(f"`eval.federated` with `privacy.dp` = {cfg.privacy.dp!r}: a client's loss on its own data is "
+                      "data-dependent and outside the accounted release (DP clients withhold their metrics); "
+                      "turn one off")
+    if e.federated and cfg.ondevice.clients:
+        errors.append("`eval.federated` does not support ONNX device clients (`ondevice.clients` > 0): their loss "
+                      "graph has no logits to score; set ondevice.clients = 0 or eval.federated = false")
     if not (math.isfinite(cfg.log.progress_s) and cfg.log.progress_s >= 0):
         errors.append(f"`log.progress_s` must be >= 0 (0 = no progress lines), got {cfg.log.progress_s}")
     return errors

@@ -23,6 +23,7 @@ from fedtune import data as fdata
 from fedtune import models
 from fedtune.config import RunConfig
 from fedtune.data.batches import encode_classification, encode_lm
+from fedtune.lru import LRU, PARTITION_CACHE
 from fedtune.metrics import GENERATION_METRICS, exact_match, rouge_l
 from fedtune.metrics import macro_f1 as macro_f1_score
 from fedtune.progress import Progress
@@ -130,6 +131,9 @@ class Workload:
 
     cfg: RunConfig
     device: torch.device = field(init=False)
+    # encoded local held-out shares (eval.federated) of the clients this process played last
+    _local_eval: LRU[tuple[int, int], dict[str, torch.Tensor]] = field(
+        init=False, repr=False, default_factory=lambda: LRU(PARTITION_CACHE))
 
     def __post_init__(self) -> None:
         self.device = pick_device(self.cfg.device)
@@ -289,10 +293,28 @@ class Workload:
         return [ex.label for ex in self.examples[0]]
 
     def partition(self, partition_id: int, num_partitions: int) -> list[int]:
-        """Indices of the training examples of client ``partition_id``."""
+        """Indices of the training examples of client ``partition_id`` (without its local
+        held-out share under ``eval.federated``: :meth:`local_split`)."""
+        return self.local_split(partition_id, num_partitions)[0]
+
+    def local_split(self, partition_id: int, num_partitions: int) -> tuple[list[int], list[int]]:
+        """Client ``partition_id``'s examples as (train, local held-out) indices, each ascending.
+
+        Without ``eval.federated`` the held-out part is empty and the train part the whole
+        partition, as it always was. With it, a permutation seeded by ``(seed,
+        "fed-holdout", partition_id)`` picks ``floor(eval.federated_holdout x n)`` of the
+        client's n examples, at least 1 and at most n - 1 (a client keeps one to train on).
+        """
         if not 0 <= partition_id < num_partitions:
             raise ValueError(f"partition id {partition_id} is outside [0, {num_partitions})")
-        return [int(i) for i in self.partitions(num_partitions)[partition_id]]
+        indices = [int(i) for i in self.partitions(num_partitions)[partition_id]]
+        if not self.cfg.eval.federated:
+            return indices, []
+        n = len(indices)
+        held = min(max(1, int(self.cfg.eval.federated_holdout * n)), n - 1)
+        order = generator(self.cfg.seed, "fed-holdout", partition_id).permutation(n)
+        out = set(order[:held].tolist())
+        return [i for k, i in enumerate(indices) if k not in out], [i for k, i in enumerate(indices) if k in out]
 
     def partitions(self, num_partitions: int) -> list[Any]:
         """Every client's training example indices (sorted int64 arrays), by ``data.partition``."""
@@ -328,12 +350,33 @@ class Workload:
         e = self.cfg.eval
         scores: dict[str, float] = {}
         if {"loss", "accuracy", "macro_f1"} & set(e.metrics):
-            computed = evaluate(model, self.eval_set, e.batch_size, self.device,
-                                macro_f1="macro_f1" in e.metrics, progress_s=self.cfg.log.progress_s)
+            computed = self.one_pass_scores(model, self.eval_set)
             scores.update({k: v for k, v in computed.items() if k.removeprefix("eval_") in e.metrics})
         if set(GENERATION_METRICS) & set(e.metrics):
             scores.update(self.generation_scores(model))
         return scores
+
+    def one_pass_scores(self, model: torch.nn.Module, encoded: dict[str, torch.Tensor]) -> dict[str, float]:
+        """``eval_loss``, ``eval_accuracy`` and, if ``eval.metrics`` has it, ``eval_macro_f1``
+        of ``model`` on ``encoded``: what one forward pass over it gives."""
+        e = self.cfg.eval
+        return evaluate(model, encoded, e.batch_size, self.device, macro_f1="macro_f1" in e.metrics,
+                        progress_s=self.cfg.log.progress_s)
+
+    def evaluate_local(
+        self, model: torch.nn.Module, partition_id: int, num_partitions: int
+    ) -> tuple[int, dict[str, float]]:
+        """Federated evaluation on a client: ``model`` scored on the client's own held-out
+        share (:meth:`local_split`). Returns (its number of examples, :meth:`one_pass_scores`);
+        (0, {}) for a client with none."""
+        def build() -> dict[str, torch.Tensor]:
+            train = self.examples[0]
+            return self.encode([train[i] for i in self.local_split(partition_id, num_partitions)[1]])
+
+        if not self.local_split(partition_id, num_partitions)[1]:
+            return 0, {}
+        encoded = self._local_eval.get_or_build((partition_id, num_partitions), build)
+        return int(encoded["input_ids"].shape[0]), self.one_pass_scores(model, encoded)
 
     def generation_scores(self, model: torch.nn.Module) -> dict[str, float]:
         """Rouge-L and/or exact match (as ``eval.metrics`` asks) of generated responses,
