@@ -129,6 +129,15 @@ class LoraClient:
         state = self.view(read_state(self.params, self.uplink), partition_id)
         return LoraReport(state, num_examples, result.mean_loss, result.skipped)
 
+    def evaluate(
+        self, partition_id: int, num_partitions: int, global_state: Mapping[str, torch.Tensor]
+    ) -> tuple[int, dict[str, float]]:
+        """The global adapter ``global_state`` (the rule's uplink tensors, at full rank: the
+        global model as the server holds it) scored on this client's own held-out share:
+        :meth:`fedtune.workload.Workload.evaluate_local`."""
+        write_state(self.params, global_state)
+        return self.workload.evaluate_local(self.model, partition_id, num_partitions)
+
     def rank(self, partition_id: int) -> int:
         """The adapter rank the client of ``partition_id`` trains (``lora.rank`` unless the algorithm says)."""
         return self._rank_of(self.cfg, partition_id) if self._rank_of is not None else self.cfg.lora.rank
