@@ -193,7 +193,8 @@ _SCORE_LABELS = (("eval_macro_f1", "macro-F1"), ("eval_rougeL", "rougeL"), ("eva
 
 def eval_parts(record: Mapping[str, Any]) -> list[str]:
     """The progress line's evaluation words, each ending in a comma:
-    ``eval loss 2.2000 (acc 0.125), rougeL 0.412, EM 0.100, generation 3.1 s,``."""
+    ``eval loss 2.2000 (acc 0.125), rougeL 0.412, EM 0.100, generation 3.1 s,`` and, with
+    federated evaluation, ``fed eval loss 2.3100 (acc 0.118, 3 clients, 41 examples),``."""
     parts: list[str] = []
     loss, accuracy = record.get("eval_loss"), record.get("eval_accuracy")
     if loss is not None:
@@ -203,6 +204,14 @@ def eval_parts(record: Mapping[str, Any]) -> list[str]:
     parts += [f"{label} {record[key]:.3f}," for key, label in _SCORE_LABELS if record.get(key) is not None]
     if record.get("eval_generate_seconds") is not None:
         parts.append(f"generation {record['eval_generate_seconds']:.1f} s,")
+    if "fed_eval_clients" in record:  # eval.federated: the clients' scores on their own data
+        fed_loss, fed_accuracy = record.get("fed_eval_loss"), record.get("fed_eval_accuracy")
+        on = f"{record['fed_eval_clients']} clients, {record['fed_eval_examples']} examples"
+        if fed_loss is None or not math.isfinite(fed_loss):
+            parts.append(f"fed eval loss {fed_loss if fed_loss is not None else 'none'} ({on}),")
+        else:
+            acc = f"acc {fed_accuracy:.3f}, " if fed_accuracy is not None and math.isfinite(fed_accuracy) else ""
+            parts.append(f"fed eval loss {fed_loss:.4f} ({acc}{on}),")
     return parts
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -123,9 +123,8 @@ class FederatedLora(RoundLoop):
         """LoRA-FAIR's phase-2 train content: ``Ā`` (``a_mean``: its encoded bundle)."""
         return RecordDict({wire.CONFIG: self._config(server_round, 2), wire.A_MEAN: ConfigRecord({wire.BUNDLE: a_mean})})
 
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
+    def messages_to(self, server_round: int, node_ids: Sequence[int], message_type: str) -> list[Message]:
+        """The global adapter (the rule's uplink tensors, dense), phase 1, to each node."""
         # the global adapter, encoded once a round; each message gets its own record of it
         bundle = pack({n: self.state[n] for n in self.uplink})[wire.BUNDLE]
         return [
@@ -133,10 +132,15 @@ class FederatedLora(RoundLoop):
                 RecordDict({wire.CONFIG: self._config(server_round, 1),
                             wire.ADAPTER: ConfigRecord({wire.BUNDLE: bundle})}),
                 dst_node_id=n,
-                message_type=MessageType.TRAIN,
+                message_type=message_type,
             ))
-            for n in self.sample(grid, server_round)
+            for n in node_ids
         ]
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return self.messages_to(server_round, self.sample(grid, server_round), MessageType.TRAIN)
 
     def accept(self, reply: Message, stats: LoraRoundStats, *, masked: bool = False) -> Accepted | None:
         """Validate one phase-1 reply; None (counted, logged) if it failed or does not fit.
@@ -242,9 +246,7 @@ class FederatedLora(RoundLoop):
             Message(self.phase2_content(server_round, a_mean), dst_node_id=item.node, message_type=MessageType.TRAIN)
             for item in accepted
         ]
-        replies = list(grid.send_and_receive(messages, timeout=self.cfg.federation.round_timeout_s))
-        stats.bytes_down += sum(wire.message_bytes(m, downlink=True) for m in messages)
-        stats.failed += len(messages) - len(replies)
+        replies = self.exchange(grid, server_round, messages, stats)
         weight_of = {item.node: item.weight for item in accepted}
         order = {item.node: i for i, item in enumerate(accepted)}
         projections = []
@@ -283,9 +285,7 @@ class FederatedLora(RoundLoop):
         if self.cfg.privacy.secagg:  # the same rules from sums only, through Flower's SecAgg+
             return self._run_secure_round(grid, server_round, messages, stats)
         stats.sampled = len(messages)
-        replies = list(grid.send_and_receive(messages, timeout=self.cfg.federation.round_timeout_s))
-        stats.bytes_down += sum(wire.message_bytes(m, downlink=True) for m in messages)
-        stats.failed += len(messages) - len(replies)
+        replies = self.exchange(grid, server_round, messages, stats)
         if not self.cfg.lora.two_phase:
             self.aggregate_train(server_round, replies, stats)
             return stats.as_metrics()
