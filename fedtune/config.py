@@ -513,6 +513,11 @@ def _check_eval(cfg: RunConfig) -> list[str]:
     if not (math.isfinite(e.federated_holdout) and 0 < e.federated_holdout < 1):
         errors.append(f"`eval.federated_holdout` must be in (0, 1) (each client's share of its data kept for "
                       f"evaluation), got {e.federated_holdout}")
+    defaults = EvalConfig()
+    for key in ("federated_fraction", "federated_holdout"):
+        if not e.federated and getattr(e, key) != getattr(defaults, key):
+            errors.append(f"`eval.{key}` applies to `eval.federated = true`, got {getattr(e, key)} with federated "
+                          f"evaluation off; set eval.federated = true or remove eval.{key}")
     if e.federated and cfg.privacy.dp != "none":
         errors.append(f"`eval.federated` with `privacy.dp` = {cfg.privacy.dp!r}: a client's loss on its own data is "
                       "data-dependent and outside the accounted release (DP clients withhold their metrics); "

@@ -111,6 +111,14 @@ def test_bad_fractions_are_refused_in_one_line_naming_the_key(key, value):
     assert len(info.value.errors) == 1 and f"`eval.{key}`" in info.value.errors[0], info.value.errors
 
 
+def test_its_keys_without_federated_evaluation_are_refused():
+    with pytest.raises(ConfigError) as info:
+        _zo_config("eval.federated_holdout=0.3")
+
+    assert info.value.errors == [("`eval.federated_holdout` applies to `eval.federated = true`, got 0.3 with "
+                                 "federated evaluation off; set eval.federated = true or remove eval.federated_holdout")]
+
+
 def test_dp_and_device_clients_are_refused_with_federated_evaluation():
     with pytest.raises(ConfigError) as dp:
         _zo_config("eval.federated=true", "privacy.dp=central", "algorithm.weighting=uniform")
