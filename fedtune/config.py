@@ -478,7 +478,8 @@ def _check_values(cfg: RunConfig) -> list[str]:
     need(od.clients == 0 or mode is not None,
          f"`ondevice.clients` > 0 needs {DEVICE_SUPPORT}; got path={m.path!r}, config={m.config!r}, "
          f"task={m.task!r}, head={m.head!r}, trainable={list(m.trainable)}")
-    sources = DEVICE_SOURCES[mode or "lm"]
+    # an unsupported model is reported above; its sources are checked as the mode it comes closest to
+    sources = DEVICE_SOURCES[mode or ("head" if m.head == "label-names" else "lm")]
     need(od.clients == 0 or d.source in sources,
          f"`ondevice.clients` > 0 supports data.source {', '.join(sources)} for this model, got {d.source!r}")
     need(not od.onnx_path or od.onnx_path.endswith(".onnx"),

@@ -83,14 +83,14 @@ class DeviceClient(SeedClient):
         onnx_path = Path(onnx_path)
         self.workload = DeviceWorkload(cfg, tokenizer_path(onnx_path))  # refuses an unsupported run first
         weights = _load_weights(onnx_path, model_key(cfg))
-        self.features: OnnxFeatures | None = None
+        self.encoder: OnnxFeatures | None = None  # a head run: the frozen encoder's features graph
         if self.workload.mode == "head":  # the file holds the whole head; the run trains part or all of it
             self.base = [(name, a) for name, a in weights if any(fnmatchcase(name, p) for p in cfg.model.trainable)]
             if not self.base:
                 raise ValueError(f"{weights_path(onnx_path)} holds {[n for n, _ in weights]}, none of which "
                                  f"`model.trainable` = {list(cfg.model.trainable)} selects")
-            self.features = OnnxFeatures(onnx_path, threads=threads)
-            metadata = self.features.metadata
+            self.encoder = OnnxFeatures(onnx_path, threads=threads)
+            metadata = self.encoder.metadata
         else:
             self.base = weights  # the global weights at `synced_round`
             self.runtime = OnnxLoss(onnx_path, {name: a.shape for name, a in self.base}, threads=threads)
@@ -104,8 +104,8 @@ class DeviceClient(SeedClient):
 
     def _data(self, partition_id: int, num_partitions: int) -> dict[str, Any]:
         encoded = super()._data(partition_id, num_partitions)
-        if self.features is not None and FEATURES not in encoded:  # once per partition, kept with its data
-            encoded[FEATURES] = self.features.features(encoded, self.cfg.eval.batch_size)
+        if self.encoder is not None and FEATURES not in encoded:  # once per partition, kept with its data
+            encoded[FEATURES] = self.encoder.features(encoded, self.cfg.eval.batch_size)
         return encoded
 
     def _load_base(self, weights: Mapping[str, np.ndarray]) -> None:
@@ -128,7 +128,7 @@ class DeviceClient(SeedClient):
                            estimator=a.estimator, directions=a.directions)
 
     def _batch_loss(self, encoded: dict[str, Any], batch_size: int, seed: int, step: int) -> float:
-        if self.features is not None:  # the same rows as below: sample_batch's draw depends only on N
+        if self.encoder is not None:  # the same rows as below: sample_batch's draw depends only on N
             batch = sample_batch({key: encoded[key] for key in (FEATURES, "labels")}, batch_size, seed=seed, step=step)
             return head_loss(batch[FEATURES], batch["labels"], self.named)
         return self.runtime.loss(self.named, sample_batch(encoded, batch_size, seed=seed, step=step))
