@@ -30,6 +30,7 @@ __all__ = [
     "CompressConfig",
     "ConfigError",
     "DataConfig",
+    "DeviceMode",
     "EvalConfig",
     "FederationConfig",
     "LogConfig",
@@ -40,6 +41,7 @@ __all__ = [
     "RobustConfig",
     "RunConfig",
     "SimulationConfig",
+    "device_mode",
     "dump_toml",
     "load_config",
     "parse_config",
@@ -317,6 +319,34 @@ class RunConfig:
         raise KeyError(f"no algorithm config section [{name}]; registered: {sorted(algorithms.sections())}")
 
 
+DeviceMode = Literal["lm", "head"]
+"""What an ONNX device client runs (docs/device.md): ``lm``, the causal-LM loss graph of a
+``model.config`` model with fedtune's word tokenizer; ``head``, zeroth-order steps on the
+label-name head of a pretrained sentence encoder over its frozen features."""
+
+DEVICE_SOURCES: dict[DeviceMode, tuple[str, ...]] = {"lm": ("instructions", "jsonl", "csv"), "head": ("topics", "news")}
+"""The ``data.source`` values each device mode supports."""
+
+DEVICE_SUPPORT = (
+    "a causal-lm `model.config` model (fedtune's word tokenizer), or the label-name head of a "
+    "`model.path` sentence encoder (model.task = 'seq-cls', model.head = 'label-names', every "
+    "model.trainable pattern under 'classifier.', e.g. ['classifier.*']; zeroth-order steps on "
+    "encoder weights would need the whole graph with its weights as inputs, which devices do not run)"
+)
+"""What device clients support, for the errors that refuse anything else."""
+
+
+def device_mode(cfg: RunConfig) -> DeviceMode | None:
+    """Which :data:`DeviceMode` a device client of ``cfg``'s run takes, or None if it supports none."""
+    m = cfg.model
+    if m.config and not m.path and m.task == "causal-lm":
+        return "lm"
+    head_only = bool(m.trainable) and all(pattern.startswith("classifier.") for pattern in m.trainable)
+    if m.path and m.task == "seq-cls" and m.head == "label-names" and head_only and cfg.algorithm.params == "model":
+        return "head"
+    return None
+
+
 def _default_sections() -> tuple[tuple[str, Any], ...]:
     return tuple((name, cls()) for name, cls in sorted(algorithms.sections().items()))
 
@@ -455,11 +485,14 @@ def _check_values(cfg: RunConfig) -> list[str]:
     need(od.clients == 0 or "device" in spec.features,
          f"`ondevice.clients` > 0 needs a zeroth-order algorithm ({', '.join(algorithms.supporting('device'))}), "
          f"got {a.name!r}")
-    need(od.clients == 0 or (bool(m.config) and m.task == "causal-lm"),
-         "`ondevice.clients` > 0 needs a causal-lm `model.config` model (devices use fedtune's word "
-         f"tokenizer, not a Hugging Face one), got config={m.config!r}, task={m.task!r}")
-    need(od.clients == 0 or d.source in ("instructions", "jsonl", "csv"),
-         f"`ondevice.clients` > 0 supports data.source instructions, jsonl or csv, got {d.source!r}")
+    mode = device_mode(cfg)
+    need(od.clients == 0 or mode is not None,
+         f"`ondevice.clients` > 0 needs {DEVICE_SUPPORT}; got path={m.path!r}, config={m.config!r}, "
+         f"task={m.task!r}, head={m.head!r}, trainable={list(m.trainable)}")
+    # an unsupported model is reported above; its sources are checked as the mode it comes closest to
+    sources = DEVICE_SOURCES[mode or ("head" if m.head == "label-names" else "lm")]
+    need(od.clients == 0 or d.source in sources,
+         f"`ondevice.clients` > 0 supports data.source {', '.join(sources)} for this model, got {d.source!r}")
     need(not od.onnx_path or od.onnx_path.endswith(".onnx"),
          f"`ondevice.onnx_path` must name a .onnx file, got {od.onnx_path!r}")
     errors += _check_privacy(cfg)
