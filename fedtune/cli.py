@@ -256,6 +256,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not records or records[-1].get("round") != cfg.rounds:
         log.error("the run stopped before round %d; see the log above", cfg.rounds)
         return 1
+    trained = [r for r in records if r.get("round", 0) > 0]
+    if trained and not any(r.get("replies") for r in trained):
+        log.error("no client update was aggregated in any of the %d rounds (every client failed or was "
+                  "rejected); the model is the initial one. See the log above", cfg.rounds)
+        return 1
     if evals:
         log.info(
             "done: eval loss %.4f -> %.4f over %d rounds; results in %s",

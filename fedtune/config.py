@@ -22,6 +22,7 @@ import tomllib
 from fedtune import algorithms
 from fedtune.data.templates import TEMPLATES
 from fedtune.metrics import check_metrics
+from fedtune.zo import estimators as zo_estimators
 
 __all__ = [
     "AlgorithmConfig",
@@ -29,6 +30,7 @@ __all__ = [
     "CompressConfig",
     "ConfigError",
     "DataConfig",
+    "DeviceMode",
     "EvalConfig",
     "FederationConfig",
     "LogConfig",
@@ -39,6 +41,7 @@ __all__ = [
     "RobustConfig",
     "RunConfig",
     "SimulationConfig",
+    "device_mode",
     "dump_toml",
     "load_config",
     "parse_config",
@@ -142,8 +145,11 @@ class AlgorithmConfig:
     batch_size: int = 16  # examples per step
     lr: float = 2e-4  # learning rate of the ZO update
     eps: float = 1e-3  # perturbation scale
-    estimator: Literal["central", "forward", "sign"] = "central"  # ZO gradient estimator (fedtune.zo.estimators)
+    estimator: str = "central"  # ZO gradient estimator: a registered one (fedtune.zo.estimators)
     directions: int = 1  # q, ZO directions per local step (one (key, scalar) entry each)
+    # ZO steps on a label-name head alone run on the frozen encoder's features, computed once
+    # per client's data (the same loss; false: the whole forward every step)
+    cache_features: bool = True
     # beta of server momentum on FedKSeed's aggregated per-seed scalars (0 = none): the logged
     # round is m_t = beta m_(t-1) + G_t over the K seeds, so replay and resume stay canonical
     server_momentum: float = 0.0
@@ -319,6 +325,34 @@ class RunConfig:
         raise KeyError(f"no algorithm config section [{name}]; registered: {sorted(algorithms.sections())}")
 
 
+DeviceMode = Literal["lm", "head"]
+"""What an ONNX device client runs (docs/device.md): ``lm``, the causal-LM loss graph of a
+``model.config`` model with fedtune's word tokenizer; ``head``, zeroth-order steps on the
+label-name head of a pretrained sentence encoder over its frozen features."""
+
+DEVICE_SOURCES: dict[DeviceMode, tuple[str, ...]] = {"lm": ("instructions", "jsonl", "csv"), "head": ("topics", "news")}
+"""The ``data.source`` values each device mode supports."""
+
+DEVICE_SUPPORT = (
+    "a causal-lm `model.config` model (fedtune's word tokenizer), or the label-name head of a "
+    "`model.path` sentence encoder (model.task = 'seq-cls', model.head = 'label-names', every "
+    "model.trainable pattern under 'classifier.', e.g. ['classifier.*']; zeroth-order steps on "
+    "encoder weights would need the whole graph with its weights as inputs, which devices do not run)"
+)
+"""What device clients support, for the errors that refuse anything else."""
+
+
+def device_mode(cfg: RunConfig) -> DeviceMode | None:
+    """Which :data:`DeviceMode` a device client of ``cfg``'s run takes, or None if it supports none."""
+    m = cfg.model
+    if m.config and not m.path and m.task == "causal-lm":
+        return "lm"
+    head_only = bool(m.trainable) and all(pattern.startswith("classifier.") for pattern in m.trainable)
+    if m.path and m.task == "seq-cls" and m.head == "label-names" and head_only and cfg.algorithm.params == "model":
+        return "head"
+    return None
+
+
 def _default_sections() -> tuple[tuple[str, Any], ...]:
     return tuple((name, cls()) for name, cls in sorted(algorithms.sections().items()))
 
@@ -379,6 +413,8 @@ def _check_values(cfg: RunConfig) -> list[str]:
     need(math.isfinite(a.lr) and a.lr >= 0, f"`algorithm.lr` must be >= 0, got {a.lr}")
     need(math.isfinite(a.eps) and a.eps > 0, f"`algorithm.eps` must be > 0, got {a.eps}")
     need(a.directions >= 1, f"`algorithm.directions` must be >= 1, got {a.directions}")
+    need(a.estimator in zo_estimators.names(),
+         f"`algorithm.estimator` must be one of {', '.join(zo_estimators.names())}, got {a.estimator!r}")
     need(0 <= a.server_momentum < 1, f"`algorithm.server_momentum` must be in [0, 1), got {a.server_momentum}")
     need(a.server_momentum == 0 or "momentum" in spec.features,
          f"`algorithm.server_momentum` needs a pool of seeds ({', '.join(algorithms.supporting('momentum'))}), "
@@ -402,8 +438,16 @@ def _check_values(cfg: RunConfig) -> list[str]:
          f"`lora.two_phase` applies to algorithm.name = 'lorafair' only, got {a.name!r} (FedIT and "
          "FFA-LoRA are plain weighted sums already)")
     need("trainable" in spec.features or not m.trainable,
-         f"`model.trainable` selects tensors for the zeroth-order algorithms; {a.name!r} trains "
-         "`lora.target_modules` (and a seq-cls head): leave model.trainable empty")
+         f"`model.trainable` selects the tensors that {', '.join(algorithms.supporting('trainable'))} tune; "
+         f"{a.name!r} trains `lora.target_modules` (and a seq-cls head): leave model.trainable empty")
+    first_order_tensors = spec.family == "lora" and bool(m.trainable)
+    unsupported = [key for key, on in (("privacy.secagg", cfg.privacy.secagg), ("privacy.dp", cfg.privacy.dp != "none"),
+                                       ("compress.method", cfg.compress.method != "none"),
+                                       ("robust.method", cfg.robust.method != "none"),
+                                       ("ondevice.clients", bool(cfg.ondevice.clients))) if on]
+    need(not (first_order_tensors and unsupported),
+         f"first-order fine-tuning of model tensors (`model.trainable` with {a.name!r}) does not support "
+         f"{', '.join(unsupported)} yet; use LoRA adapters (leave model.trainable empty) for those")
     need(math.isfinite(m.head_scale) and m.head_scale > 0, f"`model.head_scale` must be > 0, got {m.head_scale}")
     need(m.head == "default" or m.task == "seq-cls",
          f"`model.head` = {m.head!r} applies to model.task = 'seq-cls', got {m.task!r}")
@@ -447,11 +491,14 @@ def _check_values(cfg: RunConfig) -> list[str]:
     need(od.clients == 0 or "device" in spec.features,
          f"`ondevice.clients` > 0 needs a zeroth-order algorithm ({', '.join(algorithms.supporting('device'))}), "
          f"got {a.name!r}")
-    need(od.clients == 0 or (bool(m.config) and m.task == "causal-lm"),
-         "`ondevice.clients` > 0 needs a causal-lm `model.config` model (devices use fedtune's word "
-         f"tokenizer, not a Hugging Face one), got config={m.config!r}, task={m.task!r}")
-    need(od.clients == 0 or d.source in ("instructions", "jsonl", "csv"),
-         f"`ondevice.clients` > 0 supports data.source instructions, jsonl or csv, got {d.source!r}")
+    mode = device_mode(cfg)
+    need(od.clients == 0 or mode is not None,
+         f"`ondevice.clients` > 0 needs {DEVICE_SUPPORT}; got path={m.path!r}, config={m.config!r}, "
+         f"task={m.task!r}, head={m.head!r}, trainable={list(m.trainable)}")
+    # an unsupported model is reported above; its sources are checked as the mode it comes closest to
+    sources = DEVICE_SOURCES[mode or ("head" if m.head == "label-names" else "lm")]
+    need(od.clients == 0 or d.source in sources,
+         f"`ondevice.clients` > 0 supports data.source {', '.join(sources)} for this model, got {d.source!r}")
     need(not od.onnx_path or od.onnx_path.endswith(".onnx"),
          f"`ondevice.onnx_path` must name a .onnx file, got {od.onnx_path!r}")
     errors += _check_privacy(cfg)

@@ -108,6 +108,8 @@ PARTITION = "partition-id"  # int in STATE of a query reply: the node's data par
 # of a train message (a `fedtune run` simulation): the partition the server assigned the node
 NUM_PARTITIONS = "num-partitions"  # int in CONFIG next to PARTITION
 SEED_IMPORTANCE = "seed-importance"  # bytes in CONFIG (FedKSeed-Pro): encode_importance's payload
+RANK = "rank"  # int in CONFIG of a hetlora train message: the rank the client trains (its ADAPTER is cut
+# to it); in METRICS of the reply, with [hetlora] prune: the rank it kept after self-pruning
 
 # Keys of METRICS in a reply.
 NUM_EXAMPLES = "num-examples"  # int, size of the client's partition (the aggregation weight)

@@ -23,13 +23,14 @@ from fedtune import data as fdata
 from fedtune import models
 from fedtune.config import RunConfig
 from fedtune.data.batches import encode_classification, encode_lm
+from fedtune.data.sources import holdout_rows, label_names, load_examples
 from fedtune.lru import LRU, PARTITION_CACHE
 from fedtune.metrics import GENERATION_METRICS, exact_match, rouge_l
 from fedtune.metrics import macro_f1 as macro_f1_score
 from fedtune.progress import Progress
 from fedtune.rng import derive_seed, generator
 
-__all__ = ["Workload", "pick_device"]
+__all__ = ["Workload", "label_names", "pick_device"]
 
 log = logging.getLogger(__name__)
 
@@ -44,36 +45,6 @@ def pick_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"`device` = {name!r} but CUDA is not available here; use auto or cpu")
     return device
-
-
-def _load_examples(cfg: RunConfig) -> tuple[list[fdata.Example], list[fdata.Example]]:
-    """(train, eval) examples; a file source is split deterministically into the two."""
-    d = cfg.data
-    if d.source == "topics":
-        train = fdata.generate_topics(d.num_examples, derive_seed(cfg.seed, "train-data"))
-        held_out = fdata.generate_topics(d.eval_examples, derive_seed(cfg.seed, "eval-data"))
-        return train, held_out
-    if d.source == "news":
-        train = fdata.generate_news(d.num_examples, derive_seed(cfg.seed, "train-data"))
-        held_out = fdata.generate_news(d.eval_examples, derive_seed(cfg.seed, "eval-data"))
-        return train, held_out
-    if d.source == "instructions":
-        train = fdata.generate_instructions(d.num_examples, derive_seed(cfg.seed, "train-data"))
-        held_out = fdata.generate_instructions(d.eval_examples, derive_seed(cfg.seed, "eval-data"))
-        return train, held_out
-    loader = fdata.load_jsonl if d.source == "jsonl" else fdata.load_csv
-    examples = loader(d.path)
-    if len(examples) < 2:
-        raise ValueError(f"{d.path}: {len(examples)} example(s); need at least 2 to hold some out")
-    train_rows, eval_rows = _holdout(cfg, len(examples))
-    return [examples[i] for i in train_rows], [examples[i] for i in eval_rows]
-
-
-def _holdout(cfg: RunConfig, num_rows: int) -> tuple[list[int], list[int]]:
-    """(train rows, held-out rows) of a file: a seeded tenth at most, ``eval_examples`` at most."""
-    order = generator(cfg.seed, "holdout").permutation(num_rows).tolist()
-    num_eval = min(cfg.data.eval_examples, max(1, num_rows // 10))
-    return order[num_eval:], order[:num_eval]
 
 
 @dataclass(frozen=True)
@@ -115,7 +86,7 @@ def _load_file(cfg: RunConfig, tokenizer: Any = None) -> FileData:
     if len(rows.examples) < 2:
         raise ValueError(f"`data.path` {d.path!r} holds {len(rows.examples)} row(s); need at least 2 to hold "
                          "some out, or give data.eval_path")
-    train_rows, eval_rows = _holdout(cfg, len(rows.examples))
+    train_rows, eval_rows = holdout_rows(cfg, len(rows.examples))
     return FileData([rows.examples[i] for i in train_rows], [rows.examples[i] for i in eval_rows],
                     [rows.values[i] for i in train_rows], names)
 
@@ -154,7 +125,7 @@ class Workload:
     def examples(self) -> tuple[list[fdata.Example], list[fdata.Example]]:
         """(train, held-out) examples; a file source's rows that cannot be encoded are dropped."""
         if self.cfg.data.source != "file":
-            return _load_examples(self.cfg)
+            return load_examples(self.cfg)
         data = self._file_data
         return self._drop_unencodable(data.train, "train"), self._drop_unencodable(data.held_out, "held-out")
 
@@ -400,25 +371,6 @@ class Workload:
             scores["eval_exact_match"] = exact_match(texts, references)
         scores["eval_generate_seconds"] = time.monotonic() - start
         return scores
-
-
-def label_names(cfg: RunConfig, num_labels: int, found: tuple[str, ...] = ()) -> tuple[str, ...]:
-    """The class names of a run: ``data.label_names``, else the generated task's own, else
-    ``found`` (a file's string labels, in class-id order).
-
-    Raises:
-        ValueError: if there are none, or their number differs from ``num_labels``.
-    """
-    names = tuple(cfg.data.label_names) or fdata.GENERATED_LABEL_NAMES.get(cfg.data.source, ()) or found
-    if not names:
-        raise ValueError(f"data.source = {cfg.data.source!r} names no classes (its labels are ints): "
-                         "set `data.label_names`")
-    if len(names) != num_labels:
-        raise ValueError(
-            f"`data.label_names` has {len(names)} names but the data has {num_labels} classes "
-            f"(labels 0..{num_labels - 1}): give one name per class, in label order"
-        )
-    return names
 
 
 def select_parameters(

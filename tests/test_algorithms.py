@@ -33,6 +33,7 @@ def test_every_built_in_is_registered_once_with_its_family():
     (Algorithm("x-3", "sgd", ""), "family must be"),  # type: ignore[arg-type]
     (Algorithm("x-4", "zo", "", section=dict), "give both `section` and `section_name`"),
     (Algorithm("x-5", "zo", "", section=dict, section_name="fedprox"), "[fedprox] is already declared"),
+    (Algorithm("x-6", "lora", "", rule="fedit", rank_pruner=lambda cfg: None), "`rank_pruner` needs `client_rank`"),
 ])
 def test_a_bad_or_second_registration_is_refused_and_changes_nothing(algorithm, message):
     before = algorithms.names()
@@ -70,9 +71,9 @@ def test_algorithm_sections_are_read_checked_and_written_back():
 
 
 def test_a_feature_the_algorithm_does_not_declare_is_one_clear_error():
-    with pytest.raises(ConfigError, match="`privacy.secagg` supports algorithm.name .* got 'hetlora' "
+    with pytest.raises(ConfigError, match="`privacy.dp` supports algorithm.name .* got 'hetlora' "
                                           r"\(the algorithm does not declare it\)"):
-        _cfg("algorithm.name=hetlora", "privacy.secagg=true", "federation.clients_per_round=3")
+        _cfg("algorithm.name=hetlora", "privacy.dp=central", "algorithm.weighting=uniform")
     with pytest.raises(ConfigError, match="`ondevice.clients` > 0 needs a zeroth-order algorithm"):
         _cfg("algorithm.name=fedprox", "ondevice.clients=1")
     with pytest.raises(ConfigError, match="`compress.method` applies to the dense updates of the LoRA rules"):

@@ -57,7 +57,7 @@ def test_a_client_that_hangs_is_dropped_at_the_timeout(small_config, tmp_path):
 
 @pytest.mark.slow
 def test_sigkill_then_resume_ends_bit_identical_to_an_uninterrupted_run(small_config, tmp_path):
-    path = small_config(name="run", rounds=6, num_clients=4, per_round=3)
+    path = small_config(name="run", rounds=6, num_clients=4, per_round=3, extra="[log]\ntensorboard = true\n")
     path.write_text(path.read_text().replace("[algorithm]", "checkpoint_every = 2\n[algorithm]"))
     runs = tmp_path / "runs"
 
@@ -92,6 +92,17 @@ def test_sigkill_then_resume_ends_bit_identical_to_an_uninterrupted_run(small_co
     for name in a:
         assert torch.equal(a[name], b[name]), name
     assert [r["round"] for r in _records(runs / "killed")][-1] == 6
+    # TensorBoard, on through the kill: every round once, with the resumed run's numbers where it redid one
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from fedtune.runs import TENSORBOARD_DIR
+
+    events = EventAccumulator(str(runs / "killed" / TENSORBOARD_DIR), size_guidance={"scalars": 0})
+    events.Reload()
+    final = {r["round"]: r for r in _records(runs / "killed")}
+    logged = [(e.step, e.value) for e in events.Scalars("eval_loss")]
+    assert [step for step, _ in logged] == sorted(n for n, r in final.items() if r.get("eval_loss") is not None)
+    assert [value for _, value in logged] == pytest.approx([final[n]["eval_loss"] for n, _ in logged])
 
 
 def test_resume_refuses_a_different_config(small_config, tmp_path):
@@ -104,3 +115,16 @@ def test_resume_refuses_a_different_config(small_config, tmp_path):
 
     assert result.returncode == 2
     assert "does not resolve to the run's config" in result.stderr and "rounds" in result.stderr
+
+
+@pytest.mark.slow
+def test_a_run_in_which_no_client_ever_answers_fails_with_one_line(small_config, tmp_path):
+    path = small_config(name="silent", rounds=2, num_clients=3, per_round=3)
+    path.write_text(path.read_text().replace("min_replies = 2", "min_replies = 2\nround_timeout_s = 0.05"))
+
+    result = run_cli("run", path, timeout=300)
+
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    records = _records(tmp_path / "runs" / "silent")
+    assert [r["round"] for r in records] == [0, 1, 2] and all(r["replies"] == 0 for r in records[1:])
+    assert "no client update was aggregated in any of the 2 rounds" in result.stdout + result.stderr

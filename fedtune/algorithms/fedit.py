@@ -11,6 +11,6 @@ FEDIT = register(Algorithm(
     name="fedit",
     family="lora",
     summary="federated LoRA, A and B averaged separately",
-    features=frozenset({"secagg", "dp", "compress", "robust"}),
+    features=frozenset({"secagg", "dp", "compress", "robust", "trainable"}),
     rule="fedit",
 ))

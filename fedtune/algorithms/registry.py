@@ -21,6 +21,7 @@ __all__ = [
     "FEATURES",
     "Algorithm",
     "ClientLoss",
+    "RankPruner",
     "ServerOptimizer",
     "get",
     "names",
@@ -36,7 +37,7 @@ FEATURES = frozenset({
     "compress",  # compress.method: compressed dense uploads
     "resume",  # fedtune run --resume: continue a crashed run from its log
     "lora-params",  # algorithm.params = "lora": zeroth-order over PEFT adapters
-    "trainable",  # model.trainable: a zeroth-order subset of the model's tensors
+    "trainable",  # model.trainable: the model tensors a ZO run perturbs, or a first-order one trains instead of adapters
     "momentum",  # algorithm.server_momentum: momentum on the aggregated per-seed scalars
     "robust",  # robust.method: Byzantine-robust aggregation of the clear updates (fedtune.robust)
 })
@@ -52,6 +53,13 @@ class ClientLoss(Protocol):
     """An extra term of a client's local loss, given its trainable tensors and the global ones."""
 
     def __call__(self, params: Mapping[str, Any], anchors: Mapping[str, Any]) -> Any: ...
+
+
+class RankPruner(Protocol):
+    """The rank a client keeps after its local steps, given its trained uplink tensors (cut to
+    the rank ``rank`` it trained) and that rank: ``rank`` or less (HetLoRA's self-pruning)."""
+
+    def __call__(self, state: Mapping[str, Any], rank: int) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -72,6 +80,9 @@ class Algorithm:
         client_loss: LoRA: builds the extra loss term of local training from the run config.
         client_rank: LoRA: the adapter rank (<= lora.rank) the client of a partition trains; its
             rule must aggregate updates of different ranks (:mod:`fedtune.lora.hetlora`).
+        rank_pruner: LoRA with ``client_rank``: builds, from the run config, the client's rank
+            self-pruning (None: ranks stay as ``client_rank`` gives them). The server keeps each
+            partition's rank across rounds and names it in the partition's train message.
     """
 
     name: str
@@ -85,6 +96,7 @@ class Algorithm:
     server_optimizer: Callable[[Any], ServerOptimizer] | None = field(default=None, compare=False)
     client_loss: Callable[[Any], ClientLoss | None] | None = field(default=None, compare=False)
     client_rank: Callable[[Any, int], int] | None = field(default=None, compare=False)
+    rank_pruner: Callable[[Any], RankPruner | None] | None = field(default=None, compare=False)
 
 
 _REGISTRY: dict[str, Algorithm] = {}
@@ -96,8 +108,8 @@ def register(algorithm: Algorithm) -> Algorithm:
 
     Raises:
         ValueError: on a name registered before, an unknown feature or family, a LoRA
-            algorithm without a rule, or a section name another algorithm declared with
-            another dataclass.
+            algorithm without a rule, a rank pruner without client ranks, or a section name
+            another algorithm declared with another dataclass.
     """
     if not algorithm.name or algorithm.name != algorithm.name.strip():
         raise ValueError(f"an algorithm needs a non-empty name without spaces, got {algorithm.name!r}")
@@ -109,6 +121,8 @@ def register(algorithm: Algorithm) -> Algorithm:
     if unknown:
         raise ValueError(f"algorithm {algorithm.name!r}: unknown features {sorted(unknown)}; "
                          f"known: {sorted(FEATURES)}")
+    if algorithm.rank_pruner is not None and algorithm.client_rank is None:
+        raise ValueError(f"algorithm {algorithm.name!r}: `rank_pruner` needs `client_rank` (the ranks it prunes)")
     if algorithm.family == "lora" and not algorithm.rule:
         raise ValueError(f"LoRA algorithm {algorithm.name!r} must name the rule that aggregates (`rule`)")
     if (algorithm.section is None) != (not algorithm.section_name):

@@ -1,7 +1,8 @@
 """The ClientApp's federated-LoRA train handler: decode, call :mod:`fedtune.lora.client`, encode.
 
-Phase 1 (every rule): the message carries the global adapter; the client trains and
-replies with its update (trained minus global, the rule's uplink tensors), compressed as
+Phase 1 (every rule): the message carries the global adapter (hetlora: cut to the rank
+the server names, which the client may lower by self-pruning and then reports); the client
+trains and replies with its update (trained minus global, the rule's uplink tensors), compressed as
 ``[compress]`` says, with the error-feedback residual kept from one of this client's rounds
 to its next: in ``context.state`` where a node is one client (deployment), on disk under the
 run directory (:mod:`fedtune.partition_state`) where the server lends nodes to partitions
@@ -55,22 +56,23 @@ def train_lora(cfg: RunConfig, msg: Message, context: Context, run_dir: Path | N
     if wire.PHASE in config and wire.read_int(config, wire.PHASE) == 2:
         return _phase_two(client, msg, context, server_round)
 
-    global_state = unpack(msg.content[wire.ADAPTER], client.uplink_shapes, "the server's adapter")
     partition_id, num_partitions = partition_of(msg, context)
-    report = client.train(server_round, partition_id, num_partitions, global_state)
-    global_state = client.view(global_state, partition_id)  # at this client's rank (hetlora), like report.state
+    rank = _rank(client, config, partition_id)
+    global_state = unpack(msg.content[wire.ADAPTER], client.shapes_at(rank), "the server's adapter")
+    report = client.train(server_round, partition_id, num_partitions, global_state, rank)
+    global_state = client.view(global_state, report.rank)  # at the rank it kept (hetlora), like report.state
     if is_malicious(cfg.attack, partition_id):  # [attack], an experiment tool: corrupt the update it sends
         bad = corrupt_state({n: t.numpy() for n, t in report.state.items()},
                             {n: global_state[n].numpy() for n in report.state}, cfg.attack,
                             attack_rng(cfg.seed, server_round, partition_id))
         report = dataclasses.replace(report, state={n: torch.from_numpy(v) for n, v in bad.items()})
-    metrics = client_metrics(cfg, {  # nothing under DP (fedtune.privacy.release)
-        wire.NUM_EXAMPLES: report.num_examples,
-        wire.TRAIN_LOSS: report.train_loss,
-        wire.SKIPPED_STEPS: report.skipped_steps,
-    })
+    values = {wire.NUM_EXAMPLES: report.num_examples, wire.TRAIN_LOSS: report.train_loss,
+              wire.SKIPPED_STEPS: report.skipped_steps}
+    if client.pruner is not None:  # hetlora's self-pruning: the server keeps the rank for the next rounds
+        values[wire.RANK] = report.rank
+    metrics = client_metrics(cfg, values)  # nothing under DP (fedtune.privacy.release)
     if is_secure(msg):  # SecAgg+ (privacy.secagg): the update as one vector for secaggplus_mod to mask
-        return _secure_update(cfg, msg, context, server_round, report, global_state, metrics)
+        return _secure_update(client, msg, context, server_round, report, global_state, metrics)
     # a simulation's node plays another client next round: the residual stays with the partition
     lent = PartitionState(run_dir) if wire.PARTITION in config and run_dir is not None else None
     if lent is not None:
@@ -78,6 +80,8 @@ def train_lora(cfg: RunConfig, msg: Message, context: Context, run_dir: Path | N
     else:
         record = context.state.get(wire.RESIDUAL)
         residual = _arrays(record) if isinstance(record, ArrayRecord) else None
+    if residual is not None:  # after hetlora's self-pruning: the residual of the slices it kept
+        residual = {n: v[tuple(slice(size) for size in global_state[n].shape)] for n, v in residual.items()}
     rng = generator(cfg.seed, "compress", server_round, partition_id)
     trained = _noised(cfg, report.state, global_state) if cfg.privacy.dp == "local" else report.state
     sent, kept = compress_update(trained, global_state, cfg.compress, residual, rng)
@@ -108,6 +112,20 @@ def evaluate_lora(cfg: RunConfig, msg: Message, context: Context) -> Message:
                    reply_to=msg)
 
 
+def _rank(client: LoraClient, config: ConfigRecord, partition_id: int) -> int:
+    """The rank the server named in the train message (hetlora), else the partition's from the config.
+
+    Raises:
+        fedtune.wire.WireError: on a rank that is not an int in [1, lora.rank].
+    """
+    if wire.RANK not in config:
+        return client.rank(partition_id)
+    rank = wire.read_int(config, wire.RANK)
+    if not 1 <= rank <= client.cfg.lora.rank:
+        raise wire.WireError(f"the server's {wire.RANK!r} must be in [1, lora.rank={client.cfg.lora.rank}], got {rank}")
+    return rank
+
+
 def _phase_two(client: LoraClient, msg: Message, context: Context, server_round: int) -> Message:
     pending = context.state.get(wire.PENDING_ROUND)
     pending_round = wire.read_int(pending, wire.ROUND) if isinstance(pending, ConfigRecord) else None
@@ -130,9 +148,12 @@ def _phase_two(client: LoraClient, msg: Message, context: Context, server_round:
     return Message(RecordDict({wire.PROJECTIONS: pack(projections)}), reply_to=msg)
 
 
-def _secure_update(cfg: RunConfig, msg: Message, context: Context, server_round: int, report: LoraReport,
+def _secure_update(client: LoraClient, msg: Message, context: Context, server_round: int, report: LoraReport,
                    global_state: dict[str, Any], metrics: MetricRecord) -> Message:
-    vector = update_vector(report.state, global_state)  # secure_reply clips (and adds DP noise)
+    cfg = client.cfg
+    # at lora.rank, zero beyond a hetlora client's rank: every client's vector has the same length,
+    # and the slices it did not train add nothing to the sum (fedtune.lora.hetlora)
+    vector = update_vector(client.full(report.state), client.full(global_state))  # secure_reply clips, noises
     if cfg.lora.two_phase:  # the factors phase 2 projects: its own, as trained, and the global's
         context.state[wire.PENDING] = pack(report.state)
         context.state[wire.PENDING_BASE] = pack(global_state)

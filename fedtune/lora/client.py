@@ -23,13 +23,14 @@ from fedtune.rng import derive_seed
 from fedtune.rng.torch_backend import seeded_init
 from fedtune.workload import Workload
 
-from .adapters import adapter_parameters, inject_lora, read_state, write_state
+from .adapters import read_state, write_state
 from .factors import factor_pairs
 from .fair import project
-from .hetlora import truncate, zero_beyond
+from .hetlora import pad, truncate, zero_beyond
 from .payload import shapes_of
 from .rules import rule_class
 from .train import local_train
+from .weights import trained_model
 
 __all__ = ["LoraClient", "LoraReport", "client_for", "lora_run_key"]
 
@@ -50,6 +51,7 @@ class LoraReport:
     num_examples: int  # size of the client's partition
     train_loss: float  # mean over the local steps (nan if none)
     skipped_steps: int  # steps skipped for a non-finite loss
+    rank: int  # the rank it kept (hetlora: after self-pruning), its factors' in ``state``
 
 
 class LoraClient:
@@ -67,11 +69,12 @@ class LoraClient:
         self.rule = rule_class(spec.rule)(cfg.lora)
         self.loss_term = spec.client_loss(cfg) if spec.client_loss is not None else None
         self._rank_of = spec.client_rank  # heterogeneous ranks (hetlora): the partition's own
-        self.model = inject_lora(self.workload.build_model(), cfg.lora, cfg.model.task, cfg.seed)
-        self.params = adapter_parameters(self.model)
+        self.pruner = spec.rank_pruner(cfg) if spec.rank_pruner is not None else None  # rank self-pruning
+        self.model, self.params = trained_model(self.workload, cfg)  # adapters, or model.trainable's tensors
         self.uplink = self.rule.uplink_names(self.params)
         self.shapes = shapes_of(self.params)
         self.uplink_shapes = {n: self.shapes[n] for n in self.uplink}
+        self._zeros = {n: torch.zeros(s) for n, s in self.uplink_shapes.items()}  # what pads a cut adapter
         # encoded partitions of the clients this process played last: bounded, not one per client
         self._partitions: LRU[tuple[int, int], dict[str, torch.Tensor]] = LRU(PARTITION_CACHE)
 
@@ -84,15 +87,22 @@ class LoraClient:
         return self._partitions.get_or_build((partition_id, num_partitions), build)
 
     def train(
-        self, round: int, partition_id: int, num_partitions: int, global_state: Mapping[str, torch.Tensor]
+        self,
+        round: int,
+        partition_id: int,
+        num_partitions: int,
+        global_state: Mapping[str, torch.Tensor],
+        rank: int | None = None,
     ) -> LoraReport:
-        """Local steps from the global adapter ``global_state`` (the rule's uplink tensors).
+        """Local steps from the global adapter ``global_state`` (the rule's uplink tensors, whole
+        or cut to ``rank``) at adapter rank ``rank`` (None: :meth:`rank`'s).
 
-        Batches (and dropout on CPU) are seeded by ``(seed, round, partition_id)``.
+        Batches (and dropout on CPU) are seeded by ``(seed, round, partition_id)``. With rank
+        self-pruning the report's state is cut to the rank the client keeps.
         """
         a = self.cfg.algorithm
-        write_state(self.params, global_state)
-        rank = self.rank(partition_id)
+        write_state(self.params, self.full(global_state))
+        rank = self.rank(partition_id) if rank is None else rank
         if rank < self.cfg.lora.rank:  # a smaller client: the first `rank` slices, the rest held at zero
             zero_beyond(self.params, rank)
         encoded = self._data(partition_id, num_partitions)
@@ -126,8 +136,9 @@ class LoraClient:
         if result.skipped:
             log.warning("round %d, partition %d: %d step(s) skipped for a non-finite loss",
                         round, partition_id, result.skipped)
-        state = self.view(read_state(self.params, self.uplink), partition_id)
-        return LoraReport(state, num_examples, result.mean_loss, result.skipped)
+        state = self.view(read_state(self.params, self.uplink), rank)
+        kept = self.pruner(state, rank) if self.pruner is not None else rank
+        return LoraReport(self.view(state, kept), num_examples, result.mean_loss, result.skipped, kept)
 
     def evaluate(
         self, partition_id: int, num_partitions: int, global_state: Mapping[str, torch.Tensor]
@@ -139,13 +150,20 @@ class LoraClient:
         return self.workload.evaluate_local(self.model, partition_id, num_partitions)
 
     def rank(self, partition_id: int) -> int:
-        """The adapter rank the client of ``partition_id`` trains (``lora.rank`` unless the algorithm says)."""
+        """The adapter rank the client of ``partition_id`` starts at (``lora.rank`` unless the algorithm says)."""
         return self._rank_of(self.cfg, partition_id) if self._rank_of is not None else self.cfg.lora.rank
 
-    def view(self, state: Mapping[str, torch.Tensor], partition_id: int) -> dict[str, torch.Tensor]:
-        """``state`` as the client of ``partition_id`` sends it: its factors cut to its rank."""
-        rank = self.rank(partition_id)
+    def view(self, state: Mapping[str, torch.Tensor], rank: int) -> dict[str, torch.Tensor]:
+        """``state`` as a client of rank ``rank`` sends it: its factors cut to that rank."""
         return truncate(state, rank) if rank < self.cfg.lora.rank else dict(state)
+
+    def shapes_at(self, rank: int) -> dict[str, tuple[int, ...]]:
+        """The uplink tensors' shapes at rank ``rank`` (what a hetlora client is sent and sends)."""
+        return shapes_of(self.view(self._zeros, rank))
+
+    def full(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Uplink tensors, whole or cut to a rank, at ``lora.rank``: the slices cut away are zero."""
+        return pad(state, self._zeros)
 
     def project(
         self, trained: Mapping[str, torch.Tensor], a_mean: Mapping[str, torch.Tensor]

@@ -19,8 +19,26 @@ ranking). With every client at rank R it is FedIT exactly.
 Chosen over FlexLoRA's SVD redistribution (Bai et al., NeurIPS 2024) because it keeps the
 factor payloads and is a weighted sum (what secure aggregation delivers; the padding is the
 public global adapter), and over FLoRA's stacking (Wang et al., NeurIPS 2024), whose global
-rank grows every round. Not included: HetLoRA's rank self-pruning and sparsity-weighted
-aggregation.
+rank grows every round. Not included: HetLoRA's sparsity-weighted aggregation (its weights
+need each client's product norm, which a secure sum does not give).
+
+**Rank self-pruning** (HetLoRA Sec. 3, optional: ``[hetlora] prune``). After its local steps
+a client of rank ``r`` may shrink to ``r' = max(min_rank, min(r - 1, floor(gamma r)))`` when
+the slices it would drop carry little of its adapter: per module ``ΔW = B A``, pruning when
+
+    ‖B[:, r':r] A[r':r]‖_F <= threshold · ‖B[:, :r'] A[:r']‖_F     (summed over modules)
+
+(:func:`fedtune.algorithms.hetlora.pruned_rank`). It then sends only its first ``r'``
+slices, so the rule above counts the slices it dropped as left at the global adapter's
+value, and it trains ``r'`` from then on. HetLoRA too decides on the norm of the slices it
+would drop; fedtune compares it with the kept slices' of the same round, so that a client
+needs no state between rounds (a simulation's node plays another client next round): the
+server keeps every partition's rank and names it in the partition's train message.
+
+**Under SecAgg+** a client sends its update zero-padded to rank R (:func:`pad`): the
+weighted mean of those vectors, added to the global adapter, is this rule's result, since a
+slice a client did not train adds its weight times the global slice to the mean, which is
+the global slice plus zero change.
 
 The zeroed slices stay zero while a client trains: with both factors of a slice zero, both
 of their gradients are zero (a product's gradient needs the other factor).
@@ -35,7 +53,7 @@ import torch
 from .factors import Update, aggregation_bias, factor_pairs, is_factor_a, weighted_mean
 from .rules import Aggregate, LoraRule, register_rule
 
-__all__ = ["HetLora", "rank_of_update", "truncate", "zero_beyond"]
+__all__ = ["HetLora", "pad", "rank_of_update", "truncate", "zero_beyond"]
 
 _B_SUFFIX = ".lora_B.weight"
 
@@ -75,8 +93,12 @@ def rank_of_update(state: Mapping[str, torch.Tensor]) -> int:
     return ranks.pop()
 
 
-def _pad(state: Mapping[str, torch.Tensor], current: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A truncated update at full rank: the slices it lacks are the global adapter's."""
+def pad(state: Mapping[str, torch.Tensor], current: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A truncated ``state`` at ``current``'s rank: the slices it lacks are ``current``'s (float32).
+
+    ``current`` the global adapter: an update as the rule counts it; zeros: the update
+    zero-padded, as a client sends it under SecAgg+. Other tensors are ``state``'s.
+    """
     out = {}
     for name, now in current.items():
         t = state[name]
@@ -100,7 +122,7 @@ class HetLora(LoraRule):
         ranks = [rank_of_update(state) for _, state in updates]
         if max(ranks) > full_rank:
             raise ValueError(f"an update of rank {max(ranks)} is above the global adapter's {full_rank}")
-        padded: list[Update] = [(w, _pad(state, current)) for w, state in updates]
+        padded: list[Update] = [(w, pad(state, current)) for w, state in updates]
         state = weighted_mean(padded, current.keys())
         bias = aggregation_bias(padded, state, factor_pairs(current))
         return Aggregate(state, bias_before=bias, bias_after=bias)

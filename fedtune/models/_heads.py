@@ -120,8 +120,19 @@ class LabelNameClassifier(torch.nn.Module):
     ) -> Any:
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        return self.classify(self.features(input_ids, attention_mask), labels)
+
+    def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The encoder's part: the normalised mean-pooled sentence embeddings, ``(B, H)``."""
         states = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        features = torch.nn.functional.normalize(_mean_pool(states, attention_mask), dim=-1)
+        return torch.nn.functional.normalize(_mean_pool(states, attention_mask), dim=-1)
+
+    def classify(self, features: torch.Tensor, labels: torch.Tensor | None = None) -> Any:
+        """The head's part: logits (and the loss with ``labels``) from :meth:`features`' output.
+
+        ``forward`` is ``classify(features(...))``; a caller whose encoder is frozen may
+        compute the features once and train the head on them alone.
+        """
         return _output(self.classifier(features), labels)
 
     def save_pretrained(self, directory: str | os.PathLike[str], **kwargs: Any) -> None:

@@ -31,12 +31,13 @@ from flwr.serverapp import Grid
 
 from fedtune import algorithms, wire
 from fedtune.config import RunConfig
-from fedtune.lora import Aggregate, adapter_parameters, inject_lora, read_state, rule_class, write_state
+from fedtune.lora import Aggregate, read_state, rule_class, write_state
 from fedtune.lora.client import lora_run_key
 from fedtune.lora.factors import factor_pairs, is_factor_a, weighted_mean
 from fedtune.lora.fair import correct
 from fedtune.lora.hetlora import truncate
 from fedtune.lora.payload import pack, plus_vector, unpack, unpack_update
+from fedtune.lora.weights import trained_model, trains_model_tensors
 from fedtune.privacy import update_vector
 from fedtune.privacy.accounting import ledger_for
 from fedtune.privacy.dp import private_mean
@@ -88,8 +89,10 @@ class FederatedLora(RoundLoop):
         # FedOpt: an optimizer on the server turns each round's aggregate into the next global adapter
         self.server_optimizer = spec.server_optimizer(cfg) if spec.server_optimizer is not None else None
         self.client_rank = spec.client_rank  # heterogeneous ranks (hetlora): updates cut to the client's
-        self.model = inject_lora(self.workload.build_model(), cfg.lora, cfg.model.task, cfg.seed)
-        self.params = adapter_parameters(self.model)
+        # hetlora's rank self-pruning: clients report the rank they kept, the server remembers it per partition
+        self.prunes = spec.rank_pruner is not None and spec.rank_pruner(cfg) is not None
+        self.ranks: dict[int, int] = {}  # partition id -> its client's rank, where it pruned
+        self.model, self.params = trained_model(self.workload, cfg)  # adapters, or model.trainable's tensors
         self.state = read_state(self.params)  # the global adapter, float32 on CPU
         self.uplink = self.rule.uplink_names(self.params)
         self.uplink_shapes = {n: tuple(self.params[n].shape) for n in self.uplink}
@@ -107,6 +110,19 @@ class FederatedLora(RoundLoop):
         extra = ""
         if a.name == "lorafair":
             extra = f", lambda {lo.fair_lambda:g}, {lo.fair_steps or 'closed-form'} solve"
+        if trains_model_tensors(self.cfg):
+            log.info(
+                "%s: first-order fine-tuning of %d model tensors (%d parameters, model.trainable); "
+                "%d local %s steps x batch %d, lr %g; %d of %d clients per round",
+                a.name, len(self.state), sum(t.numel() for t in self.state.values()),
+                a.local_steps, lo.optimizer, a.batch_size, a.lr, f.clients_per_round, f.num_clients,
+            )
+            return
+        if a.name == "hetlora":
+            h = self.cfg.section("hetlora")
+            extra = f", client ranks {list(h.ranks) or lo.rank}"
+            if h.prune:
+                extra += f", self-pruning (gamma {h.prune_gamma:g}, threshold {h.prune_threshold:g}, min {h.min_rank})"
         log.info(
             "%s: LoRA r=%d alpha=%g on %d modules (%d adapter parameters, %d sent per client)%s%s; "
             "%d local %s steps x batch %d, lr %g; %d of %d clients per round",
@@ -124,18 +140,25 @@ class FederatedLora(RoundLoop):
         return RecordDict({wire.CONFIG: self._config(server_round, 2), wire.A_MEAN: ConfigRecord({wire.BUNDLE: a_mean})})
 
     def messages_to(self, server_round: int, node_ids: Sequence[int], message_type: str) -> list[Message]:
-        """The global adapter (the rule's uplink tensors, dense), phase 1, to each node."""
-        # the global adapter, encoded once a round; each message gets its own record of it
-        bundle = pack({n: self.state[n] for n in self.uplink})[wire.BUNDLE]
-        return [
-            self.tag(Message(
-                RecordDict({wire.CONFIG: self._config(server_round, 1),
-                            wire.ADAPTER: ConfigRecord({wire.BUNDLE: bundle})}),
-                dst_node_id=n,
+        """The global adapter (the rule's uplink tensors, dense), phase 1, to each node: for
+        training cut to the rank the server keeps for the node's client (hetlora), for
+        evaluation whole."""
+        train = message_type == MessageType.TRAIN
+        messages = []
+        bundles: dict[int, Any] = {}  # the global adapter encoded once a round (per client rank, hetlora)
+        for node in node_ids:
+            rank = self.rank_of(self.partitions.get(node, -1)) if train else self.cfg.lora.rank
+            if rank not in bundles:
+                bundles[rank] = pack(self.base_for(rank))[wire.BUNDLE]
+            content = self._config(server_round, 1)
+            if train and self.client_rank is not None:  # hetlora: the client trains the rank the server keeps for it
+                content[wire.RANK] = rank
+            messages.append(self.tag(Message(  # each message gets its own record of the bundle
+                RecordDict({wire.CONFIG: content, wire.ADAPTER: ConfigRecord({wire.BUNDLE: bundles[rank]})}),
+                dst_node_id=node,
                 message_type=message_type,
-            ))
-            for n in node_ids
-        ]
+            )))
+        return messages
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -149,30 +172,49 @@ class FederatedLora(RoundLoop):
         is SecAgg+'s masked vector, only the metrics are in clear to check).
         """
         node = reply.metadata.src_node_id
+        partition = self.partitions.get(node, -1)
         if self.failed(reply, stats):
             return None
         try:
             metrics = reply.content[wire.METRICS]
+            rank = self._reported_rank(metrics, self.rank_of(partition))
             state: dict[str, torch.Tensor] = {}
-            if not masked:
+            if not masked:  # (masked: a hetlora client padded its update to lora.rank with zeros)
                 what = f"the update of client {node}"
-                base = self.base_for(self.partitions.get(node, -1))
-                state = unpack_update(reply.content[wire.ADAPTER], base, what, max_bytes=self.max_bytes)
+                state = unpack_update(reply.content[wire.ADAPTER], self.base_for(rank), what, max_bytes=self.max_bytes)
             weight = self.weight_of(metrics)
         except (KeyError, TypeError, wire.WireError) as exc:
             stats.rejected += 1
             log.warning("rejected the update of client %s: %s", node, exc)
             return None
         self.note_metrics(metrics, weight, stats)
-        return Accepted(self.partitions.get(node, -1), node, weight, state)
+        if rank < self.rank_of(partition):
+            self.ranks[partition] = rank  # self-pruned: its next rounds train (and are sent) this rank
+        return Accepted(partition, node, weight, state)
 
-    def base_for(self, partition_id: int) -> dict[str, torch.Tensor]:
-        """The global uplink tensors an update of ``partition_id``'s client is relative to: cut to
-        that client's rank where the algorithm gives ranks per client (hetlora)."""
-        base = {n: self.state[n] for n in self.uplink}
+    def rank_of(self, partition_id: int) -> int:
+        """The adapter rank the client of ``partition_id`` trains now: ``lora.rank`` unless the
+        algorithm gives ranks per client (hetlora), where it is the config's, or lower once the
+        client pruned."""
         if self.client_rank is None:
-            return base
-        return truncate(base, self.client_rank(self.cfg, partition_id))
+            return self.cfg.lora.rank
+        return self.ranks.get(partition_id, self.client_rank(self.cfg, partition_id))
+
+    def _reported_rank(self, metrics: Any, sent: int) -> int:
+        """The rank a reply's update has: the one the client was ``sent``, or, where clients
+        self-prune, the lower one it reports (a :class:`fedtune.wire.WireError` if above ``sent``)."""
+        if not self.prunes:
+            return sent
+        rank = wire.read_int(metrics, wire.RANK)
+        if not 1 <= rank <= sent:
+            raise wire.WireError(f"{wire.RANK!r} must be in [1, {sent}] (the rank the client was sent), got {rank}")
+        return rank
+
+    def base_for(self, rank: int) -> dict[str, torch.Tensor]:
+        """The global uplink tensors, cut to ``rank`` where the algorithm gives ranks per client
+        (hetlora): what a client of that rank is sent and its update is relative to."""
+        base = {n: self.state[n] for n in self.uplink}
+        return base if rank >= self.cfg.lora.rank else truncate(base, rank)
 
     def _accept_all(self, replies: Iterable[Message], stats: LoraRoundStats) -> list[Accepted]:
         accepted = []

@@ -10,6 +10,13 @@ the client's own state, in order, onto ``base``; the replay is canonical, so ``b
 ends bit-identical to the server's weights. A client that cannot reach ``s`` from what it
 was sent (it was away longer than the log window) says so, and the server sends it the
 full weights once.
+
+When every weight the client perturbs is in a label-name head (``model.trainable =
+["classifier.*"]`` or a part of it) the encoder below it never changes, so the client
+computes its examples' sentence features once (``algorithm.cache_features``, on by
+default) and each ZO step runs the head alone on them: the same loss function, with the
+encoder's forward passes taken out of the steps' cost. The features are kept with the
+client's encoded data, for as long as that is.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import torch
 from fedtune.config import RunConfig
 from fedtune.data.batches import sample_batch
 from fedtune.lru import LRU
+from fedtune.models import LabelNameClassifier
 from fedtune.workload import Workload, batch_loss
 
 from .fedkseed import local_train, replay_
@@ -30,7 +38,9 @@ from .seed_client import SeedClient
 from .seeds import SeedUpdate, weights_digest
 from .sync import ClientReport, OutOfSync, run_key
 
-__all__ = ["ClientReport", "OutOfSync", "ZOClient", "state_digest"]
+__all__ = ["ClientReport", "OutOfSync", "ZOClient", "frozen_head", "head_features", "state_digest"]
+
+FEATURES = "features"  # the key of the cached features in a client's encoded data
 
 
 def state_digest(named: Sequence[tuple[str, torch.Tensor]]) -> str:
@@ -47,7 +57,14 @@ class ZOClient(SeedClient):
         self.params = self.workload.trainable(self.model)
         # The global weights at `synced_round`; the working model is a scratch copy.
         self.base = [(name, p.detach().clone()) for name, p in self.params]
+        self.head = frozen_head(self.model, [name for name, _ in self.params]) if cfg.algorithm.cache_features else None
         super().__init__(cfg)
+
+    def _data(self, partition_id: int, num_partitions: int) -> dict[str, Any]:
+        encoded = super()._data(partition_id, num_partitions)
+        if self.head is not None and FEATURES not in encoded:
+            encoded[FEATURES] = head_features(self.head, encoded, self.cfg.eval.batch_size, self.workload.device)
+        return encoded
 
     def _load_base(self, weights: Mapping[str, np.ndarray]) -> None:
         for name, tensor in self.base:
@@ -75,8 +92,33 @@ class ZOClient(SeedClient):
         return self.workload.evaluate_local(self.model, partition_id, num_partitions)
 
     def _batch_loss(self, encoded: dict[str, Any], batch_size: int, seed: int, step: int) -> torch.Tensor:
+        if self.head is not None:  # the same rows as below: sample_batch's draw depends only on N
+            batch = sample_batch({key: encoded[key] for key in (FEATURES, "labels")}, batch_size, seed=seed, step=step)
+            device = self.workload.device
+            return self.head.classify(batch[FEATURES].to(device), batch["labels"].to(device)).loss
         batch = sample_batch(encoded, batch_size, seed=seed, step=step)
         return batch_loss(self.model, batch, self.workload.device)
+
+
+def frozen_head(model: torch.nn.Module, trainable: Sequence[str]) -> LabelNameClassifier | None:
+    """``model`` when it is a label-name classifier whose ``trainable`` names are all in its
+    head (so its encoder is frozen and its features can be cached); else None."""
+    if isinstance(model, LabelNameClassifier) and trainable and all(n.startswith("classifier.") for n in trainable):
+        return model
+    return None
+
+
+@torch.inference_mode()
+def head_features(
+    head: LabelNameClassifier, encoded: dict[str, torch.Tensor], batch_size: int, device: torch.device
+) -> torch.Tensor:
+    """:meth:`LabelNameClassifier.features` of every row of ``encoded``, ``(N, H)``, on ``device``."""
+    rows = int(encoded["input_ids"].shape[0])
+    return torch.cat([
+        head.features(encoded["input_ids"][start : start + batch_size].to(device),
+                      encoded["attention_mask"][start : start + batch_size].to(device))
+        for start in range(0, rows, batch_size)
+    ])
 
 
 _clients: LRU[str, ZOClient] = LRU(1)  # one run per process at a time

@@ -33,10 +33,12 @@ def test_every_bad_lora_value_is_reported_at_once():
 
 def test_two_phase_and_trainable_are_refused_where_they_mean_nothing():
     with pytest.raises(ConfigError) as info:
-        parse_config(BASE, ["algorithm.name=fedit", "lora.two_phase=true", "model.trainable=['*.query.*']"])
+        parse_config(BASE, ["algorithm.name=ffa-lora", "lora.two_phase=true", "model.trainable=['*.query.*']"])
 
-    assert "`lora.two_phase` applies to algorithm.name = 'lorafair' only, got 'fedit'" in str(info.value)
-    assert "`model.trainable` selects tensors for the zeroth-order algorithms" in str(info.value)
+    assert "`lora.two_phase` applies to algorithm.name = 'lorafair' only, got 'ffa-lora'" in str(info.value)
+    # fedit and fedprox train model.trainable's tensors instead of adapters (tests/lora/test_first_order.py)
+    assert "`model.trainable` selects the tensors that" in str(info.value)
+    assert "'ffa-lora' trains `lora.target_modules`" in str(info.value)
 
 
 def test_package_model_paths_are_checked_and_resolved():

@@ -1,5 +1,5 @@
-"""FedIT, FFA-LoRA, FedAdam and two-phase LoRA-FAIR under real SecAgg+: one round's global
-adapter equals the clear-text run's within the quantisation bound."""
+"""FedIT, FFA-LoRA, FedAdam, two-phase LoRA-FAIR and HetLoRA under real SecAgg+: one round's
+global adapter equals the clear-text run's within the quantisation bound."""
 
 import json
 
@@ -10,12 +10,12 @@ from safetensors.numpy import load_file
 from tests.conftest import SMALL_LORA_CONFIG, run_cli
 
 
-def _run(tmp_path, rule, secagg):
+def _run(tmp_path, rule, secagg, extra=""):
     name = f"{rule}-{'secure' if secagg else 'clear'}"
     path = tmp_path / f"{name}.toml"
     text = SMALL_LORA_CONFIG.format(name=name, output_dir=tmp_path / "runs", num_clients=4, rule=rule,
                                     two_phase="true" if rule == "lorafair" else "false", method="none")
-    text = text.replace("rounds = 2", "rounds = 1")
+    text = text.replace("rounds = 2", "rounds = 1") + extra
     if secagg:
         text += "\n[privacy]\nsecagg = true\nscalar_clip = 4.0\n"
     path.write_text(text)
@@ -53,3 +53,24 @@ def test_secure_round_matches_the_clear_round_within_the_bound(tmp_path, rule):
     else:
         # global + mean(update) vs mean(global + update): the bound, plus float32's rounding
         assert worst <= bound
+
+
+@pytest.mark.slow
+def test_hetlora_with_pruning_under_secagg_matches_the_clear_round_within_the_bound(tmp_path):
+    # ranks 1, 2 and 4, every client pruning (a threshold no adapter reaches): the updates of
+    # ranks 1, 1 and 2 zero-padded to rank 4 and summed give the clear rule's padded mean
+    hetlora = ("\n[hetlora]\nranks = [1, 2, 4]\nprune = true\nprune_gamma = 0.5\nprune_threshold = 1e9\n")
+    clear, clear_record = _run(tmp_path, "hetlora", secagg=False, extra=hetlora)
+
+    secure, record = _run(tmp_path, "hetlora", secagg=True, extra=hetlora)
+
+    assert record["replies"] == record["sampled"] == 3 and record["clipped_scalars"] == 0
+    bound = record["secagg_error_bound"]
+    assert 0 < bound < 1e-6  # 2**30 levels over +-4, three clients
+    assert clear.keys() == secure.keys()
+    # global + mean(padded update) vs mean(padded global + update): the bound, plus float32's rounding
+    worst = max(float(np.max(np.abs(secure[n] - clear[n]) - np.abs(clear[n]) * 2**-23)) for n in clear)
+    assert worst <= bound
+    assert clear_record["bias_after"] >= 0 and record["bias_after"] is None  # single clients' factors: clear only
+    a = next(n for n in clear if n.endswith("lora_A.weight"))
+    assert np.array_equal(secure[a][2:], clear[a][2:])  # slices 2, 3: pruned by every client, left as they were

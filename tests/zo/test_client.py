@@ -4,12 +4,12 @@ through real Flower messages serialised as on the wire."""
 import numpy as np
 import pytest
 import torch
-from flwr.app import Context, Message, MessageType, RecordDict
+from flwr.app import Context, Message, MessageType, MetricRecord, RecordDict
 
 from fedtune import wire
 from fedtune._flwr_compat import message_from_proto, message_to_proto
 from fedtune.config import parse_config
-from fedtune.server.strategy import FedKSeed
+from fedtune.server.strategy import DEFAULT_REPLAY_ELEMENTS_PER_S, FedKSeed
 from fedtune.zo import aggregate
 from fedtune.zo.client import OutOfSync, ZOClient, state_digest
 
@@ -120,9 +120,11 @@ def test_catch_up_plan_weighs_replay_against_the_weights():
     server = _server_with_rounds(4)  # 4 entries x 5 seeds over ~100k parameters
 
     since, replay_s, weights_s = server.catch_up_plan(0)
-    # replay: 20 seeds x n params at 2e8 elem/s; weights: 4n bytes at 100 Mbit/s
-    n = server.num_params
-    assert replay_s == pytest.approx(sum(map(len, server.encoded_log)) / 12.5e6 + 20 * n / 2e8)
+    # replay: 20 seeds x n params at the server's own measured rate (no client has reported
+    # one); weights: 4n bytes at 100 Mbit/s
+    n, rate = server.num_params, server.replay_rate
+    assert rate != DEFAULT_REPLAY_ELEMENTS_PER_S and rate > 0
+    assert replay_s == pytest.approx(sum(map(len, server.encoded_log)) / 12.5e6 + 20 * n / rate)
     assert weights_s == pytest.approx(4 * n / 12.5e6)
     assert since == 0  # replay is cheaper here
 
@@ -130,3 +132,16 @@ def test_catch_up_plan_weighs_replay_against_the_weights():
     fast.log, fast.encoded_log, fast.state_round = server.log, server.encoded_log, 4
     assert fast.catch_up_plan(0)[0] is None  # on a fast link the weights win
     assert server.catch_up_plan(7)[0] is None  # a state not on the log: weights
+
+
+def test_a_clients_reported_replay_rate_replaces_the_servers_own():
+    server = _server_with_rounds(2)
+    measured = server.replay_rate
+    before = server.replay_rate
+
+    server._note_replay_rate(MetricRecord({wire.REPLAY_RATE: measured / 7}))
+    first = server.replay_rate
+    server._note_replay_rate(MetricRecord({wire.REPLAY_RATE: measured}))
+
+    assert before == measured and first == pytest.approx(measured / 7)  # the first report replaces it
+    assert server.replay_rate == pytest.approx(0.8 * measured / 7 + 0.2 * measured)  # then a moving average

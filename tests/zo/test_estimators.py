@@ -341,3 +341,41 @@ def test_the_estimators_and_the_device_step_do_not_import_torch():
             "sys.exit(1 if 'torch' in sys.modules else 0)")
 
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+# --- the registry: one module per estimator ------------------------------------------------
+
+
+def test_an_estimator_is_one_registered_module(monkeypatch):
+    from fedtune.zo.estimators import base
+
+    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))  # registered for this test only
+
+    def probe(perturb, loss, seed, eps, base_loss):  # backward difference: (L(w) - L(w - eps z)) / eps
+        perturb(seed, -eps)
+        loss_minus = float(loss())
+        return (base_loss - loss_minus) / eps, base_loss
+
+    base.register(base.ZOEstimator(name="backward", summary="test", probe=probe, offset=-1.0, base_loss=True))
+    model = _Quadratic()
+
+    result = estimate_step(model.perturb, model.loss, seeds=[1], eps=0.5, lr=0.25, estimator="backward")
+
+    # g = (5 - 6.25) / 0.5 = -2.5; w - lr g z_1 = (1, 3) + 0.625 (1, -1)
+    assert result.scalars == (-2.5,) and result.loss == 5.0 and model.calls == 2
+    np.testing.assert_array_equal(model.w, [1.625, 2.375])
+    assert "backward" in base.names()
+
+
+def test_a_name_registered_twice_is_refused():
+    from fedtune.zo.estimators import base, central
+
+    with pytest.raises(ValueError, match="an estimator named 'central' is already registered"):
+        base.register(central.CENTRAL)
+
+
+def test_an_unknown_estimator_is_one_config_line():
+    from fedtune.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError, match="`algorithm.estimator` must be one of central, forward, sign, got 'nope'"):
+        parse_config({"algorithm": {"estimator": "nope"}}, [])

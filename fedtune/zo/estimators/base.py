@@ -1,71 +1,42 @@
-"""Zeroth-order gradient estimators, written once for every backend. Torch-free.
+"""The ZO step, written once against ``perturb``/``loss`` callables, and the estimator registry.
 
-A backend supplies two callables and nothing else:
-
-- ``perturb(seed, coef)``: in place, on every trainable tensor, ``w += coef * z(seed)``
-  (:func:`fedtune.rng.torch_backend.add_scaled_` on torch tensors,
-  :func:`fedtune.rng.add_scaled_` on numpy arrays);
-- ``loss()``: one forward on the step's batch with the current weights, as a float.
-
-:func:`estimate_step` then takes one step of the chosen estimator (Zhang et al.,
-"Revisiting Zeroth-Order Optimization for Memory-Efficient LLM Fine-Tuning: A Benchmark",
-ICML 2024, https://arxiv.org/abs/2402.11592) over ``q = len(seeds)`` directions:
-
-- ``central``: MeZO's two-point difference (Malladi et al., NeurIPS 2023, Algorithm 1),
-  ``g_i = (L(w + eps z_i) - L(w - eps z_i)) / (2 eps)``;
-- ``forward``: the one-point forward difference ``g_i = (L(w + eps z_i) - L(w)) / eps``,
-  ``L(w)`` evaluated once per step and shared by the q directions (q + 1 forwards, not 2q);
-- ``sign``: ZO-SGD-Sign, the central ``g_i`` reduced to its sign. z is Rademacher (±1), so
-  ``sign(g) z`` is exactly the coordinate-wise sign of the estimate ``g z``, and ``lr`` is
-  the step size of every coordinate.
-
-Each direction's *scalar* is its estimate divided by q (``g_i / q``, or ``sign(g_i) / q``),
-so the step moves along the average of the q estimates. (With q > 1, ``sign`` averages
-the directions' signs; the sign of the averaged vector is not a sum of seeded directions,
-so no (seed, scalar) upload could carry it.) The step is ``w <- w - lr sum_i scalar_i z_i``,
-and a client uploads one ``(key, scalar)`` entry per direction: the seed-and-scalar
-protocol, the aggregation and the replay (:func:`fedtune.zo.seeds.aggregate`,
-``replay_``) are the same whatever the estimator.
-
-With one direction the restore and the update are one pass (``w += r - lr scalar`` with
-``r`` the restoring coefficient), as MeZO does; with several, each direction is restored
-right after its estimate (the next is taken at ``w``), and the q updates ``-lr scalar_i``
-are applied afterwards, in order. A non-finite loss (or estimate) restores the weights and
-skips the whole step, every direction of it.
-
-A backend may also supply ``perturb_many(seeds, coefs)``, the same additions for several
-directions in one pass over the weights (:func:`fedtune.rng.add_scaled_many_`). Then the
-perturbations are held until the weights are next read (the next forward, or the end of
-the steps) and applied together: the restore-and-update of one step and the next step's
-``+eps`` become one pass instead of two. Every element still gets the same additions in
-the same order, so the weights are bit-identical with or without it.
+Torch-free. An estimator (one module of :mod:`fedtune.zo.estimators` each) says only how it
+probes one direction: which losses it takes around the weights ``w`` and what estimate
+``g_i`` and loss near ``w`` it makes of them, and how ``g_i`` becomes the direction's
+scalar. Everything else, the q directions, restoring the weights, skipping a step on a
+non-finite loss, the update, deferring perturbations into shared passes, is here, the same
+for every estimator and every backend.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import partial
-from typing import Literal, get_args
 
 import numpy as np
 
-from .steps import LocalResult, StepResult, run_steps
+from ..steps import LocalResult, StepResult, run_steps
 
 __all__ = [
-    "ESTIMATORS",
     "Estimator",
     "Loss",
     "Perturb",
     "PerturbMany",
+    "Probe",
+    "ZOEstimator",
     "as_seeds",
     "check_hyperparameters",
     "estimate_step",
+    "get",
     "local_steps",
+    "names",
+    "register",
 ]
 
-Estimator = Literal["central", "forward", "sign"]
-ESTIMATORS: tuple[str, ...] = get_args(Estimator)
+Estimator = str
+"""An estimator's registered name (``algorithm.estimator``)."""
 
 Perturb = Callable[[int, float], None]
 """``perturb(seed, coef)``: in place, ``w += coef * z(seed)`` on every trainable tensor."""
@@ -76,6 +47,68 @@ in one pass over the weights."""
 
 Loss = Callable[[], float]
 """One forward on the step's batch with the current weights."""
+
+Probe = Callable[[Perturb, Loss, int, float, float], tuple[float, float]]
+"""``probe(perturb, loss, seed, eps, base_loss) -> (g, loss_near)``: one direction's estimate
+from the weights ``w`` (``g`` is nan when a loss was not finite) and the loss near ``w``;
+``base_loss`` is ``L(w)`` when the estimator asked for it, else nan."""
+
+
+@dataclass(frozen=True)
+class ZOEstimator:
+    """One ``algorithm.estimator``.
+
+    Attributes:
+        name: the config name.
+        summary: one line for the docs.
+        probe: how one direction is estimated (:data:`Probe`).
+        offset: where ``probe`` leaves the weights, in units of ``eps z``: ``w + offset eps z``
+            (restored by adding ``-offset eps z``).
+        base_loss: whether the step evaluates ``L(w)`` once first (shared by its directions).
+        scalar: ``g_i`` -> the direction's scalar before the division by q (what is
+            uploaded with the key and replayed as ``-lr * scalar``).
+    """
+
+    name: str
+    summary: str
+    probe: Probe
+    offset: float
+    base_loss: bool = False
+    scalar: Callable[[float], float] = float
+
+
+_REGISTRY: dict[str, ZOEstimator] = {}
+
+
+def register(estimator: ZOEstimator) -> ZOEstimator:
+    """Add ``estimator`` to the registry and return it.
+
+    Raises:
+        ValueError: on an empty name or one registered before.
+    """
+    if not estimator.name or estimator.name != estimator.name.strip():
+        raise ValueError(f"an estimator needs a non-empty name without spaces, got {estimator.name!r}")
+    if estimator.name in _REGISTRY:
+        raise ValueError(f"an estimator named {estimator.name!r} is already registered")
+    _REGISTRY[estimator.name] = estimator
+    return estimator
+
+
+def names() -> tuple[str, ...]:
+    """The registered estimators' names, in registration order."""
+    return tuple(_REGISTRY)
+
+
+def get(name: str) -> ZOEstimator:
+    """The estimator registered as ``name``.
+
+    Raises:
+        ValueError: on an unknown name, listing the known ones.
+    """
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"`estimator` must be one of {', '.join(names())}, got {name!r}") from None
 
 
 class _Deferred:
@@ -110,8 +143,7 @@ def check_hyperparameters(*, eps: float, lr: float, estimator: str) -> None:
         raise ValueError(f"`eps` must be a positive finite float, got {eps!r}")
     if not (math.isfinite(lr) and lr >= 0):
         raise ValueError(f"`lr` must be a non-negative finite float, got {lr!r}")
-    if estimator not in ESTIMATORS:
-        raise ValueError(f"`estimator` must be one of {', '.join(ESTIMATORS)}, got {estimator!r}")
+    get(estimator)
 
 
 def as_seeds(seed: int | np.integer | Sequence[int] | np.ndarray) -> list[int]:
@@ -143,14 +175,14 @@ def estimate_step(
         seeds: one stream seed per direction (q = ``len(seeds)`` >= 1).
         eps: perturbation scale, > 0.
         lr: learning rate, >= 0 (0 estimates without moving the weights).
-        estimator: ``central``, ``forward`` or ``sign`` (see the module).
-        perturb_many: optional; consecutive perturbations then share a pass (the module).
+        estimator: a registered estimator's name (:func:`names`).
+        perturb_many: optional; consecutive perturbations then share a pass
+            (:mod:`fedtune.zo.estimators`).
 
     Returns:
         The step's :class:`StepResult`: ``scalars`` holds each direction's scalar (what is
         uploaded with its key), ``projected_grad`` the mean of the directions' ``g_i``, and
-        ``loss`` the loss near ``w`` (``L(w)`` for ``forward``, the mean of
-        ``(L+ + L-) / 2`` otherwise).
+        ``loss`` the mean of the directions' losses near ``w``.
 
     Raises:
         ValueError: on bad hyper-parameters or no seeds, before any forward.
@@ -159,38 +191,28 @@ def estimate_step(
     seeds = [int(seed) for seed in seeds]
     if not seeds:
         raise ValueError("`seeds` is empty: a step needs at least one direction")
+    spec = get(estimator)
     if perturb_many is not None:
         deferred = _Deferred(perturb_many)
         try:
-            return _step(deferred.perturb, deferred.loss(loss), seeds, eps, lr, estimator)
+            return _step(spec, deferred.perturb, deferred.loss(loss), seeds, eps, lr)
         finally:
             deferred.flush()
-    return _step(perturb, loss, seeds, eps, lr, estimator)
+    return _step(spec, perturb, loss, seeds, eps, lr)
 
 
-def _step(perturb: Perturb, loss: Loss, seeds: list[int], eps: float, lr: float, estimator: Estimator) -> StepResult:
+def _step(spec: ZOEstimator, perturb: Perturb, loss: Loss, seeds: list[int], eps: float, lr: float) -> StepResult:
     q = len(seeds)
-
     base_loss = math.nan
-    if estimator == "forward":
+    if spec.base_loss:
         base_loss = float(loss())
         if not math.isfinite(base_loss):
             return _skipped()
-    restore = -eps if estimator == "forward" else eps
+    restore = -spec.offset * eps
     grads: list[float] = []
     losses: list[float] = []
     for seed in seeds:
-        perturb(seed, eps)
-        loss_plus = float(loss())
-        if estimator == "forward":
-            loss_near, finite = base_loss, math.isfinite(loss_plus)
-            g = (loss_plus - base_loss) / eps if finite else math.nan
-        else:
-            perturb(seed, -2.0 * eps)
-            loss_minus = float(loss())
-            finite = math.isfinite(loss_plus) and math.isfinite(loss_minus)
-            g = (loss_plus - loss_minus) / (2.0 * eps) if finite else math.nan
-            loss_near = 0.5 * (loss_plus + loss_minus)
+        g, loss_near = spec.probe(perturb, loss, seed, eps, base_loss)
         if not math.isfinite(g):
             perturb(seed, restore)  # the directions before this one are restored already
             return _skipped()
@@ -199,10 +221,7 @@ def _step(perturb: Perturb, loss: Loss, seeds: list[int], eps: float, lr: float,
         grads.append(g)
         losses.append(loss_near)
 
-    if estimator == "sign":
-        scalars = [(math.copysign(1.0, g) if g != 0 else 0.0) / q for g in grads]
-    else:
-        scalars = [g / q for g in grads]
+    scalars = [spec.scalar(g) / q for g in grads]
     if q == 1:
         perturb(seeds[0], restore - lr * scalars[0])  # restore and update in one pass
     else:

@@ -1,0 +1,46 @@
+"""What a first-order client trains: PEFT LoRA adapters, or the model's own tensors.
+
+The first-order algorithms (``family = "lora"``: FedIT, FedProx, ...) train PEFT LoRA adapters
+(``[lora]``) by default. Those that declare the ``trainable`` feature (FedIT, FedProx) train
+the model's own tensors instead when ``model.trainable`` selects some: ``["*"]`` is full
+fine-tuning (FedIT then is FedAvg, McMahan et al. 2017, and FedProx its proximal variant,
+Li et al. 2020), ``["classifier.*", "*.layer.5.*"]`` the head and the top layer. The server
+and every client build the model through :func:`trained_model`, so they agree on the tensors
+and their names (``named_parameters()`` names), which key the payloads.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from fedtune import models
+
+from .adapters import adapter_parameters, inject_lora
+
+__all__ = ["trained_model", "trains_model_tensors"]
+
+
+def trains_model_tensors(cfg: Any) -> bool:
+    """Whether a first-order run tunes the model's own tensors (``model.trainable`` given) rather than adapters."""
+    return bool(cfg.model.trainable)
+
+
+def trained_model(workload: Any, cfg: Any) -> tuple[torch.nn.Module, dict[str, torch.nn.Parameter]]:
+    """The run's model and the tensors its first-order clients train, by name.
+
+    Adapters: the model wrapped by :func:`~fedtune.lora.adapters.inject_lora`, its adapter
+    tensors under PEFT's names. Model tensors: the model as built, the tensors
+    ``model.trainable`` selects, the others frozen (``requires_grad = False``, so backward
+    computes no gradient for them).
+    """
+    model = workload.build_model()
+    if not trains_model_tensors(cfg):
+        model = inject_lora(model, cfg.lora, cfg.model.task, cfg.seed)
+        return model, adapter_parameters(model)
+    params = dict(models.trainable_parameters(model, cfg.model.trainable))
+    chosen = {id(p) for p in params.values()}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in chosen)
+    return model, params
