@@ -22,6 +22,7 @@ from fedtune.lru import LRU, PARTITION_CACHE
 from fedtune.rng import derive_seed
 from fedtune.rng.torch_backend import seeded_init
 from fedtune.workload import Workload
+from fedtune.zo.sync import held_out_share
 
 from .adapters import read_state, write_state
 from .factors import factor_pairs
@@ -38,8 +39,9 @@ log = logging.getLogger(__name__)
 
 
 def lora_run_key(cfg: RunConfig) -> str:
-    """What must match between a client's cache and a run: model, data, seed, rule, adapter."""
-    text = repr((cfg.seed, cfg.model, cfg.data, cfg.algorithm.name, cfg.lora, cfg.sections))
+    """What must match between a client's cache and a run: model, data (and federated
+    evaluation's held-out share), seed, rule, adapter."""
+    text = repr((cfg.seed, cfg.model, cfg.data, cfg.algorithm.name, cfg.lora, cfg.sections, held_out_share(cfg)))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
