@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
@@ -108,6 +109,56 @@ def run_flower_superexec(make_executor: Callable[[], Any], argv: list[str]) -> N
 
 
 # --- messages outside a Flower run -------------------------------------------------------------
+
+
+def run_simulation(
+    server_app: Any,
+    client_app: Any,
+    *,
+    num_supernodes: int,
+    backend_config: dict[str, Any],
+    app_dir: str,
+    run_config: dict[str, Any],
+    verbose_logging: bool = False,
+) -> None:
+    """Flower's simulation engine with a run config, as ``flwr run`` gives one.
+
+    ``flwr.simulation.run_simulation`` (public, deprecated) passes every app an empty run
+    config; its internal ``_run_simulation`` takes a ``Run`` whose ``override_config`` each
+    ClientApp's context fuses with ``[tool.flwr.app.config]`` of ``app_dir``'s pyproject.toml
+    (so every key of ``run_config`` must be declared there), and the ServerApp's context.
+    """
+    from flwr.common.config import get_fused_config_from_dir
+    from flwr.common.constant import RUN_ID_NUM_BYTES, SUPERLINK_NODE_ID, TASK_ID_NUM_BYTES
+    from flwr.server.superlink.linkstate.utils import generate_rand_int_from_bytes
+    from flwr.simulation.run_simulation import _run_simulation
+    from flwr.supercore.constant import NOOP_FEDERATION_ID
+    from flwr.supercore.run import Run
+    from flwr.supercore.telemetry import EventType
+
+    fused = get_fused_config_from_dir(Path(app_dir), run_config)  # raises on an undeclared key
+    # what _run_simulation does when it makes the Run itself
+    run_id = generate_rand_int_from_bytes(RUN_ID_NUM_BYTES)
+    run = Run.create_empty(run_id=run_id)
+    run.primary_task_id = generate_rand_int_from_bytes(TASK_ID_NUM_BYTES)
+    run.federation_id = NOOP_FEDERATION_ID
+    run.override_config = dict(run_config)
+    TaskIdentity.task_id = 1
+    TaskIdentity.run_id = run_id
+    TaskIdentity.node_id = SUPERLINK_NODE_ID
+    server_context = Context(run_id=run.run_id, node_id=0, node_config={}, state=RecordDict(), run_config=fused)
+    _run_simulation(
+        num_supernodes=num_supernodes,
+        exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
+        client_app=client_app,
+        server_app=server_app,
+        backend_config=backend_config,
+        app_dir=app_dir,
+        is_app=True,  # only then do the nodes' contexts take their run config from app_dir + the Run
+        run=run,
+        server_app_context=server_context,
+        verbose_logging=verbose_logging,
+    )
 
 
 def set_task_identity(

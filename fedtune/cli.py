@@ -241,7 +241,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     configure_logging(args.verbose)
     log.info("memory: %s", memory.describe())
 
-    from fedtune.runs import CONFIG_FILE, ENV_CONFIG, ENV_RESUME, ENV_RUN_DIR, create_run_dir
+    from fedtune.runs import CONFIG_FILE, create_run_dir
 
     with open(app_dir / "pyproject.toml", "rb") as f:
         components = tomllib.load(f)["tool"]["flwr"]["app"]["components"]
@@ -254,11 +254,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         run_dir = create_run_dir(cfg)
         log.info("fedtune run %s -> %s", config_path, run_dir)
-    os.environ[ENV_RESUME] = "1" if args.resume else "0"
-    os.environ[ENV_CONFIG] = str((run_dir / CONFIG_FILE).resolve())
-    os.environ[ENV_RUN_DIR] = str(run_dir.resolve())
+    # the apps get the run through Flower's run config, as under `flwr run`: the resolved
+    # config.toml of the run directory (no overrides left to apply), the directory, resume
+    run_config = {"config": str((run_dir / CONFIG_FILE).resolve()), "set": "", "run-dir": str(run_dir.resolve()),
+                  "resume": bool(args.resume)}
 
-    from flwr.simulation import run_simulation
+    from fedtune._flwr_compat import run_simulation
 
     s = cfg.simulation
     resources: dict[str, Any] = {"num_cpus": s.num_cpus_per_client}
@@ -271,10 +272,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         init_args["num_gpus"] = s.num_gpus
     backend_config: dict[str, Any] = {"client_resources": resources, "init_args": init_args}
     run_simulation(
-        server_app=server_app,
-        client_app=client_app,
+        server_app,
+        client_app,
         num_supernodes=cfg.federation.simulated_nodes,
-        backend_config=backend_config,  # type: ignore[arg-type]
+        backend_config=backend_config,
+        app_dir=str(app_dir),
+        run_config=run_config,
         verbose_logging=args.verbose,
     )
     records = _read_metrics(run_dir)

@@ -30,6 +30,7 @@ __all__ = [
     "CompressConfig",
     "ConfigError",
     "DataConfig",
+    "DeviceMode",
     "EvalConfig",
     "FederationConfig",
     "LogConfig",
@@ -40,6 +41,7 @@ __all__ = [
     "RobustConfig",
     "RunConfig",
     "SimulationConfig",
+    "device_mode",
     "dump_toml",
     "load_config",
     "parse_config",
@@ -190,7 +192,8 @@ class CompressConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Server-side evaluation of the global model on held-out data."""
+    """Evaluation of the global model: on the server's held-out data, and (``federated``) on
+    the clients' own."""
 
     every: int = 1  # evaluate every N rounds (and always after the last)
     batch_size: int = 64
@@ -203,6 +206,11 @@ class EvalConfig:
     max_new_tokens: int = 32  # generated tokens per prompt at most (generation stops at eos)
     do_sample: bool = False  # false = greedy; true = sampling, seeded from the run's seed
     temperature: float = 1.0  # of sampling (do_sample = true)
+    # federated evaluation: each evaluating round, a sample of clients also scores the global
+    # model on a held-out share of their own data (docs/architecture.md, "Federated evaluation")
+    federated: bool = False
+    federated_fraction: float = 1.0  # clients asked = ceil(fraction x federation.clients_per_round)
+    federated_holdout: float = 0.2  # per client, a seeded share of its partition kept out of training
 
 
 @dataclass(frozen=True)
@@ -316,6 +324,34 @@ class RunConfig:
             if key == name:
                 return value
         raise KeyError(f"no algorithm config section [{name}]; registered: {sorted(algorithms.sections())}")
+
+
+DeviceMode = Literal["lm", "head"]
+"""What an ONNX device client runs (docs/device.md): ``lm``, the causal-LM loss graph of a
+``model.config`` model with fedtune's word tokenizer; ``head``, zeroth-order steps on the
+label-name head of a pretrained sentence encoder over its frozen features."""
+
+DEVICE_SOURCES: dict[DeviceMode, tuple[str, ...]] = {"lm": ("instructions", "jsonl", "csv"), "head": ("topics", "news")}
+"""The ``data.source`` values each device mode supports."""
+
+DEVICE_SUPPORT = (
+    "a causal-lm `model.config` model (fedtune's word tokenizer), or the label-name head of a "
+    "`model.path` sentence encoder (model.task = 'seq-cls', model.head = 'label-names', every "
+    "model.trainable pattern under 'classifier.', e.g. ['classifier.*']; zeroth-order steps on "
+    "encoder weights would need the whole graph with its weights as inputs, which devices do not run)"
+)
+"""What device clients support, for the errors that refuse anything else."""
+
+
+def device_mode(cfg: RunConfig) -> DeviceMode | None:
+    """Which :data:`DeviceMode` a device client of ``cfg``'s run takes, or None if it supports none."""
+    m = cfg.model
+    if m.config and not m.path and m.task == "causal-lm":
+        return "lm"
+    head_only = bool(m.trainable) and all(pattern.startswith("classifier.") for pattern in m.trainable)
+    if m.path and m.task == "seq-cls" and m.head == "label-names" and head_only and cfg.algorithm.params == "model":
+        return "head"
+    return None
 
 
 def _default_sections() -> tuple[tuple[str, Any], ...]:
@@ -460,11 +496,14 @@ def _check_values(cfg: RunConfig) -> list[str]:
     need(od.clients == 0 or "device" in spec.features,
          f"`ondevice.clients` > 0 needs a zeroth-order algorithm ({', '.join(algorithms.supporting('device'))}), "
          f"got {a.name!r}")
-    need(od.clients == 0 or (bool(m.config) and m.task == "causal-lm"),
-         "`ondevice.clients` > 0 needs a causal-lm `model.config` model (devices use fedtune's word "
-         f"tokenizer, not a Hugging Face one), got config={m.config!r}, task={m.task!r}")
-    need(od.clients == 0 or d.source in ("instructions", "jsonl", "csv"),
-         f"`ondevice.clients` > 0 supports data.source instructions, jsonl or csv, got {d.source!r}")
+    mode = device_mode(cfg)
+    need(od.clients == 0 or mode is not None,
+         f"`ondevice.clients` > 0 needs {DEVICE_SUPPORT}; got path={m.path!r}, config={m.config!r}, "
+         f"task={m.task!r}, head={m.head!r}, trainable={list(m.trainable)}")
+    # an unsupported model is reported above; its sources are checked as the mode it comes closest to
+    sources = DEVICE_SOURCES[mode or ("head" if m.head == "label-names" else "lm")]
+    need(od.clients == 0 or d.source in sources,
+         f"`ondevice.clients` > 0 supports data.source {', '.join(sources)} for this model, got {d.source!r}")
     need(od.clients == 0 or m.dtype == "float32",
          f"`model.dtype` = {m.dtype!r} is not supported by ONNX device clients (`ondevice.clients` > 0): "
          "their replay is float32; use model.dtype = 'float32' or ondevice.clients = 0")
@@ -523,6 +562,24 @@ def _check_eval(cfg: RunConfig) -> list[str]:
         errors.append(f"`eval.max_new_tokens` must be >= 1, got {e.max_new_tokens}")
     if not (math.isfinite(e.temperature) and e.temperature > 0):
         errors.append(f"`eval.temperature` must be > 0, got {e.temperature}")
+    if not (math.isfinite(e.federated_fraction) and 0 < e.federated_fraction <= 1):
+        errors.append(f"`eval.federated_fraction` must be in (0, 1] (the share of federation.clients_per_round "
+                      f"asked to evaluate), got {e.federated_fraction}")
+    if not (math.isfinite(e.federated_holdout) and 0 < e.federated_holdout < 1):
+        errors.append(f"`eval.federated_holdout` must be in (0, 1) (each client's share of its data kept for "
+                      f"evaluation), got {e.federated_holdout}")
+    defaults = EvalConfig()
+    for key in ("federated_fraction", "federated_holdout"):
+        if not e.federated and getattr(e, key) != getattr(defaults, key):
+            errors.append(f"`eval.{key}` applies to `eval.federated = true`, got {getattr(e, key)} with federated "
+                          f"evaluation off; set eval.federated = true or remove eval.{key}")
+    if e.federated and cfg.privacy.dp != "none":
+        errors.append(f"`eval.federated` with `privacy.dp` = {cfg.privacy.dp!r}: a client's loss on its own data is "
+                      "data-dependent and outside the accounted release (DP clients withhold their metrics); "
+                      "turn one off")
+    if e.federated and cfg.ondevice.clients:
+        errors.append("`eval.federated` does not support ONNX device clients (`ondevice.clients` > 0): their loss "
+                      "graph has no logits to score; set ondevice.clients = 0 or eval.federated = false")
     if not (math.isfinite(cfg.log.progress_s) and cfg.log.progress_s >= 0):
         errors.append(f"`log.progress_s` must be >= 0 (0 = no progress lines), got {cfg.log.progress_s}")
     return errors

@@ -107,14 +107,16 @@ def atomic_write(path: Path, text: str) -> None:
 def config_from_run_config(run_config: Mapping[str, Any], app_dir: Path) -> tuple[RunConfig, Path | None]:
     """The run's config and run directory, for a Flower ServerApp/ClientApp.
 
-    ``fedtune run`` passes them through the environment (:data:`ENV_CONFIG`,
-    :data:`ENV_RUN_DIR`). Under ``flwr run .`` the run config's ``config`` key names the
-    TOML file (relative to the working directory or the app directory) and ``set`` holds
-    space-separated ``key=value`` overrides; the run directory is then created by the
-    ServerApp (returned as None here).
+    From the run config: ``config`` names the TOML file (relative to the working directory or
+    the app directory), ``set`` holds space-separated ``key=value`` overrides, and
+    ``run-dir`` the run directory ``fedtune run`` opened (it passes the resolved
+    ``config.toml`` there and no overrides). Under ``flwr run .`` ``run-dir`` is empty and the
+    ServerApp creates the directory (None here). Scripts that drive Flower's public
+    ``run_simulation`` (no run config) may pass the same through :data:`ENV_CONFIG` and
+    :data:`ENV_RUN_DIR` instead.
     """
     env_config = os.environ.get(ENV_CONFIG)
-    if env_config:
+    if env_config and not run_config.get("config"):
         run_dir = os.environ.get(ENV_RUN_DIR)
         return _load_once(Path(env_config), ()), Path(run_dir) if run_dir else None
     name = str(run_config.get("config", ""))
@@ -127,7 +129,8 @@ def config_from_run_config(run_config: Mapping[str, Any], app_dir: Path) -> tupl
     if not path.is_absolute() and not path.exists():
         path = app_dir / path
     overrides = shlex.split(str(run_config.get("set", "")))
-    return _load_once(path, tuple(overrides)), None
+    run_dir = str(run_config.get("run-dir", ""))
+    return _load_once(path, tuple(overrides)), Path(run_dir) if run_dir else None
 
 
 def _load_once(path: Path, overrides: tuple[str, ...]) -> RunConfig:
@@ -145,8 +148,11 @@ def _parsed(path: str, mtime_ns: int, size: int, overrides: tuple[str, ...]) -> 
     return load_config(path, overrides)
 
 
-def resuming() -> bool:
-    """Whether this process continues an interrupted run (``fedtune run --resume``)."""
+def resuming(run_config: Mapping[str, Any]) -> bool:
+    """Whether this run continues an interrupted one (``fedtune run --resume``): the run
+    config's ``resume``, or :data:`ENV_RESUME` for scripts without a run config."""
+    if run_config.get("config"):
+        return bool(run_config.get("resume", False))
     return os.environ.get(ENV_RESUME) == "1"
 
 
@@ -193,7 +199,8 @@ _SCORE_LABELS = (("eval_macro_f1", "macro-F1"), ("eval_rougeL", "rougeL"), ("eva
 
 def eval_parts(record: Mapping[str, Any]) -> list[str]:
     """The progress line's evaluation words, each ending in a comma:
-    ``eval loss 2.2000 (acc 0.125), rougeL 0.412, EM 0.100, generation 3.1 s,``."""
+    ``eval loss 2.2000 (acc 0.125), rougeL 0.412, EM 0.100, generation 3.1 s,`` and, with
+    federated evaluation, ``fed eval loss 2.3100 (acc 0.118, 3 clients, 41 examples),``."""
     parts: list[str] = []
     loss, accuracy = record.get("eval_loss"), record.get("eval_accuracy")
     if loss is not None:
@@ -203,6 +210,14 @@ def eval_parts(record: Mapping[str, Any]) -> list[str]:
     parts += [f"{label} {record[key]:.3f}," for key, label in _SCORE_LABELS if record.get(key) is not None]
     if record.get("eval_generate_seconds") is not None:
         parts.append(f"generation {record['eval_generate_seconds']:.1f} s,")
+    if "fed_eval_clients" in record:  # eval.federated: the clients' scores on their own data
+        fed_loss, fed_accuracy = record.get("fed_eval_loss"), record.get("fed_eval_accuracy")
+        on = f"{record['fed_eval_clients']} clients, {record['fed_eval_examples']} examples"
+        if fed_loss is None or not math.isfinite(fed_loss):
+            parts.append(f"fed eval loss {fed_loss if fed_loss is not None else 'none'} ({on}),")
+        else:
+            acc = f"acc {fed_accuracy:.3f}, " if fed_accuracy is not None and math.isfinite(fed_accuracy) else ""
+            parts.append(f"fed eval loss {fed_loss:.4f} ({acc}{on}),")
     return parts
 
 

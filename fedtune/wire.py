@@ -116,6 +116,12 @@ NUM_EXAMPLES = "num-examples"  # int, size of the client's partition (the aggreg
 TRAIN_LOSS = "train-loss"  # float, mean loss over the client's local steps
 SKIPPED_STEPS = "skipped-steps"  # int, local steps skipped for a non-finite loss
 REPLAY_RATE = "replay-elements-per-s"  # float, the client's measured replay speed (0: none measured)
+# Keys of METRICS in an evaluate reply (eval.federated), beside NUM_EXAMPLES (the client's
+# held-out examples; 0: it holds none): float scores of the global model on them, named as
+# the server's own evaluation names its (fedtune.workload.evaluate).
+EVAL_LOSS = "eval_loss"  # mean cross-entropy (per response token for a causal LM, per row for seq-cls)
+EVAL_ACCURACY = "eval_accuracy"  # next-token accuracy over response tokens, or argmax accuracy per row
+EVAL_MACRO_F1 = "eval_macro_f1"  # seq-cls, when eval.metrics has macro_f1: the client's own macro-F1
 CLIPPED = "clipped-scalars"  # int (SecAgg+ replies): entries of the client's dense vector the scalar clip changed
 
 _F32, _F16 = np.dtype("<f4"), np.dtype("<f2")

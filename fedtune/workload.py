@@ -23,13 +23,15 @@ from fedtune import data as fdata
 from fedtune import models
 from fedtune.config import RunConfig
 from fedtune.data.batches import encode_classification, encode_lm
+from fedtune.data.sources import holdout_rows, label_names, load_examples
 from fedtune.dtypes import autocast, float32_loss, torch_dtype
+from fedtune.lru import LRU, PARTITION_CACHE
 from fedtune.metrics import GENERATION_METRICS, exact_match, rouge_l
 from fedtune.metrics import macro_f1 as macro_f1_score
 from fedtune.progress import Progress
 from fedtune.rng import derive_seed, generator
 
-__all__ = ["Workload", "pick_device"]
+__all__ = ["Workload", "label_names", "pick_device"]
 
 log = logging.getLogger(__name__)
 
@@ -44,36 +46,6 @@ def pick_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"`device` = {name!r} but CUDA is not available here; use auto or cpu")
     return device
-
-
-def _load_examples(cfg: RunConfig) -> tuple[list[fdata.Example], list[fdata.Example]]:
-    """(train, eval) examples; a file source is split deterministically into the two."""
-    d = cfg.data
-    if d.source == "topics":
-        train = fdata.generate_topics(d.num_examples, derive_seed(cfg.seed, "train-data"))
-        held_out = fdata.generate_topics(d.eval_examples, derive_seed(cfg.seed, "eval-data"))
-        return train, held_out
-    if d.source == "news":
-        train = fdata.generate_news(d.num_examples, derive_seed(cfg.seed, "train-data"))
-        held_out = fdata.generate_news(d.eval_examples, derive_seed(cfg.seed, "eval-data"))
-        return train, held_out
-    if d.source == "instructions":
-        train = fdata.generate_instructions(d.num_examples, derive_seed(cfg.seed, "train-data"))
-        held_out = fdata.generate_instructions(d.eval_examples, derive_seed(cfg.seed, "eval-data"))
-        return train, held_out
-    loader = fdata.load_jsonl if d.source == "jsonl" else fdata.load_csv
-    examples = loader(d.path)
-    if len(examples) < 2:
-        raise ValueError(f"{d.path}: {len(examples)} example(s); need at least 2 to hold some out")
-    train_rows, eval_rows = _holdout(cfg, len(examples))
-    return [examples[i] for i in train_rows], [examples[i] for i in eval_rows]
-
-
-def _holdout(cfg: RunConfig, num_rows: int) -> tuple[list[int], list[int]]:
-    """(train rows, held-out rows) of a file: a seeded tenth at most, ``eval_examples`` at most."""
-    order = generator(cfg.seed, "holdout").permutation(num_rows).tolist()
-    num_eval = min(cfg.data.eval_examples, max(1, num_rows // 10))
-    return order[num_eval:], order[:num_eval]
 
 
 @dataclass(frozen=True)
@@ -115,7 +87,7 @@ def _load_file(cfg: RunConfig, tokenizer: Any = None) -> FileData:
     if len(rows.examples) < 2:
         raise ValueError(f"`data.path` {d.path!r} holds {len(rows.examples)} row(s); need at least 2 to hold "
                          "some out, or give data.eval_path")
-    train_rows, eval_rows = _holdout(cfg, len(rows.examples))
+    train_rows, eval_rows = holdout_rows(cfg, len(rows.examples))
     return FileData([rows.examples[i] for i in train_rows], [rows.examples[i] for i in eval_rows],
                     [rows.values[i] for i in train_rows], names)
 
@@ -131,6 +103,9 @@ class Workload:
 
     cfg: RunConfig
     device: torch.device = field(init=False)
+    # encoded local held-out shares (eval.federated) of the clients this process played last
+    _local_eval: LRU[tuple[int, int], dict[str, torch.Tensor]] = field(
+        init=False, repr=False, default_factory=lambda: LRU(PARTITION_CACHE))
 
     def __post_init__(self) -> None:
         self.device = pick_device(self.cfg.device)
@@ -151,7 +126,7 @@ class Workload:
     def examples(self) -> tuple[list[fdata.Example], list[fdata.Example]]:
         """(train, held-out) examples; a file source's rows that cannot be encoded are dropped."""
         if self.cfg.data.source != "file":
-            return _load_examples(self.cfg)
+            return load_examples(self.cfg)
         data = self._file_data
         return self._drop_unencodable(data.train, "train"), self._drop_unencodable(data.held_out, "held-out")
 
@@ -291,10 +266,28 @@ class Workload:
         return [ex.label for ex in self.examples[0]]
 
     def partition(self, partition_id: int, num_partitions: int) -> list[int]:
-        """Indices of the training examples of client ``partition_id``."""
+        """Indices of the training examples of client ``partition_id`` (without its local
+        held-out share under ``eval.federated``: :meth:`local_split`)."""
+        return self.local_split(partition_id, num_partitions)[0]
+
+    def local_split(self, partition_id: int, num_partitions: int) -> tuple[list[int], list[int]]:
+        """Client ``partition_id``'s examples as (train, local held-out) indices, each ascending.
+
+        Without ``eval.federated`` the held-out part is empty and the train part the whole
+        partition, as it always was. With it, a permutation seeded by ``(seed,
+        "fed-holdout", partition_id)`` picks ``floor(eval.federated_holdout x n)`` of the
+        client's n examples, at least 1 and at most n - 1 (a client keeps one to train on).
+        """
         if not 0 <= partition_id < num_partitions:
             raise ValueError(f"partition id {partition_id} is outside [0, {num_partitions})")
-        return [int(i) for i in self.partitions(num_partitions)[partition_id]]
+        indices = [int(i) for i in self.partitions(num_partitions)[partition_id]]
+        if not self.cfg.eval.federated:
+            return indices, []
+        n = len(indices)
+        held = min(max(1, int(self.cfg.eval.federated_holdout * n)), n - 1)
+        order = generator(self.cfg.seed, "fed-holdout", partition_id).permutation(n)
+        out = set(order[:held].tolist())
+        return [i for k, i in enumerate(indices) if k not in out], [i for k, i in enumerate(indices) if k in out]
 
     def partitions(self, num_partitions: int) -> list[Any]:
         """Every client's training example indices (sorted int64 arrays), by ``data.partition``."""
@@ -330,13 +323,34 @@ class Workload:
         e = self.cfg.eval
         scores: dict[str, float] = {}
         if {"loss", "accuracy", "macro_f1"} & set(e.metrics):
-            with autocast(self.device, self.cfg.model.dtype):  # losses from float32 logits (evaluate)
-                computed = evaluate(model, self.eval_set, e.batch_size, self.device,
-                                    macro_f1="macro_f1" in e.metrics, progress_s=self.cfg.log.progress_s)
+            computed = self.one_pass_scores(model, self.eval_set)
             scores.update({k: v for k, v in computed.items() if k.removeprefix("eval_") in e.metrics})
         if set(GENERATION_METRICS) & set(e.metrics):
             scores.update(self.generation_scores(model))
         return scores
+
+    def one_pass_scores(self, model: torch.nn.Module, encoded: dict[str, torch.Tensor]) -> dict[str, float]:
+        """``eval_loss``, ``eval_accuracy`` and, if ``eval.metrics`` has it, ``eval_macro_f1``
+        of ``model`` on ``encoded``: what one forward pass over it gives."""
+        e = self.cfg.eval
+        with autocast(self.device, self.cfg.model.dtype):  # losses from float32 logits (evaluate)
+            return evaluate(model, encoded, e.batch_size, self.device, macro_f1="macro_f1" in e.metrics,
+                            progress_s=self.cfg.log.progress_s)
+
+    def evaluate_local(
+        self, model: torch.nn.Module, partition_id: int, num_partitions: int
+    ) -> tuple[int, dict[str, float]]:
+        """Federated evaluation on a client: ``model`` scored on the client's own held-out
+        share (:meth:`local_split`). Returns (its number of examples, :meth:`one_pass_scores`);
+        (0, {}) for a client with none."""
+        def build() -> dict[str, torch.Tensor]:
+            train = self.examples[0]
+            return self.encode([train[i] for i in self.local_split(partition_id, num_partitions)[1]])
+
+        if not self.local_split(partition_id, num_partitions)[1]:
+            return 0, {}
+        encoded = self._local_eval.get_or_build((partition_id, num_partitions), build)
+        return int(encoded["input_ids"].shape[0]), self.one_pass_scores(model, encoded)
 
     def generation_scores(self, model: torch.nn.Module) -> dict[str, float]:
         """Rouge-L and/or exact match (as ``eval.metrics`` asks) of generated responses,
@@ -360,25 +374,6 @@ class Workload:
             scores["eval_exact_match"] = exact_match(texts, references)
         scores["eval_generate_seconds"] = time.monotonic() - start
         return scores
-
-
-def label_names(cfg: RunConfig, num_labels: int, found: tuple[str, ...] = ()) -> tuple[str, ...]:
-    """The class names of a run: ``data.label_names``, else the generated task's own, else
-    ``found`` (a file's string labels, in class-id order).
-
-    Raises:
-        ValueError: if there are none, or their number differs from ``num_labels``.
-    """
-    names = tuple(cfg.data.label_names) or fdata.GENERATED_LABEL_NAMES.get(cfg.data.source, ()) or found
-    if not names:
-        raise ValueError(f"data.source = {cfg.data.source!r} names no classes (its labels are ints): "
-                         "set `data.label_names`")
-    if len(names) != num_labels:
-        raise ValueError(
-            f"`data.label_names` has {len(names)} names but the data has {num_labels} classes "
-            f"(labels 0..{num_labels - 1}): give one name per class, in label order"
-        )
-    return names
 
 
 def select_parameters(

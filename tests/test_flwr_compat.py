@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import time
 
 import numpy as np
 import pytest
@@ -143,3 +144,57 @@ def test_the_superexec_pieces_load_on_demand():
             "runtime_dependency_install"} <= set(inspect.signature(compat.run_clientapp).parameters)
     with pytest.raises(AttributeError):
         compat.not_a_flower_name  # noqa: B018
+
+
+# --- the simulation with a run config ------------------------------------------------------------
+
+_SEEN: dict[str, dict] = {}
+
+
+def _make_apps():
+    from flwr.clientapp import ClientApp
+    from flwr.serverapp import ServerApp
+
+    server, client = ServerApp(), ClientApp()
+
+    @client.query()
+    def echo(msg, context):  # the node's run config, sent back
+        return Message(RecordDict({"rc": ConfigRecord(dict(context.run_config))}), reply_to=msg)
+
+    @server.main()
+    def main(grid, context):
+        _SEEN["server"] = dict(context.run_config)
+        deadline = time.monotonic() + 60
+        nodes = list(grid.get_node_ids())
+        while not nodes and time.monotonic() < deadline:  # the simulated nodes register as the engine starts
+            time.sleep(0.1)
+            nodes = list(grid.get_node_ids())
+        replies = grid.send_and_receive(
+            [Message(RecordDict(), dst_node_id=nodes[0], message_type=MessageType.QUERY)], timeout=120
+        )
+        _SEEN["client"] = dict(replies[0].content["rc"])
+
+    return server, client
+
+
+@pytest.mark.slow
+def test_run_simulation_gives_every_app_the_run_config():
+    from fedtune.app import APP_DIR
+
+    server, client = _make_apps()
+    run_config = {"config": "/x/config.toml", "set": "", "run-dir": "/x", "resume": True}
+
+    compat.run_simulation(server, client, num_supernodes=1, app_dir=str(APP_DIR), run_config=run_config,
+                          backend_config={"client_resources": {"num_cpus": 1},
+                                          "init_args": {"logging_level": "ERROR", "include_dashboard": False}})
+
+    for side in ("server", "client"):
+        assert {k: _SEEN[side][k] for k in run_config} == run_config, side
+
+
+def test_run_simulation_refuses_a_key_the_app_does_not_declare():
+    from fedtune.app import APP_DIR
+
+    with pytest.raises(ValueError, match="Key 'nope' is not present"):
+        compat.run_simulation(None, None, num_supernodes=1, app_dir=str(APP_DIR), run_config={"nope": 1},
+                              backend_config={})

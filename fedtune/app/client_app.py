@@ -7,6 +7,7 @@ Thin on purpose: :mod:`fedtune.client.zo_protocol` decodes the message, drives t
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
@@ -15,7 +16,8 @@ from fedtune import algorithms
 from fedtune.app import APP_DIR
 from fedtune.client.node_log import extend_sync, remember_sync
 from fedtune.client.secagg import secagg_when_asked
-from fedtune.client.zo_protocol import answer_query, answer_train, partition_of
+from fedtune.client.zo_protocol import answer_evaluate, answer_query, answer_train, partition_of
+from fedtune.config import RunConfig
 from fedtune.runs import config_from_run_config
 
 app = ClientApp(mods=[secagg_when_asked])  # SecAgg+ rounds (privacy.secagg) run through Flower's mod
@@ -26,11 +28,17 @@ def query(msg: Message, context: Context) -> Message:
     return answer_query(msg, context)
 
 
-@app.train()
-def train(msg: Message, context: Context) -> Message:
+def _config(context: Context) -> tuple[RunConfig, Path | None]:
+    """The run's config (with a deployed node's own ``device``) and run directory."""
     cfg, run_dir = config_from_run_config(context.run_config, APP_DIR)
     if "device" in context.node_config:  # a deployed SuperNode names its own device (docs/deployment.md)
         cfg = dataclasses.replace(cfg, device=str(context.node_config["device"]))
+    return cfg, run_dir
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    cfg, run_dir = _config(context)
     if algorithms.get(cfg.algorithm.name).family == "lora":  # federated LoRA: its own handler
         from fedtune.client.lora import train_lora
 
@@ -45,5 +53,22 @@ def train(msg: Message, context: Context) -> Message:
         from fedtune.zo.client import client_for
 
         reply = answer_train(msg, context, cfg, client_for(cfg))
+    remember_sync(reply, context, entries)
+    return reply
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Federated evaluation (``eval.federated``): the global model scored on this client's own
+    held-out share. ONNX device clients are refused by the config (no logits to score)."""
+    cfg, _ = _config(context)
+    if algorithms.get(cfg.algorithm.name).family == "lora":
+        from fedtune.client.lora import evaluate_lora
+
+        return evaluate_lora(cfg, msg, context)
+    from fedtune.zo.client import client_for
+
+    entries = extend_sync(msg, context)  # as for training: the node's kept seed log bridges a fresh process
+    reply = answer_evaluate(msg, context, client_for(cfg))
     remember_sync(reply, context, entries)
     return reply

@@ -37,7 +37,7 @@ def main(grid: Grid, context: Context) -> None:
         run_dir = create_run_dir(cfg)
     log.info("run directory: %s", run_dir)
     writer = RunWriter(run_dir, cfg.rounds, diverge_after=cfg.eval.diverge_after)
-    resume = resuming()
+    resume = resuming(context.run_config)
     if algorithms.get(cfg.algorithm.name).family == "lora":  # federated LoRA: its own strategy; saves a PEFT adapter
         if resume:
             raise ValueError(f"--resume is not supported for {cfg.algorithm.name!r} yet: start a new run")

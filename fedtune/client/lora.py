@@ -36,7 +36,7 @@ from fedtune.privacy.dp import clip_and_noise
 from fedtune.privacy.release import client_metrics
 from fedtune.rng import generator
 
-__all__ = ["train_lora"]
+__all__ = ["evaluate_lora", "train_lora"]
 
 RESIDUAL_FILE = "residual"  # <run dir>/client-state/<partition>.residual.safetensors
 
@@ -93,6 +93,23 @@ def train_lora(cfg: RunConfig, msg: Message, context: Context, run_dir: Path | N
         context.state[wire.PENDING] = pack(apply_update(global_state, sent))
         context.state[wire.PENDING_ROUND] = ConfigRecord({wire.ROUND: server_round})
     return Message(RecordDict({wire.ADAPTER: pack_compressed(sent), wire.METRICS: metrics}), reply_to=msg)
+
+
+def evaluate_lora(cfg: RunConfig, msg: Message, context: Context) -> Message:
+    """Answer one federated-evaluation message (``eval.federated``): the global adapter it
+    carries, scored on this client's own held-out share; the reply's metrics are
+    ``num-examples`` and the ``eval_*`` scores.
+
+    Raises:
+        ValueError: if the server runs another configuration.
+        fedtune.wire.WireError: if the server's adapter does not match this client's.
+    """
+    client = client_for(cfg)
+    train_config(msg, client.key, "model, data, algorithm or [lora]")
+    global_state = unpack(msg.content[wire.ADAPTER], client.uplink_shapes, "the server's adapter")
+    num_examples, scores = client.evaluate(*partition_of(msg, context), global_state)
+    return Message(RecordDict({wire.METRICS: MetricRecord({wire.NUM_EXAMPLES: num_examples, **scores})}),
+                   reply_to=msg)
 
 
 def _rank(client: LoraClient, config: ConfigRecord, partition_id: int) -> int:

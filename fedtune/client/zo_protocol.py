@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from fedtune import wire
 from fedtune.attack import attack_rng, corrupt, is_malicious
@@ -25,7 +25,7 @@ from fedtune.zo.pro import probabilities_from_bytes
 from fedtune.zo.seeds import SeedUpdate
 from fedtune.zo.sync import OutOfSync
 
-__all__ = ["answer_query", "answer_train", "partition_of"]
+__all__ = ["answer_evaluate", "answer_query", "answer_train", "partition_of"]
 
 
 def partition_of(msg: Message, context: Context) -> tuple[int, int]:
@@ -63,10 +63,12 @@ def train_config(msg: Message, key: str, settings: str) -> ConfigRecord:
     return config
 
 
-def answer_train(msg: Message, context: Context, cfg: RunConfig, client: Any) -> Message:
-    """Sync ``client`` to the message's global state, train, and reply (or reply need-state)."""
+def _sync(msg: Message, context: Context, client: Any) -> tuple[ConfigRecord, Message | None]:
+    """Bring ``client`` to the message's global state (and keep it in a deployed node's weight
+    cache); returns the message's config and None, or a need-state reply if the client could
+    not reach that state from what it was sent."""
     config = train_config(msg, client.key, "model, data or seed")
-    server_round, state_round = wire.read_int(config, wire.ROUND), wire.read_int(config, wire.STATE_ROUND)
+    state_round = wire.read_int(config, wire.STATE_ROUND)
     updates = []
     for payload in wire.read_bytes_list(config, wire.UPDATES):
         round_, keys, scalars, lr = wire.decode_update(payload, max_key=client.max_key)
@@ -81,8 +83,17 @@ def answer_train(msg: Message, context: Context, cfg: RunConfig, client: Any) ->
     try:
         client.sync(state_round, updates, weights)
     except OutOfSync as exc:
-        return Message(RecordDict({wire.STATE: ConfigRecord({wire.NEED_STATE: exc.have})}), reply_to=msg)
+        return config, Message(RecordDict({wire.STATE: ConfigRecord({wire.NEED_STATE: exc.have})}), reply_to=msg)
+    store(cache, client, keep_of(context))
+    return config, None
 
+
+def answer_train(msg: Message, context: Context, cfg: RunConfig, client: Any) -> Message:
+    """Sync ``client`` to the message's global state, train, and reply (or reply need-state)."""
+    config, behind = _sync(msg, context, client)
+    if behind is not None:
+        return behind
+    server_round = wire.read_int(config, wire.ROUND)
     probabilities = None
     if wire.SEED_IMPORTANCE in config:  # FedKSeed-Pro
         a = cfg.algorithm
@@ -90,7 +101,6 @@ def answer_train(msg: Message, context: Context, cfg: RunConfig, client: Any) ->
         probabilities = probabilities_from_bytes(levels, a.num_candidates, a.pro_temperature)
     partition_id, num_partitions = partition_of(msg, context)
     report = client.train(server_round, partition_id, num_partitions, probabilities)
-    store(cache, client, keep_of(context))
     if is_malicious(cfg.attack, partition_id):  # [attack], an experiment tool: corrupt the scalars it sends
         rng = attack_rng(cfg.seed, server_round, partition_id)
         report = dataclasses.replace(report, scalars=corrupt(report.scalars, cfg.attack, rng))
@@ -116,3 +126,19 @@ def answer_train(msg: Message, context: Context, cfg: RunConfig, client: Any) ->
         }
     )
     return Message(reply, reply_to=msg)
+
+
+def answer_evaluate(msg: Message, context: Context, client: Any) -> Message:
+    """Federated evaluation (``eval.federated``): sync ``client`` to the message's global state
+    as for training, score it on this client's own held-out share and reply with the state
+    it scored (round, digest, checked by the server as a train reply's) and the scores
+    (``num-examples`` + ``eval_*``). Or reply need-state, as :func:`answer_train` does."""
+    _, behind = _sync(msg, context, client)
+    if behind is not None:
+        return behind
+    partition_id, num_partitions = partition_of(msg, context)
+    num_examples, scores = client.evaluate(partition_id, num_partitions)
+    state = ConfigRecord({wire.ROUND: client.synced_round, wire.DIGEST: client.digest() if client.cfg.eval.check_sync
+                          else ""})
+    metrics = MetricRecord({wire.NUM_EXAMPLES: num_examples, **scores})
+    return Message(RecordDict({wire.STATE: state, wire.METRICS: metrics}), reply_to=msg)

@@ -12,12 +12,10 @@ deliberately not imported here.
 from .files import load_csv, load_jsonl
 from .news import NEWS_CLASSES, NEWS_LABEL_NAMES, generate_news
 from .partition import partition_by_field, partition_by_label, partition_dirichlet, partition_iid
+from .sources import GENERATED_LABEL_NAMES
 from .tasks import SYMBOLS, TASK_TYPES, Example, generate_instructions
 from .tokenizer import WordTokenizer
 from .topics import TOPIC_LABEL_NAMES, TOPICS, generate_topics
-
-GENERATED_LABEL_NAMES: dict[str, tuple[str, ...]] = {"topics": TOPIC_LABEL_NAMES, "news": NEWS_LABEL_NAMES}
-"""The class names of each generated classification source (``data.source``)."""
 
 __all__ = [
     "GENERATED_LABEL_NAMES",

@@ -1,9 +1,9 @@
 """Encode examples into padded numpy arrays and draw seeded batches, without torch.
 
-The one implementation of fedtune's causal-LM encoding and of the per-step batch draw:
-:mod:`fedtune.data.batches` wraps these arrays as tensors for torch clients, and on-device
-clients (ONNX Runtime + numpy) use them as they are, so both train on the same rows for
-the same partition, round and step.
+The one implementation of fedtune's causal-LM and classification encodings and of the
+per-step batch draw: :mod:`fedtune.data.batches` wraps these arrays as tensors for torch
+clients, and on-device clients (ONNX Runtime + numpy) use them as they are, so both train
+on the same rows for the same partition, round and step.
 
 A tokenizer is a :class:`~fedtune.data.tokenizer.WordTokenizer` or a Hugging Face tokenizer
 (anything with ``encode(text, add_special_tokens=...)`` and ``pad_token_id`` /
@@ -23,7 +23,7 @@ from fedtune import rng
 from .tasks import Example
 from .tokenizer import WordTokenizer
 
-__all__ = ["IGNORE_INDEX", "encode_lm", "lm_skip_reason", "pad_id", "sample_batch", "sample_rows", "token_ids"]
+__all__ = ["IGNORE_INDEX", "encode_classification", "encode_lm", "lm_skip_reason", "pad_id", "sample_batch", "sample_rows", "token_ids"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +46,13 @@ def pad_id(tokenizer: Any) -> int:
     if pad is None:
         raise ValueError("the tokenizer has neither `pad_token_id` nor `eos_token_id`; set one to pad")
     return int(pad)
+
+
+def _check_inputs(examples: Sequence[Example], max_length: int, minimum: int) -> None:
+    if len(examples) == 0:
+        raise ValueError("`examples` must hold at least one example, got none")
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < minimum:
+        raise ValueError(f"`max_length` must be an int >= {minimum}, got {max_length!r}")
 
 
 def _pad(rows: list[list[int]], value: int) -> np.ndarray:
@@ -112,10 +119,7 @@ def encode_lm(examples: Sequence[Example], tokenizer: Any, *, max_length: int) -
         ValueError: on no examples, a bad ``max_length``, a tokenizer without eos, or an
             example whose response (plus bos and eos) does not fit in ``max_length``.
     """
-    if len(examples) == 0:
-        raise ValueError("`examples` must hold at least one example, got none")
-    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
-        raise ValueError(f"`max_length` must be an int >= 2, got {max_length!r}")
+    _check_inputs(examples, max_length, 2)
     eos = tokenizer.eos_token_id
     if eos is None:
         raise ValueError("`tokenizer` has no `eos_token_id`; causal-LM targets end with eos")
@@ -143,6 +147,56 @@ def encode_lm(examples: Sequence[Example], tokenizer: Any, *, max_length: int) -
         "input_ids": _pad(input_rows, pad_id(tokenizer)),
         "attention_mask": _pad([[1] * len(row) for row in input_rows], 0),
         "labels": _pad(label_rows, IGNORE_INDEX),
+    }
+
+
+def encode_classification(examples: Sequence[Example], tokenizer: Any, *, max_length: int) -> dict[str, np.ndarray]:
+    """Encode examples for a sequence-classification model; the target is ``example.label``.
+
+    The text is ``example.text``: ``prompt``, plus ``sep + response`` when the response is
+    not empty. A Hugging Face tokenizer adds its own special tokens (``[CLS] ... [SEP]``
+    for BERT) and truncates on the right; a ``WordTokenizer`` row is
+    ``[bos] + words + [eos]``, cut on the right of the words, so that both BERT-style
+    (first token) and decoder-style (last non-pad token) pooling see a fixed marker.
+
+    Args:
+        examples: at least one example.
+        tokenizer: a ``WordTokenizer`` or a Hugging Face tokenizer (anything with
+            ``encode(text, add_special_tokens=..., truncation=..., max_length=...)``).
+        max_length: the longest row allowed, in tokens, >= 3.
+
+    Returns:
+        ``input_ids`` and ``attention_mask``, int64, shape ``(N, T)``, right-padded with
+        :func:`pad_id` (mask 0), and ``labels``, int64, shape ``(N,)``.
+
+    Raises:
+        ValueError: on no examples or a bad ``max_length``.
+    """
+    _check_inputs(examples, max_length, 3)
+    pad = pad_id(tokenizer)
+    rows = []
+    num_truncated = 0
+    for example in examples:
+        text = example.text
+        if isinstance(tokenizer, WordTokenizer):
+            words = tokenizer.encode(text)
+            num_truncated += len(words) > max_length - 2
+            row = [tokenizer.bos_token_id] + words[: max_length - 2] + [tokenizer.eos_token_id]
+        else:
+            row = [int(i) for i in tokenizer.encode(text, add_special_tokens=True)]
+            if len(row) > max_length:
+                # Re-encode rather than slice, so the tokenizer keeps its closing token.
+                num_truncated += 1
+                row = [int(i) for i in tokenizer.encode(text, add_special_tokens=True, truncation=True,
+                                                        max_length=max_length)]
+        rows.append(row)
+    if num_truncated:
+        logger.warning("cut %d of %d examples on the right to fit max_length=%d",
+                       num_truncated, len(examples), max_length)
+    return {
+        "input_ids": _pad(rows, pad),
+        "attention_mask": _pad([[1] * len(row) for row in rows], 0),
+        "labels": np.array([example.label for example in examples], dtype=np.int64),
     }
 
 

@@ -11,7 +11,6 @@ tokenizer (anything with ``encode(text, add_special_tokens=...)`` and ``pad_toke
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -20,28 +19,12 @@ import torch
 from fedtune import rng
 
 from . import arrays
-from .arrays import pad_id as _pad_id
 from .tasks import Example
-from .tokenizer import WordTokenizer
 
 __all__ = ["IGNORE_INDEX", "encode_classification", "encode_lm", "iterate_batches", "sample_batch"]
 
-logger = logging.getLogger(__name__)
-
 IGNORE_INDEX = arrays.IGNORE_INDEX
 """Label value the loss skips (PyTorch's ``CrossEntropyLoss`` and Hugging Face default)."""
-
-
-def _check_inputs(examples: Sequence[Example], max_length: int, minimum: int) -> None:
-    if len(examples) == 0:
-        raise ValueError("`examples` must hold at least one example, got none")
-    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < minimum:
-        raise ValueError(f"`max_length` must be an int >= {minimum}, got {max_length!r}")
-
-
-def _pad(rows: list[list[int]], value: int) -> torch.Tensor:
-    width = max(len(row) for row in rows)
-    return torch.tensor([row + [value] * (width - len(row)) for row in rows], dtype=torch.int64)
 
 
 def encode_lm(examples: Sequence[Example], tokenizer: Any, *, max_length: int) -> dict[str, torch.Tensor]:
@@ -52,58 +35,9 @@ def encode_lm(examples: Sequence[Example], tokenizer: Any, *, max_length: int) -
 def encode_classification(
     examples: Sequence[Example], tokenizer: Any, *, max_length: int
 ) -> dict[str, torch.Tensor]:
-    """Encode examples for a sequence-classification model; the target is ``example.label``.
-
-    The text is ``example.text``: ``prompt``, plus ``sep + response`` when the response is
-    not empty. A
-    Hugging Face tokenizer adds its own special tokens (``[CLS] ... [SEP]`` for BERT)
-    and truncates on the right; a ``WordTokenizer`` row is ``[bos] + words + [eos]``, cut
-    on the right of the words, so that both BERT-style (first token) and decoder-style
-    (last non-pad token) pooling see a fixed marker.
-
-    Args:
-        examples: at least one example.
-        tokenizer: a ``WordTokenizer`` or a Hugging Face tokenizer.
-        max_length: the longest row allowed, in tokens.
-
-    Returns:
-        ``input_ids`` and ``attention_mask``, int64, shape ``(N, T)``, and ``labels``,
-        int64, shape ``(N,)``.
-
-    Raises:
-        ValueError: on no examples or a bad ``max_length``.
-    """
-    _check_inputs(examples, max_length, 3)
-    pad = _pad_id(tokenizer)
-    rows = []
-    num_truncated = 0
-    for example in examples:
-        text = example.text
-        if isinstance(tokenizer, WordTokenizer):
-            words = tokenizer.encode(text)
-            num_truncated += len(words) > max_length - 2
-            row = [tokenizer.bos_token_id] + words[: max_length - 2] + [tokenizer.eos_token_id]
-        else:
-            row = list(tokenizer.encode(text, add_special_tokens=True))
-            if len(row) > max_length:
-                # Re-encode rather than slice, so the tokenizer keeps its closing token.
-                num_truncated += 1
-                row = list(
-                    tokenizer.encode(text, add_special_tokens=True, truncation=True, max_length=max_length)
-                )
-        rows.append(row)
-    if num_truncated:
-        logger.warning(
-            "cut %d of %d examples on the right to fit max_length=%d",
-            num_truncated,
-            len(examples),
-            max_length,
-        )
-    return {
-        "input_ids": _pad(rows, pad),
-        "attention_mask": _pad([[1] * len(row) for row in rows], 0),
-        "labels": torch.tensor([example.label for example in examples], dtype=torch.int64),
-    }
+    """:func:`fedtune.data.arrays.encode_classification` as int64 tensors (see there)."""
+    encoded = arrays.encode_classification(examples, tokenizer, max_length=max_length)
+    return {key: torch.from_numpy(value) for key, value in encoded.items()}
 
 
 def _num_rows(encoded: dict[str, torch.Tensor]) -> int:

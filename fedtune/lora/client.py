@@ -23,6 +23,7 @@ from fedtune.lru import LRU, PARTITION_CACHE
 from fedtune.rng import derive_seed
 from fedtune.rng.torch_backend import seeded_init
 from fedtune.workload import Workload
+from fedtune.zo.sync import held_out_share
 
 from .adapters import read_state, write_state
 from .factors import factor_pairs
@@ -39,8 +40,9 @@ log = logging.getLogger(__name__)
 
 
 def lora_run_key(cfg: RunConfig) -> str:
-    """What must match between a client's cache and a run: model, data, seed, rule, adapter."""
-    text = repr((cfg.seed, cfg.model, cfg.data, cfg.algorithm.name, cfg.lora, cfg.sections))
+    """What must match between a client's cache and a run: model, data (and federated
+    evaluation's held-out share), seed, rule, adapter."""
+    text = repr((cfg.seed, cfg.model, cfg.data, cfg.algorithm.name, cfg.lora, cfg.sections, held_out_share(cfg)))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -141,6 +143,15 @@ class LoraClient:
         state = self.view(read_state(self.params, self.uplink), rank)
         kept = self.pruner(state, rank) if self.pruner is not None else rank
         return LoraReport(self.view(state, kept), num_examples, result.mean_loss, result.skipped, kept)
+
+    def evaluate(
+        self, partition_id: int, num_partitions: int, global_state: Mapping[str, torch.Tensor]
+    ) -> tuple[int, dict[str, float]]:
+        """The global adapter ``global_state`` (the rule's uplink tensors, at full rank: the
+        global model as the server holds it) scored on this client's own held-out share:
+        :meth:`fedtune.workload.Workload.evaluate_local`."""
+        write_state(self.params, global_state)
+        return self.workload.evaluate_local(self.model, partition_id, num_partitions)
 
     def rank(self, partition_id: int) -> int:
         """The adapter rank the client of ``partition_id`` starts at (``lora.rank`` unless the algorithm says)."""

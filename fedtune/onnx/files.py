@@ -3,7 +3,9 @@
 An export is two files: the loss graph (``model.onnx``) and, beside it, the trainable
 tensors at global state 0 (``model.init.safetensors``), which a device cannot build without
 torch. Both carry :data:`MODEL_KEY` in their metadata, so a device refuses files exported
-for another model before it spends a forward.
+for another model before it spends a forward. For a pretrained sentence encoder with a
+label-name head the graph computes the frozen encoder's features instead, the weights file
+holds the whole head, and a third file, ``model.tokenizer.json``, is the model's tokenizer.
 
 Where the graph is found: ``ondevice.onnx_path`` if set, else ``<run dir>/model.onnx``,
 which the ServerApp exports before the first round. ``fedtune run`` tells every party the
@@ -19,11 +21,12 @@ from pathlib import Path
 
 from fedtune.config import RunConfig
 
-__all__ = ["MODEL_KEY", "ONNX_FILE", "model_key", "onnx_path_for", "weights_path"]
+__all__ = ["MODEL_KEY", "ONNX_FILE", "model_key", "onnx_path_for", "tokenizer_path", "weights_path"]
 
 ONNX_FILE = "model.onnx"
 MODEL_KEY = "fedtune.model-key"  # metadata key of both files
 _WEIGHTS_SUFFIX = ".init.safetensors"
+_TOKENIZER_SUFFIX = ".tokenizer.json"
 
 
 def model_key(cfg: RunConfig) -> str:
@@ -36,6 +39,16 @@ def weights_path(onnx_path: str | os.PathLike[str]) -> Path:
     """The initial trainable weights beside an export: ``model.onnx`` -> ``model.init.safetensors``."""
     path = Path(onnx_path)
     return path.with_name(path.stem + _WEIGHTS_SUFFIX)
+
+
+def tokenizer_path(onnx_path: str | os.PathLike[str]) -> Path:
+    """A pretrained model's tokenizer beside its export: ``model.onnx`` -> ``model.tokenizer.json``.
+
+    A Hugging Face ``tokenizers`` file (``tokenizers.Tokenizer.from_file`` loads it without
+    transformers) whose padding names the pad token; truncation is off.
+    """
+    path = Path(onnx_path)
+    return path.with_name(path.stem + _TOKENIZER_SUFFIX)
 
 
 def onnx_path_for(cfg: RunConfig, run_dir: str | os.PathLike[str] | None) -> Path:

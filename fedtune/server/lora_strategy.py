@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -139,24 +139,31 @@ class FederatedLora(RoundLoop):
         """LoRA-FAIR's phase-2 train content: ``Ā`` (``a_mean``: its encoded bundle)."""
         return RecordDict({wire.CONFIG: self._config(server_round, 2), wire.A_MEAN: ConfigRecord({wire.BUNDLE: a_mean})})
 
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
+    def messages_to(self, server_round: int, node_ids: Sequence[int], message_type: str) -> list[Message]:
+        """The global adapter (the rule's uplink tensors, dense), phase 1, to each node: for
+        training cut to the rank the server keeps for the node's client (hetlora), for
+        evaluation whole."""
+        train = message_type == MessageType.TRAIN
         messages = []
         bundles: dict[int, Any] = {}  # the global adapter encoded once a round (per client rank, hetlora)
-        for node in self.sample(grid, server_round):
-            rank = self.rank_of(self.partitions.get(node, -1))
+        for node in node_ids:
+            rank = self.rank_of(self.partitions.get(node, -1)) if train else self.cfg.lora.rank
             if rank not in bundles:
                 bundles[rank] = pack(self.base_for(rank))[wire.BUNDLE]
             content = self._config(server_round, 1)
-            if self.client_rank is not None:  # hetlora: the client trains the rank the server keeps for it
+            if train and self.client_rank is not None:  # hetlora: the client trains the rank the server keeps for it
                 content[wire.RANK] = rank
             messages.append(self.tag(Message(  # each message gets its own record of the bundle
                 RecordDict({wire.CONFIG: content, wire.ADAPTER: ConfigRecord({wire.BUNDLE: bundles[rank]})}),
                 dst_node_id=node,
-                message_type=MessageType.TRAIN,
+                message_type=message_type,
             )))
         return messages
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return self.messages_to(server_round, self.sample(grid, server_round), MessageType.TRAIN)
 
     def accept(self, reply: Message, stats: LoraRoundStats, *, masked: bool = False) -> Accepted | None:
         """Validate one phase-1 reply; None (counted, logged) if it failed or does not fit.
@@ -281,9 +288,7 @@ class FederatedLora(RoundLoop):
             Message(self.phase2_content(server_round, a_mean), dst_node_id=item.node, message_type=MessageType.TRAIN)
             for item in accepted
         ]
-        replies = list(grid.send_and_receive(messages, timeout=self.cfg.federation.round_timeout_s))
-        stats.bytes_down += sum(wire.message_bytes(m, downlink=True) for m in messages)
-        stats.failed += len(messages) - len(replies)
+        replies = self.exchange(grid, server_round, messages, stats)
         weight_of = {item.node: item.weight for item in accepted}
         order = {item.node: i for i, item in enumerate(accepted)}
         projections = []
@@ -322,9 +327,7 @@ class FederatedLora(RoundLoop):
         if self.cfg.privacy.secagg:  # the same rules from sums only, through Flower's SecAgg+
             return self._run_secure_round(grid, server_round, messages, stats)
         stats.sampled = len(messages)
-        replies = list(grid.send_and_receive(messages, timeout=self.cfg.federation.round_timeout_s))
-        stats.bytes_down += sum(wire.message_bytes(m, downlink=True) for m in messages)
-        stats.failed += len(messages) - len(replies)
+        replies = self.exchange(grid, server_round, messages, stats)
         if not self.cfg.lora.two_phase:
             self.aggregate_train(server_round, replies, stats)
             return stats.as_metrics()

@@ -2,7 +2,9 @@
 partition id, and the round loop with its per-round record.
 
 Both strategies (``fedtune/server/strategy.py`` for the seed federation, ``fedtune/server/lora_strategy.py``
-for federated LoRA) subclass :class:`RoundLoop` and provide ``run_round`` and ``evaluate``.
+for federated LoRA) subclass :class:`RoundLoop` and provide ``run_round``, ``evaluate`` and
+``messages_to`` (what brings a client the global model, for training and for federated
+evaluation alike).
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ class RoundStats:
     replies: int = 0  # updates aggregated
     failed: int = 0  # no reply (died, timed out), or an error reply
     rejected: int = 0  # an update that does not decode or fit, dropped for the round
+    resynced: int = 0  # clients sent what they missed in a second message (the seed federation)
+    sync_mismatches: int = 0  # digest differed from the server's weights (the seed federation)
     skipped_steps: int = 0  # local steps clients skipped for a non-finite loss
     bytes_up: int = 0
     bytes_down: int = 0
@@ -99,14 +103,103 @@ class RoundLoop(Strategy):
     def evaluate(self) -> dict[str, float]:
         """Evaluate the global model on the held-out set."""
 
-    # Flower's Strategy interface: fedtune evaluates on the server, never on clients.
+    @abstractmethod
+    def messages_to(self, server_round: int, node_ids: Sequence[int], message_type: str) -> list[Message]:
+        """One message per node that brings it the global model of ``server_round``'s state
+        (what a train message carries), of ``message_type`` (train or evaluate)."""
+
+    def exchange(self, grid: Grid, server_round: int, messages: list[Message], stats: RoundStats) -> list[Message]:
+        """Send ``messages`` and collect the replies (``federation.round_timeout_s``); the bytes
+        sent and the replies that never came are counted in ``stats``."""
+        replies = list(grid.send_and_receive(messages, timeout=self.cfg.federation.round_timeout_s))
+        stats.bytes_down += sum(wire.message_bytes(m, downlink=True) for m in messages)
+        stats.failed += len(messages) - len(replies)
+        return replies
+
+    # Flower's Strategy interface for federated evaluation (eval.federated; off: the server's
+    # central evaluation is the only one). A client scores the global model on its own
+    # held-out share (fedtune.workload.Workload.local_split) and replies with its scores.
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        return []  # evaluation is centralised on the server's held-out set
+        """Evaluate messages to ``ceil(eval.federated_fraction x clients_per_round)`` clients,
+        sampled by partition id with a generator seeded by ``(seed, "fed-eval", round)``."""
+        e = self.cfg.eval
+        if not e.federated:
+            return []
+        size = math.ceil(e.federated_fraction * self.cfg.federation.clients_per_round)
+        nodes = self.sample(grid, server_round, purpose="fed-eval", size=size)
+        return self.messages_to(server_round, nodes, MessageType.EVALUATE)
 
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        return None
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message], stats: RoundStats | None = None
+    ) -> MetricRecord | None:
+        """The example-weighted mean of the clients' scores, as ``fed_eval_<name>`` (null when no
+        client replied usably), with ``fed_eval_examples`` and ``fed_eval_clients`` (the replies
+        in the mean), ``fed_eval_failed`` (asked but no usable reply) and the bytes per client
+        asked. A failed or malformed reply is left out, never fails the round. ``stats``: the
+        evaluation's counts so far (what :meth:`exchange` counted); None under Flower's interface.
+        """
+        stats = RoundStats() if stats is None else stats
+        names = [wire.EVAL_LOSS, wire.EVAL_ACCURACY] + ([wire.EVAL_MACRO_F1] if "macro_f1" in self.cfg.eval.metrics
+                                                        else [])
+        sums, examples = dict.fromkeys(names, 0.0), 0
+        for reply in sorted(replies, key=self.partition_order):
+            stats.bytes_up += wire.message_bytes(reply, downlink=False)
+            scored = self.accept_evaluation(reply, names, stats)
+            if scored is None or scored[0] == 0:  # rejected, or a client with no held-out example
+                continue
+            num_examples, scores = scored
+            stats.replies += 1
+            examples += num_examples
+            for name in names:
+                sums[name] += num_examples * scores[name]
+        per_client = max(stats.sampled, 1)
+        return MetricRecord({
+            **{f"fed_{name}": total / examples if examples else math.nan for name, total in sums.items()},
+            "fed_eval_examples": examples,
+            "fed_eval_clients": stats.replies,
+            "fed_eval_failed": stats.failed + stats.rejected,
+            "fed_eval_bytes_up_per_client": stats.bytes_up / per_client,
+            "fed_eval_bytes_down_per_client": stats.bytes_down / per_client,
+        })
+
+    def accept_evaluation(
+        self, reply: Message, names: Sequence[str], stats: RoundStats
+    ) -> tuple[int, dict[str, float]] | None:
+        """One evaluate reply's example count and scores ``names``; None (counted, logged) if it
+        failed, lacks one or does not hold the server's global state (:meth:`evaluated_state_ok`)."""
+        node = reply.metadata.src_node_id
+        if self.failed(reply, stats):
+            return None
+        try:
+            metrics: Any = reply.content[wire.METRICS]
+            num_examples = wire.read_int(metrics, wire.NUM_EXAMPLES)
+            if num_examples < 0:
+                raise wire.WireError(f"num-examples must be >= 0, got {num_examples}")
+            scores = {name: wire.read_float(metrics, name) for name in names} if num_examples else {}
+            usable = self.evaluated_state_ok(reply, stats)
+        except (KeyError, TypeError, ValueError) as exc:  # wire.WireError is a ValueError
+            stats.rejected += 1
+            log.warning("rejected the evaluation of client %s: %s", node, exc)
+            return None
+        return (num_examples, scores) if usable else None
+
+    def evaluated_state_ok(self, reply: Message, stats: RoundStats) -> bool:
+        """Whether an evaluate reply scored the server's global model (counted, logged if not).
+        The LoRA rules send the adapter itself: always."""
+        return True
+
+    def evaluate_federated(self, grid: Grid, server_round: int) -> dict[str, Any]:
+        """Federated evaluation of the global model (``eval.federated``): ask, collect, take the
+        weighted mean (:meth:`configure_evaluate`, :meth:`aggregate_evaluate`); {} when off."""
+        if not self.cfg.eval.federated:
+            return {}
+        stats = RoundStats()
+        messages = list(self.configure_evaluate(server_round, ArrayRecord(), ConfigRecord(), grid))
+        stats.sampled = len(messages)
+        replies = self.exchange(grid, server_round, messages, stats)
+        return dict(self.aggregate_evaluate(server_round, replies, stats) or {})
 
     def discover(self, grid: Grid, timeout: float) -> None:
         """Learn which partition each node holds: assigned (simulation) or asked (deployment)."""
@@ -135,19 +228,22 @@ class RoundLoop(Strategy):
         if len(set(self.partitions.values())) < len(self.partitions):
             log.warning("several nodes report the same partition id: their data overlaps")
 
-    def sample(self, grid: Grid, server_round: int) -> list[int]:
+    def sample(self, grid: Grid, server_round: int, *, purpose: str = "sample", size: int | None = None) -> list[int]:
         """Seeded sample of the round's clients, by partition id; returns their node ids.
 
+        ``purpose`` names the seeded stream (``"fed-eval"``: federated evaluation's own
+        sample), ``size`` its number of clients (default ``federation.clients_per_round``).
         Under central DP the sample is drawn from OS entropy instead: its epsilon counts on
         amplification by sampling, which holds only while nobody else (a client holds the
         config, and so the seed) can tell who was sampled.
         """
         num_clients = self.cfg.federation.num_clients
+        wanted = self.cfg.federation.clients_per_round if size is None else size
         central = self.cfg.privacy.dp == "central"
-        rng = secret_generator() if central else generator(self.cfg.seed, "sample", server_round)
+        rng = secret_generator() if central else generator(self.cfg.seed, purpose, server_round)
         if self.assign_partitions:  # sample the population, then lend each pick a node of the pool
             pool = sorted(grid.get_node_ids())[: self.cfg.federation.simulated_nodes]
-            size = min(self.cfg.federation.clients_per_round, len(pool))
+            size = min(wanted, len(pool))
             picks = rng.choice(num_clients, size, replace=False)
             self.partitions = {node: int(p) for node, p in zip(pool, sorted(picks), strict=False)}
             self.population = num_clients
@@ -155,7 +251,7 @@ class RoundLoop(Strategy):
         self.discover(grid, self.cfg.federation.round_timeout_s)
         live = set(grid.get_node_ids())
         known = sorted((p, n) for n, p in self.partitions.items() if n in live)
-        size = min(self.cfg.federation.clients_per_round, len(known))
+        size = min(wanted, len(known))
         picks = rng.choice(len(known), size, replace=False)
         self.population = len(known)
         return [known[i][1] for i in sorted(picks)]
@@ -264,7 +360,8 @@ class RoundLoop(Strategy):
         self.discover(grid, self.cfg.federation.round_timeout_s)  # start-up, not round 1's time
         t_start = time.monotonic()
         if self.state_round == 0:
-            on_round({"round": 0, **self.evaluate(), "round_s": 0.0, "elapsed_s": 0.0})
+            on_round({"round": 0, **self.evaluate(), **self.evaluate_federated(grid, 0), "round_s": 0.0,
+                      "elapsed_s": 0.0})
         first, t_first = self.state_round + 1, time.monotonic()
         for server_round in range(first, num_rounds + 1):
             t_round = time.monotonic()
@@ -275,6 +372,7 @@ class RoundLoop(Strategy):
             t_eval = time.monotonic()
             if server_round % self.cfg.eval.every == 0 or server_round == num_rounds:
                 record.update(self.evaluate())
+                record.update(self.evaluate_federated(grid, server_round))
             now = time.monotonic()
             record["eval_s"] = now - t_eval
             record["round_s"] = now - t_round

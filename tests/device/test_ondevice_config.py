@@ -43,3 +43,17 @@ def test_the_graph_is_in_the_run_dir_unless_a_path_is_set(tmp_path):
     assert str(onnx_path_for(pinned, None)) == "/models/tiny.onnx"
     with pytest.raises(ValueError, match="set ondevice.onnx_path"):
         onnx_path_for(default, None)  # under `flwr run`: no run directory known here
+
+
+def test_a_pretrained_label_name_head_run_is_a_device_run_and_the_encoder_is_not():
+    from fedtune.config import device_mode
+    from tests.device.conftest import MINILM_TABLE
+
+    encoder = {**MINILM_TABLE, "model": {**MINILM_TABLE["model"], "trainable": ["classifier.*", "encoder.*"]}}
+
+    assert device_mode(parse_config(MINILM_TABLE)) == "head"
+    with pytest.raises(ConfigError) as info:
+        parse_config(encoder)
+    errors = [e for e in info.value.errors if "ondevice" in e]
+    assert len(errors) == 1 and "\n" not in errors[0]  # one line, and 'topics' is fine for a head run
+    assert "label-name head" in errors[0] and "trainable=['classifier.*', 'encoder.*']" in errors[0]

@@ -14,6 +14,7 @@ from fedtune._flwr_compat import ProtoMessage, message_from_proto, message_to_pr
 from fedtune.config import dump_toml
 from fedtune.server.strategy import FedKSeed
 from tests.conftest import REPO
+from tests.device.conftest import MINILM
 from tests.onnx.conftest import MICRO
 
 pytestmark = [pytest.mark.onnx, pytest.mark.slow]
@@ -49,6 +50,13 @@ def _start_node(nodes, env):
     )
 
 
+def _env(cfg, onnx_path, tmp_path):
+    """The node processes' environment: the run's config and the export's directory as the run dir."""
+    (tmp_path / "c.toml").write_text(dump_toml(cfg))
+    return {**os.environ, "FEDTUNE_CONFIG": str(tmp_path / "c.toml"), "FEDTUNE_RUN_DIR": str(onnx_path.parent),
+            "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+
+
 def _stop(process):
     process.stdin.write(_LENGTH.pack(0))
     process.stdin.close()
@@ -62,9 +70,7 @@ def test_torch_free_devices_stay_bit_identical_with_the_torch_server(micro_onnx,
         federation=dataclasses.replace(MICRO.federation, clients_per_round=3, sync_window=1),
         ondevice=dataclasses.replace(MICRO.ondevice, clients=3),
     )
-    (tmp_path / "c.toml").write_text(dump_toml(cfg))
-    env = {**os.environ, "FEDTUNE_CONFIG": str(tmp_path / "c.toml"), "FEDTUNE_RUN_DIR": str(micro_onnx.parent),
-           "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env = _env(cfg, micro_onnx, tmp_path)
     # One process plays nodes 101 and 102 (as a simulation worker does); a fresh one, node
     # 103, joins at round 3.
     first, late = _start_node({101: 0, 102: 1}, env), _start_node({103: 2}, env)
@@ -91,3 +97,23 @@ def test_torch_free_devices_stay_bit_identical_with_the_torch_server(micro_onnx,
     # Node 103 joined at state 2 and was sent one entry (sync_window = 1); holding state 0,
     # it replied need-state and got the rest in a second message of the round.
     assert [r["resynced"] for r in records] == [0, 0, 1, 0]
+
+
+def test_torch_free_devices_train_the_pretrained_label_name_head(minilm_onnx, tmp_path, monkeypatch):
+    # Devices of a MiniLM label-name head run: tokenizers + ONNX features + numpy head, and
+    # neither torch nor transformers imported in their process.
+    node = _start_node({101: 0, 102: 1}, _env(MINILM, minilm_onnx, tmp_path))
+    set_task_identity(run_id=1, node_id=0, task_id=1, setattr=monkeypatch.setattr)
+    server = FedKSeed(MINILM)
+    before = {name: p.detach().clone() for name, p in server.params}
+    try:
+        records = [server.run_round(_PipeGrid({101: node, 102: node}), r) for r in (1, 2)]
+    finally:
+        stderr = _stop(node)
+
+    assert node.returncode == 0, stderr
+    assert json.loads(stderr.strip().splitlines()[-1]) == {"loaded": ["onnxruntime"]}
+    for record in records:
+        assert record["replies"] == record["sampled"] == 2
+        assert record["sync_mismatches"] == 0 and record["rejected"] == 0 and record["failed"] == 0
+    assert any(not p.equal(before[name]) for name, p in server.params)  # the devices' steps moved the head

@@ -37,7 +37,7 @@ class InProcessGrid:
     Args:
         cfg: the config every node runs.
         handlers: optional ``{node id: fn(msg, context) -> Message}`` replacing a node's
-            train handler (a misbehaving client).
+            train and evaluate handlers (a misbehaving client).
         num_nodes: nodes in the grid (default ``num_clients``; a ``fedtune run`` simulation
             has ``federation.simulated_nodes``).
         run_dir: the run directory the LoRA handler keeps per-partition state in.
@@ -60,7 +60,7 @@ class InProcessGrid:
 
     def _handle(self, msg):
         from fedtune.app.client_app import query
-        from fedtune.client.lora import train_lora
+        from fedtune.client.lora import evaluate_lora, train_lora
 
         context = self.contexts[msg.metadata.dst_node_id]
         try:
@@ -69,6 +69,8 @@ class InProcessGrid:
             handler = self.handlers.get(msg.metadata.dst_node_id)
             if handler is not None:
                 return handler(msg, context)
+            if msg.metadata.message_type == MessageType.EVALUATE:
+                return evaluate_lora(self.cfg, msg, context)
             return train_lora(self.cfg, msg, context, self.run_dir)
         except Exception as exc:  # noqa: BLE001 (any handler error becomes an error reply, as in Flower)
             return Message(Error(code=1, reason=f"{exc!r}\n{traceback.format_exc()}"), reply_to=msg)
