@@ -33,6 +33,10 @@ _METRICS = (
     "eval_rougeL",
     "eval_exact_match",
     "eval_macro_f1",
+    "fed_eval_accuracy",
+    "fed_eval_accuracy_min",
+    "fed_eval_accuracy_median",
+    "fed_eval_accuracy_max",
 )
 # The scores in [0, 1] beside loss and accuracy (eval.metrics), with their legend labels.
 _SCORES = (("eval_rougeL", "Rouge-L (F)"), ("eval_exact_match", "exact match"), ("eval_macro_f1", "macro-F1"))
@@ -177,6 +181,24 @@ def _plot_scores(series: dict[str, Series], path: Path) -> None:
     fig.savefig(path, dpi=100)
 
 
+def _plot_federated(series: dict[str, Series], path: Path) -> None:
+    fig, ax = _new_axes("federated evaluation: the clients' own held-out data")
+    low, high = dict(zip(*series["fed_eval_accuracy_min"])), dict(zip(*series["fed_eval_accuracy_max"]))
+    band = sorted(set(low) & set(high))
+    if band:
+        ax.fill_between(band, [low[r] for r in band], [high[r] for r in band], alpha=0.25, color="tab:green",
+                        label="clients' accuracy, lowest to highest")
+    if series["fed_eval_accuracy_median"][0]:
+        ax.plot(*series["fed_eval_accuracy_median"], linestyle="--", color="tab:green", label="median client")
+    if series["fed_eval_accuracy"][0]:
+        ax.plot(*series["fed_eval_accuracy"], marker="o", color="tab:green", label="weighted mean")
+    if series["eval_accuracy"][0]:
+        ax.plot(*series["eval_accuracy"], marker="s", color="tab:orange", label="server's eval set")
+    ax.set_ylabel("accuracy (fraction)")
+    ax.legend(loc="best")
+    fig.savefig(path, dpi=100)
+
+
 def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
     """Draw a run's metrics as PNGs.
 
@@ -187,7 +209,10 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
     * ``bytes.png``: ``bytes_up_per_client`` and ``bytes_down_per_client`` vs round, in
       B/KiB/MiB/GiB, on a log axis when they span more than a factor of 100;
     * ``scores.png``: ``eval_rougeL``, ``eval_exact_match`` and ``eval_macro_f1`` vs round
-      (``eval.metrics``), when the run has any of them.
+      (``eval.metrics``), when the run has any of them;
+    * ``federated.png``: with ``eval.federated``, the clients' weighted-mean accuracy on their
+      own held-out data, the median client and the band from the lowest to the highest
+      client, beside the server's eval accuracy.
 
     A figure whose metrics never appear is skipped (logged at INFO). Rows may lack any
     metric and hold other keys; null (the log's non-finite values), NaN and inf are gaps.
@@ -197,7 +222,7 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
         out_dir: where to write the PNGs (created if missing); defaults to ``run_dir``.
 
     Returns:
-        The paths written, in the order eval, train loss, bytes, scores.
+        The paths written, in the order eval, train loss, bytes, scores, federated.
 
     Raises:
         FileNotFoundError: ``run_dir`` or its ``metrics.jsonl`` does not exist.
@@ -223,6 +248,7 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
         ("train_loss.png", ("train_loss",), _plot_train_loss),
         ("bytes.png", ("bytes_up_per_client", "bytes_down_per_client"), _plot_bytes),
         ("scores.png", tuple(key for key, _ in _SCORES), _plot_scores),
+        ("federated.png", ("fed_eval_accuracy",), _plot_federated),
     )
     for filename, keys, draw in figures:
         if not any(series[key][0] for key in keys):

@@ -200,7 +200,8 @@ _SCORE_LABELS = (("eval_macro_f1", "macro-F1"), ("eval_rougeL", "rougeL"), ("eva
 def eval_parts(record: Mapping[str, Any]) -> list[str]:
     """The progress line's evaluation words, each ending in a comma:
     ``eval loss 2.2000 (acc 0.125), rougeL 0.412, EM 0.100, generation 3.1 s,`` and, with
-    federated evaluation, ``fed eval loss 2.3100 (acc 0.118, 3 clients, 41 examples),``."""
+    federated evaluation, ``fed eval loss 2.3100 (acc 0.118, clients 0.050-0.200, 3 clients, 41 examples),``
+    (the weighted mean, then the lowest and highest client's own accuracy)."""
     parts: list[str] = []
     loss, accuracy = record.get("eval_loss"), record.get("eval_accuracy")
     if loss is not None:
@@ -217,6 +218,9 @@ def eval_parts(record: Mapping[str, Any]) -> list[str]:
             parts.append(f"fed eval loss {fed_loss if fed_loss is not None else 'none'} ({on}),")
         else:
             acc = f"acc {fed_accuracy:.3f}, " if fed_accuracy is not None and math.isfinite(fed_accuracy) else ""
+            low, high = record.get("fed_eval_accuracy_min"), record.get("fed_eval_accuracy_max")
+            if acc and low is not None and high is not None and math.isfinite(low) and math.isfinite(high):
+                acc = f"acc {fed_accuracy:.3f}, clients {low:.3f}-{high:.3f}, "
             parts.append(f"fed eval loss {fed_loss:.4f} ({acc}{on}),")
     return parts
 

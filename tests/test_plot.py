@@ -143,3 +143,17 @@ def test_a_run_without_scores_gets_no_scores_figure(tmp_path):
     run_dir = write_metrics(tmp_path / "run")
 
     assert "scores.png" not in [p.name for p in plot_run(run_dir)]
+
+
+def test_a_run_with_federated_evaluation_gets_the_clients_spread(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    rows = [{"round": n, "eval_loss": 2.0 - 0.1 * n, "eval_accuracy": 0.5 + 0.05 * n, "fed_eval_accuracy": 0.4 + 0.05 * n,
+             "fed_eval_accuracy_min": 0.2 + 0.05 * n, "fed_eval_accuracy_median": 0.4 + 0.05 * n,
+             "fed_eval_accuracy_max": 0.6 + 0.05 * n} for n in range(4)]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    written = plot_run(run_dir)
+
+    assert [p.name for p in written] == ["eval.png", "federated.png"]
+    assert_png(run_dir / "federated.png")

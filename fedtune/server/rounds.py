@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import statistics
 import time
 from abc import abstractmethod
 from collections.abc import Callable, Collection, Iterable, Sequence
@@ -135,7 +136,9 @@ class RoundLoop(Strategy):
         self, server_round: int, replies: Iterable[Message], stats: RoundStats | None = None
     ) -> MetricRecord | None:
         """The example-weighted mean of the clients' scores, as ``fed_eval_<name>`` (null when no
-        client replied usably), with ``fed_eval_examples`` and ``fed_eval_clients`` (the replies
+        client replied usably), the spread of the clients' own accuracies
+        (``fed_eval_accuracy_min`` / ``_median`` / ``_max``: federated learning's fairness
+        figure), with ``fed_eval_examples`` and ``fed_eval_clients`` (the replies
         in the mean), ``fed_eval_failed`` (asked but no usable reply) and the bytes per client
         asked. A failed or malformed reply is left out, never fails the round. ``stats``: the
         evaluation's counts so far (what :meth:`exchange` counted); None under Flower's interface.
@@ -144,6 +147,7 @@ class RoundLoop(Strategy):
         names = [wire.EVAL_LOSS, wire.EVAL_ACCURACY] + ([wire.EVAL_MACRO_F1] if "macro_f1" in self.cfg.eval.metrics
                                                         else [])
         sums, examples = dict.fromkeys(names, 0.0), 0
+        accuracies: list[float] = []  # each client's own: the spread across clients (fairness)
         for reply in sorted(replies, key=self.partition_order):
             stats.bytes_up += wire.message_bytes(reply, downlink=False)
             scored = self.accept_evaluation(reply, names, stats)
@@ -154,9 +158,12 @@ class RoundLoop(Strategy):
             examples += num_examples
             for name in names:
                 sums[name] += num_examples * scores[name]
+            accuracies.append(scores[wire.EVAL_ACCURACY])
         per_client = max(stats.sampled, 1)
+        spread = (min(accuracies), statistics.median(accuracies), max(accuracies)) if accuracies else (math.nan,) * 3
         return MetricRecord({
             **{f"fed_{name}": total / examples if examples else math.nan for name, total in sums.items()},
+            **{f"fed_eval_accuracy_{which}": value for which, value in zip(("min", "median", "max"), spread)},
             "fed_eval_examples": examples,
             "fed_eval_clients": stats.replies,
             "fed_eval_failed": stats.failed + stats.rejected,

@@ -89,6 +89,18 @@ def _by_hand(cfg, model, partitions):
     return total, loss, accuracy
 
 
+def _spread(cfg, model, partitions):
+    """The lowest, median and highest of the clients' own accuracies, computed here."""
+    workload = Workload(cfg)
+    train = workload.examples[0]
+    own = sorted(
+        evaluate(model, workload.encode([train[i] for i in workload.local_split(p, cfg.federation.num_clients)[1]]),
+                 64, workload.device)["eval_accuracy"]
+        for p in partitions
+    )
+    return own[0], own[len(own) // 2] if len(own) % 2 else (own[len(own) // 2 - 1] + own[len(own) // 2]) / 2, own[-1]
+
+
 def _asked(grid, server_round):
     """The partitions the round's evaluate messages went to (the grid's node config says which)."""
     from fedtune import wire
@@ -179,6 +191,9 @@ def test_zo_aggregate_is_the_example_weighted_mean_of_the_clients_own_scores(tas
     assert last["fed_eval_loss"] == pytest.approx(loss, rel=1e-12)
     assert last["fed_eval_accuracy"] == pytest.approx(accuracy, rel=1e-12)
     assert all(r.get("sync_mismatches", 0) == 0 for r in records)  # every client scored the server's weights
+    low, median, high = _spread(cfg, strategy.model, [0, 1, 2])
+    assert (last["fed_eval_accuracy_min"], last["fed_eval_accuracy_median"], last["fed_eval_accuracy_max"]) == \
+        pytest.approx((low, median, high), rel=1e-12)
 
 
 @pytest.mark.slow
@@ -195,6 +210,10 @@ def test_lora_aggregate_is_the_example_weighted_mean_of_the_clients_own_scores(t
     assert last["fed_eval_loss"] == pytest.approx(loss, rel=1e-12)
     assert last["fed_eval_accuracy"] == pytest.approx(accuracy, rel=1e-12)
     assert 0 <= last["fed_eval_accuracy"] <= 1 and 0 <= last["fed_eval_macro_f1"] <= 1
+    low, median, high = _spread(cfg, strategy.model, asked)
+    assert (last["fed_eval_accuracy_min"], last["fed_eval_accuracy_median"], last["fed_eval_accuracy_max"]) == \
+        pytest.approx((low, median, high), rel=1e-12)
+    assert low <= last["fed_eval_accuracy"] <= high
 
 
 @pytest.mark.slow
