@@ -218,7 +218,7 @@ class LogConfig:
     """What a run records beside metrics.jsonl, and how it reports long phases."""
 
     tensorboard: bool = False  # TensorBoard event files under <run dir>/tensorboard (extra `tracking`)
-    progress_s: float = 10.0  # a phase (evaluation, generation) running longer logs its progress this often
+    progress_s: float = 10.0  # a phase (evaluation, generation, local steps, replay) running longer logs its progress this often
 
 
 @dataclass(frozen=True)

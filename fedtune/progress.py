@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
-__all__ = ["Progress"]
+__all__ = ["Progress", "counting_steps"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class Progress:
@@ -39,3 +43,18 @@ class Progress:
             self._last = now
             self.lines += 1
             log.info("%s: %d/%d %s (%.0f s)", self.phase, self.done, self.total, self.unit, now - self._start)
+
+
+def counting_steps(fn: Callable[[int], T], progress: Progress) -> Callable[[int], T]:
+    """``fn(step)``, counting each new ``step`` in ``progress`` (a step may call it several
+    times: a ZO step runs two forwards on the same batch)."""
+    last = [-1]
+
+    def counted(step: int) -> T:
+        if step != last[0]:
+            if last[0] >= 0:
+                progress.advance(step - last[0])
+            last[0] = step
+        return fn(step)
+
+    return counted

@@ -8,6 +8,7 @@ sent, so nothing of one client leaks into the next.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from collections.abc import Mapping
@@ -20,6 +21,7 @@ from fedtune.config import RunConfig
 from fedtune.data.batches import sample_batch
 from fedtune.dtypes import torch_dtype
 from fedtune.lru import LRU, PARTITION_CACHE
+from fedtune.progress import Progress, counting_steps
 from fedtune.rng import derive_seed
 from fedtune.rng.torch_backend import seeded_init
 from fedtune.workload import Workload
@@ -112,6 +114,9 @@ class LoraClient:
         num_examples = int(encoded["input_ids"].shape[0])
         batch_seed = derive_seed(self.cfg.seed, "batch", round, partition_id)
 
+        progress = Progress(f"partition {partition_id}: local steps", a.local_steps, "steps", self.cfg.log.progress_s)
+
+        @functools.partial(counting_steps, progress=progress)
         def batch_for_step(step: int) -> dict[str, torch.Tensor]:
             return sample_batch(encoded, min(a.batch_size, num_examples), seed=batch_seed, step=step)
 

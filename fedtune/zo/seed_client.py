@@ -21,6 +21,7 @@ import numpy as np
 
 from fedtune.config import RunConfig
 from fedtune.lru import LRU, PARTITION_CACHE
+from fedtune.progress import Progress, counting_steps
 from fedtune.rng import derive_seed, generator
 
 from .seeds import SeedUpdate
@@ -97,9 +98,11 @@ class SeedClient(ABC):
         todo = missing_updates(self.synced_round, state_round, updates)
         changed = weights is not None or bool(todo)
         start, directions = time.perf_counter(), 0
+        progress = Progress("replaying the seed log", len(todo), "rounds", self.cfg.log.progress_s)
         for update in todo:
             self._replay_base(update)
             directions += len(update.keys)
+            progress.advance(1)
         if directions:
             elapsed = max(time.perf_counter() - start, 1e-9)
             self._replay_rate = directions * sum(int(np.prod(t.shape)) for _, t in self.base) / elapsed
@@ -149,7 +152,10 @@ class SeedClient(ABC):
         batch_size = min(a.batch_size, num_examples)
 
         self._dirty = True
-        result = self._local_train(lambda step: self._batch_loss(encoded, batch_size, batch_seed, step), keys)
+        progress = Progress(f"partition {partition_id}: local steps", a.local_steps, "steps", cfg.log.progress_s)
+        result = self._local_train(
+            counting_steps(lambda step: self._batch_loss(encoded, batch_size, batch_seed, step), progress), keys
+        )
         if result.skipped:
             log.warning("round %d, partition %d: %d step(s) skipped for a non-finite loss",
                         round, partition_id, result.skipped)
