@@ -33,6 +33,7 @@ import torch
 __all__ = ["HEAD_FILE", "LabelNameClassifier", "VerbalizerClassifier", "is_causal_lm_config"]
 
 HEAD_FILE = "fedtune_head.json"  # beside a saved model: which head, and its label names
+HEAD_WEIGHTS = "classifier.safetensors"  # beside a saved encoder: the label-name head's weights
 
 # Initial head weights are rounded to float16's 11-bit mantissa: the label-name embeddings are
 # computed by every party on its own CPU, and a last-bit difference between two CPUs' kernels
@@ -135,6 +136,30 @@ class LabelNameClassifier(torch.nn.Module):
         """
         return _output(self.classifier(features), labels)
 
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike[str], **kwargs: Any) -> LabelNameClassifier:
+        """The classifier :meth:`save_pretrained` wrote (a run's ``model/``), with transformers
+        and safetensors alone: the encoder by ``AutoModel``, the head's trained weights from
+        ``classifier.safetensors``, the label names from ``fedtune_head.json``.
+
+        Raises:
+            FileNotFoundError: if ``directory`` lacks the head's files.
+        """
+        from safetensors.torch import load_file
+        from transformers import AutoModel
+
+        directory = Path(directory)
+        names = _read_head_file(directory)
+        state = load_file(str(_need(directory / HEAD_WEIGHTS)))
+        encoder = AutoModel.from_pretrained(directory, **kwargs)
+        model = cls.__new__(cls)
+        torch.nn.Module.__init__(model)
+        model.encoder, model.config, model.label_names = encoder, encoder.config, names
+        model.config.num_labels = len(names)
+        model.classifier = torch.nn.Linear(int(model.config.hidden_size), len(names))
+        model.classifier.load_state_dict(state)
+        return model.to(next(encoder.parameters()).device).eval()
+
     def save_pretrained(self, directory: str | os.PathLike[str], **kwargs: Any) -> None:
         """The encoder in the Hugging Face layout, the head in ``classifier.safetensors``."""
         from safetensors.torch import save_file
@@ -142,7 +167,7 @@ class LabelNameClassifier(torch.nn.Module):
         directory = Path(directory)
         self.encoder.save_pretrained(directory, **kwargs)
         head = {k: v.detach().cpu().contiguous() for k, v in self.classifier.state_dict().items()}
-        save_file(head, str(directory / "classifier.safetensors"))
+        save_file(head, str(directory / HEAD_WEIGHTS))
         _write_head_file(directory, self.label_names)
 
 
@@ -196,10 +221,34 @@ class VerbalizerClassifier(torch.nn.Module):
         rows = logits[torch.arange(input_ids.shape[0], device=input_ids.device), last]  # (B, V)
         return _output(rows[:, self.label_token_ids], labels)
 
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike[str], **kwargs: Any) -> VerbalizerClassifier:
+        """The classifier :meth:`save_pretrained` wrote (a run's ``model/``): the LM by
+        ``AutoModelForCausalLM``, its tokenizer by ``AutoTokenizer`` (saved beside it), the
+        label names from ``fedtune_head.json``."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        directory = Path(directory)
+        names = _read_head_file(directory)
+        lm = AutoModelForCausalLM.from_pretrained(directory, **kwargs)
+        return cls(lm, AutoTokenizer.from_pretrained(directory), names).eval()
+
     def save_pretrained(self, directory: str | os.PathLike[str], **kwargs: Any) -> None:
         directory = Path(directory)
         self.lm.save_pretrained(directory, **kwargs)
         _write_head_file(directory, self.label_names)
+
+
+def _need(path: Path) -> Path:
+    if not path.is_file():
+        raise FileNotFoundError(f"{str(path)!r} not found: not a model fedtune saved with a label-name head")
+    return path
+
+
+def _read_head_file(directory: Path) -> list[str]:
+    """The label names of ``fedtune_head.json``."""
+    data = json.loads(_need(directory / HEAD_FILE).read_text(encoding="utf-8"))
+    return _check_names(data["label_names"])
 
 
 def _write_head_file(directory: Path, label_names: list[str]) -> None:

@@ -122,3 +122,38 @@ def test_zero_shot_accuracy_is_evaluated_by_the_common_evaluator():
 
     expected = float((_zero_shot(model, workload.eval_set) == workload.eval_set["labels"]).float().mean())
     assert result["eval_accuracy"] == pytest.approx(expected)
+
+
+def test_a_saved_label_name_model_loads_back_with_its_trained_head(tmp_path):
+    workload = Workload(_config())
+    model = workload.build_model()
+    with torch.no_grad():  # as a run leaves it: the head moved away from its label-name start
+        model.classifier.weight.add_(torch.randn(model.classifier.weight.shape, generator=torch.Generator().manual_seed(1)))
+        model.classifier.bias.add_(0.5)
+    workload.save(model, tmp_path / "model")  # what a run writes under runs/<name>/model
+
+    loaded = LabelNameClassifier.from_pretrained(tmp_path / "model")
+
+    assert loaded.label_names == model.label_names
+    encoded = workload.eval_set
+    with torch.inference_mode():
+        want = model(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"]).logits
+        got = loaded(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"]).logits
+    assert torch.equal(got, want)
+    with pytest.raises(FileNotFoundError, match="not a model fedtune saved with a label-name head"):
+        LabelNameClassifier.from_pretrained(tmp_path)
+
+
+def test_a_saved_verbalizer_model_loads_back_with_transformers_alone(tmp_path):
+    cfg = _config('model.config="micro-opt"', 'data.label_names=["world", "sports", "business", "science"]')
+    workload = Workload(cfg)
+    model = workload.build_model()
+    workload.save(model, tmp_path / "model")
+
+    loaded = VerbalizerClassifier.from_pretrained(tmp_path / "model")
+
+    encoded = workload.eval_set
+    with torch.inference_mode():
+        want = model(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"]).logits
+        got = loaded(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"]).logits
+    assert loaded.label_names == model.label_names and torch.equal(got, want)
