@@ -121,6 +121,40 @@ def _tiny_llama(vocab_size: int | None) -> PretrainedConfig:
     )
 
 
+@register_config("tinyllama-1.1b")
+def _tinyllama_1b(vocab_size: int | None) -> PretrainedConfig:
+    """TinyLlama-1.1B's shape (1,100,048,384 parameters at vocab 32000), for bench/big_model.py."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        hidden_size=2048,
+        num_hidden_layers=22,
+        num_attention_heads=32,
+        num_key_value_heads=4,
+        intermediate_size=5632,
+        max_position_embeddings=2048,
+        tie_word_embeddings=False,
+        **_vocab(vocab_size, 32000, _LLAMA_IDS),
+    )
+
+
+@register_config("llama2-7b")
+def _llama2_7b(vocab_size: int | None) -> PretrainedConfig:
+    """LLaMA-2-7B's shape (6,738,415,616 parameters at vocab 32000), for bench/big_model.py --size 7b."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        hidden_size=4096,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        intermediate_size=11008,
+        max_position_embeddings=4096,
+        tie_word_embeddings=False,
+        **_vocab(vocab_size, 32000, _LLAMA_IDS),
+    )
+
+
 @register_config("micro-llama")
 def _micro_llama(vocab_size: int | None) -> PretrainedConfig:
     """A Llama small enough for unit tests."""

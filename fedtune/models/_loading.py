@@ -122,8 +122,8 @@ def load_model(
         vocab_size: vocabulary override for ``config`` (not allowed with ``path``).
         num_labels: number of classes, >= 2; required for, and only for, ``"seq-cls"``.
         seed: initialisation seed (weights of a named config; new heads with ``path``).
-        dtype: parameter dtype. A named config is initialised in float32 and then cast,
-            so lower-precision weights are the rounding of the float32 ones.
+        dtype: parameter dtype. A named config is initialised in it directly (seeded, the same
+            bits on every party), never through a float32 copy.
 
     Returns:
         The model on CPU, in ``eval()`` mode.
@@ -151,9 +151,9 @@ def load_model(
     else:
         model_config = build_config(cast(str, config), vocab_size=vocab_size)
         _prepare_config(model_config, task, num_labels)
+        # initialised in its own dtype: a 16-bit model never has a float32 copy (7B: 28 GB)
         with torch.device("cpu"), seeded_init(seed, "model-init"):
-            model = auto_class.from_config(model_config, dtype=torch.float32)
-        model = model.to(dtype)
+            model = auto_class.from_config(model_config, dtype=dtype)
         source = f"config {config!r}"
     model.eval()
     num_params = sum(p.numel() for p in model.parameters())

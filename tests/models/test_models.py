@@ -35,12 +35,12 @@ def _tokens(batch: int, length: int, vocab_size: int) -> torch.Tensor:
 # ---- named configs ------------------------------------------------------------------
 
 
-def test_registry_holds_the_five_named_configs() -> None:
+def test_registry_holds_the_seven_named_configs() -> None:
     # Execute
     names = config_names()
 
     # Assert
-    assert names == ["micro-bert", "micro-llama", "micro-opt", "opt-125m", "tiny-llama"]
+    assert names == ["llama2-7b", "micro-bert", "micro-llama", "micro-opt", "opt-125m", "tiny-llama", "tinyllama-1.1b"]
 
 
 @pytest.mark.parametrize(
@@ -280,7 +280,7 @@ def test_missing_tokenizer_is_file_not_found(tmp_path: Path) -> None:
         ({"config": "micro-llama", "task": "mlm"}, "`task` must be one of"),
         ({"path": "x", "vocab_size": 30}, "overrides a named config only"),
         ({"config": "micro-llama", "dtype": torch.int8}, "floating-point torch.dtype"),
-        ({"config": "gpt-5"}, r"unknown model config 'gpt-5'; known configs: \['micro-bert'"),
+        ({"config": "gpt-5"}, r"unknown model config 'gpt-5'; known configs: \['llama2-7b', 'micro-bert'"),
     ],
 )
 def test_bad_load_model_arguments(kwargs: dict, message: str) -> None:
