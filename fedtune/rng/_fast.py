@@ -38,7 +38,7 @@ ENV_CACHE = "FEDTUNE_CACHE_DIR"
 
 SOURCE = Path(__file__).with_name("_replay_kernel.c")
 FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-pthread", "-fno-fast-math", "-ffp-contract=off")
-DTYPE_CODES = {"float32": 0, "float64": 1, "float16": 2}
+DTYPE_CODES = {"float32": 0, "float64": 1, "float16": 2, "bfloat16": 3}  # bfloat16: ml_dtypes'
 """The kernel's element types, by numpy dtype name."""
 
 

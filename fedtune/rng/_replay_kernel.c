@@ -41,7 +41,7 @@
 /* Directions whose words are hashed at once per tile (stack buffer). */
 #define SEED_BATCH 256
 
-enum { FT_F32 = 0, FT_F64 = 1, FT_F16 = 2 };
+enum { FT_F32 = 0, FT_F64 = 1, FT_F16 = 2, FT_BF16 = 3 };
 
 static inline uint64_t splitmix64(uint64_t z) {
     z = (z ^ (z >> 30)) * MIX1;
@@ -97,6 +97,22 @@ static inline uint16_t float_to_half(float f) {
 #endif
 }
 
+/* ---- bfloat16 <-> float32: the high half of a float32; round to nearest even, NaN -> 0x7FC0
+ * (torch's c10::BFloat16 rounding, which ml_dtypes shares for finite values) --------------- */
+static inline float bf16_to_float(uint16_t h) {
+    uint32_t bits = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+static inline uint16_t float_to_bf16(float f) {
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    if ((x & 0x7FFFFFFFu) > 0x7F800000u) return 0x7FC0u;
+    return (uint16_t)((x + 0x7FFFu + ((x >> 16) & 1u)) >> 16);
+}
+
 /* ---- one tile: 64 elements (or fewer at a tensor's end), every direction -------------- */
 
 static void tile_scalar(int dtype, void *base, int64_t count, const uint64_t *w, int64_t nseeds,
@@ -120,11 +136,18 @@ static void tile_scalar(int dtype, void *base, int64_t count, const uint64_t *w,
                 acc = acc + c;
             }
             *p = acc;
-        } else {
+        } else if (dtype == FT_F16) {
             uint16_t *p = (uint16_t *)base + i, acc = *p;
             for (int64_t s = 0; s < nseeds; s++) {
                 uint16_t cb = (uint16_t)((uint16_t)cbits[s] ^ (uint16_t)(((w[s] >> i) & 1u) << 15));
                 acc = float_to_half(half_to_float(acc) + half_to_float(cb));
+            }
+            *p = acc;
+        } else {
+            uint16_t *p = (uint16_t *)base + i, acc = *p;
+            for (int64_t s = 0; s < nseeds; s++) {
+                uint16_t cb = (uint16_t)((uint16_t)cbits[s] ^ (uint16_t)(((w[s] >> i) & 1u) << 15));
+                acc = float_to_bf16(bf16_to_float(acc) + bf16_to_float(cb));
             }
             *p = acc;
         }
@@ -178,6 +201,41 @@ static void tile_f16(uint16_t *p, const uint64_t *w, int64_t nseeds, const float
     }
     for (int g = 0; g < 8; g++)
         _mm_storeu_si128((__m128i *)(p + 8 * g), _mm256_cvtps_ph(a[g], _MM_FROUND_TO_NEAREST_INT));
+}
+
+/* bfloat16: eight lanes of float32 holding bfloat16 values (low halves zero); each addition
+ * is rounded back to bfloat16 in the float32 lanes (round to nearest even on the bits, NaN
+ * to 0x7FC0), so every element sees exactly float_to_bf16(bf16_to_float(acc) + c). */
+static inline __m256 round_bf16(__m256 x) {
+    const __m256i b = _mm256_castps_si256(x);
+    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(b, 16), _mm256_set1_epi32(1));
+    const __m256i r = _mm256_and_si256(_mm256_add_epi32(b, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7FFF))),
+                                       _mm256_set1_epi32((int32_t)0xFFFF0000u));
+    const __m256 nan = _mm256_cmp_ps(x, x, _CMP_UNORD_Q);
+    return _mm256_blendv_ps(_mm256_castsi256_ps(r), _mm256_castsi256_ps(_mm256_set1_epi32(0x7FC00000)), nan);
+}
+
+static void tile_bf16(uint16_t *p, const uint64_t *w, int64_t nseeds, const float *pos, const float *neg) {
+    const __m256i s0 = shifts_for(0), s1 = shifts_for(1), s2 = shifts_for(2), s3 = shifts_for(3);
+    __m256 a[8];
+    for (int g = 0; g < 8; g++)
+        a[g] = _mm256_castsi256_ps(_mm256_slli_epi32(
+            _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(p + 8 * g))), 16));
+    for (int64_t s = 0; s < nseeds; s++) {
+        const __m256 vp = _mm256_broadcast_ss(pos + s), vn = _mm256_broadcast_ss(neg + s);
+        const __m256i lo = _mm256_set1_epi32((int32_t)(uint32_t)w[s]);
+        const __m256i hi = _mm256_set1_epi32((int32_t)(uint32_t)(w[s] >> 32));
+#define FT_STEP(acc, half, sh) \
+    acc = round_bf16(_mm256_add_ps(acc, _mm256_blendv_ps(vp, vn, _mm256_castsi256_ps(_mm256_sllv_epi32(half, sh)))))
+        FT_STEP(a[0], lo, s0); FT_STEP(a[1], lo, s1); FT_STEP(a[2], lo, s2); FT_STEP(a[3], lo, s3);
+        FT_STEP(a[4], hi, s0); FT_STEP(a[5], hi, s1); FT_STEP(a[6], hi, s2); FT_STEP(a[7], hi, s3);
+#undef FT_STEP
+    }
+    for (int g = 0; g < 8; g++) {
+        uint32_t lanes[8];
+        _mm256_storeu_si256((__m256i *)lanes, _mm256_castps_si256(a[g]));
+        for (int l = 0; l < 8; l++) p[8 * g + l] = (uint16_t)(lanes[l] >> 16);
+    }
 }
 
 /* float64: 4 lanes a vector, so the tile is done as two halves of 32 elements. Lane l of
@@ -242,6 +300,9 @@ static void run_item(job *jb, int64_t t, int64_t item, uint64_t *keys, uint64_t 
             } else if (jb->dtype == FT_F16) {
                 pos32[s] = half_to_float((uint16_t)cb);
                 neg32[s] = half_to_float((uint16_t)(cb ^ 0x8000u));
+            } else if (jb->dtype == FT_BF16) {
+                pos32[s] = bf16_to_float((uint16_t)cb);
+                neg32[s] = bf16_to_float((uint16_t)(cb ^ 0x8000u));
             } else {
                 uint64_t n = cb ^ 0x8000000000000000ULL;
                 memcpy(pos64 + s, &cb, 8);
@@ -257,6 +318,7 @@ static void run_item(job *jb, int64_t t, int64_t item, uint64_t *keys, uint64_t 
             if (count == 64) {
                 if (jb->dtype == FT_F32) tile_f32((float *)p, w, ns, pos32, neg32);
                 else if (jb->dtype == FT_F16) tile_f16((uint16_t *)p, w, ns, pos32, neg32);
+                else if (jb->dtype == FT_BF16) tile_bf16((uint16_t *)p, w, ns, pos32, neg32);
                 else {
                     tile_f64_half((double *)p, w, ns, pos64, neg64, 0);
                     tile_f64_half((double *)p + 32, w, ns, pos64, neg64, 1);
@@ -287,7 +349,7 @@ static void *worker(void *arg) {
 /* The entry point. Returns 0 on success, a negative code on bad arguments or a failed
  * allocation (then nothing was done).
  *
- *   dtype:      0 float32, 1 float64, 2 float16
+ *   dtype:      0 float32, 1 float64, 2 float16, 3 bfloat16
  *   ptrs/sizes: ntensors contiguous arrays and their element counts
  *   name_keys:  splitmix64(fnv1a64(name)) per tensor
  *   seeds:      nseeds stream seeds, in the order their additions are made
@@ -297,7 +359,7 @@ static void *worker(void *arg) {
 int fedtune_replay(int dtype, int64_t ntensors, void *const *ptrs, const int64_t *sizes,
                    const uint64_t *name_keys, int64_t nseeds, const uint64_t *seeds,
                    const uint64_t *cbits, int nthreads) {
-    if (dtype < 0 || dtype > 2 || ntensors < 0 || nseeds < 0) return -1;
+    if (dtype < 0 || dtype > 3 || ntensors < 0 || nseeds < 0) return -1;
     if (ntensors == 0 || nseeds == 0) return 0;
     int64_t *item_start = (int64_t *)malloc((size_t)(ntensors + 1) * sizeof(int64_t));
     if (!item_start) return -2;

@@ -1,10 +1,10 @@
 """The torch implementation of :mod:`fedtune.rng`'s stream, on any device.
 
 Same function, same bits as the numpy path (pinned by ``tests/rng``). On CPU tensors of
-float32, float64 and float16 the updates run on fedtune's compiled replay kernel
+float32, float64, float16 and bfloat16 the updates run on fedtune's compiled replay kernel
 (:func:`fedtune.rng.fast_kernel`: one pass over all the tensors of a call, every direction
 added to a tile while it is in registers, ``torch.get_num_threads()`` threads); everything
-else (CUDA, bfloat16, the kernel unavailable or ``$FEDTUNE_REPLAY_KERNEL=fallback``) runs
+else (CUDA, bfloat16 without ml_dtypes, the kernel unavailable or ``$FEDTUNE_REPLAY_KERNEL=fallback``) runs
 the torch ops below, with the same bits. torch has no
 unsigned 64-bit arithmetic, so the hash runs on int64: multiplication wraps modulo 2**64
 exactly as uint64 does, and every right shift is followed by a mask that clears the sign
@@ -30,6 +30,7 @@ from . import (
     _overlapping,
     derive_seed,
     fast_kernel,
+    kernel_numpy_dtype,
     run_kernel,
     tensor_key,
 )
@@ -39,6 +40,8 @@ __all__ = ["add_scaled_", "add_scaled_many_", "add_scaled_multi_", "rademacher",
 
 # torch dtypes the compiled kernel takes, by the numpy name it knows them by.
 _KERNEL_DTYPES = {torch.float32: "float32", torch.float64: "float64", torch.float16: "float16"}
+if kernel_numpy_dtype("bfloat16") is not None:  # the coefficients are handed over as ml_dtypes' bfloat16
+    _KERNEL_DTYPES[torch.bfloat16] = "bfloat16"
 
 
 def _as_int64(value: int) -> int:
@@ -225,7 +228,7 @@ def add_scaled_multi_(
             ok = tensor.device.type == "cpu" and tensor.dtype in _KERNEL_DTYPES
             (groups.setdefault(tensor.dtype, []) if ok else rest).append((name, tensor))
         for dtype, group in groups.items():
-            cs = np.array([_round_coef(c, dtype) for c in coefs], dtype=_KERNEL_DTYPES[dtype])
+            cs = np.array([_round_coef(c, dtype) for c in coefs], dtype=kernel_numpy_dtype(_KERNEL_DTYPES[dtype]))
             if np.isnan(cs).any():  # NaN payloads: left to torch's own arithmetic
                 rest.extend(group)
                 continue
