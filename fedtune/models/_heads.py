@@ -93,24 +93,23 @@ class LabelNameClassifier(torch.nn.Module):
 
     def __init__(self, encoder: Any, tokenizer: Any, label_names: Sequence[str], scale: float = 20.0) -> None:
         super().__init__()
-        names = _check_names(label_names)
-        self.encoder = encoder
-        self.config = encoder.config
-        self.config.num_labels = len(names)
-        self.label_names = names
-        hidden = int(self.config.hidden_size)
-        self.classifier = torch.nn.Linear(hidden, len(names))
+        self._attach(encoder, _check_names(label_names))
         with torch.inference_mode():
-            encoded = _encode_names(tokenizer, names)
+            encoded = _encode_names(tokenizer, self.label_names)
             device = next(encoder.parameters()).device
-            states = encoder(
-                input_ids=encoded["input_ids"].to(device), attention_mask=encoded["attention_mask"].to(device)
-            ).last_hidden_state
-            embedding = torch.nn.functional.normalize(_mean_pool(states, encoded["attention_mask"].to(device)), dim=-1)
+            embedding = self.features(encoded["input_ids"].to(device), encoded["attention_mask"].to(device))
             weight = (scale * embedding).to(_INIT_DTYPE).float()
         with torch.no_grad():
             self.classifier.weight.copy_(weight)
             self.classifier.bias.zero_()
+
+    def _attach(self, encoder: Any, names: list[str]) -> None:
+        """The encoder, its config (``num_labels`` set), the label names and an untrained head."""
+        self.encoder = encoder
+        self.config = encoder.config
+        self.config.num_labels = len(names)
+        self.label_names = names
+        self.classifier = torch.nn.Linear(int(self.config.hidden_size), len(names))
 
     def forward(
         self,
@@ -152,11 +151,9 @@ class LabelNameClassifier(torch.nn.Module):
         names = _read_head_file(directory)
         state = load_file(str(_need(directory / HEAD_WEIGHTS)))
         encoder = AutoModel.from_pretrained(directory, **kwargs)
-        model = cls.__new__(cls)
+        model = cls.__new__(cls)  # not __init__: the head is loaded, not computed from the names
         torch.nn.Module.__init__(model)
-        model.encoder, model.config, model.label_names = encoder, encoder.config, names
-        model.config.num_labels = len(names)
-        model.classifier = torch.nn.Linear(int(model.config.hidden_size), len(names))
+        model._attach(encoder, names)
         model.classifier.load_state_dict(state)
         return model.to(next(encoder.parameters()).device).eval()
 
