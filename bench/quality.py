@@ -122,20 +122,6 @@ QUICK = ("fedkseed-head", "fedit")
 # --- frozen baselines and central fine-tuning, in this process --------------------------------
 
 
-@torch.no_grad()  # not inference_mode: the probe trains on these tensors
-def _features(model: Any, encoded: dict[str, torch.Tensor], batch_size: int = 128) -> torch.Tensor:
-    """Normalised mean-pooled frozen embeddings, ``(N, H)``."""
-    from fedtune.models._heads import _mean_pool
-
-    out = []
-    for start in range(0, encoded["input_ids"].shape[0], batch_size):
-        ids = encoded["input_ids"][start : start + batch_size]
-        mask = encoded["attention_mask"][start : start + batch_size]
-        states = model.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
-        out.append(torch.nn.functional.normalize(_mean_pool(states, mask), dim=-1))
-    return torch.cat(out)
-
-
 def _probe(train_x: torch.Tensor, train_y: torch.Tensor, num_labels: int, seed: int) -> torch.nn.Linear:
     """Logistic regression on frozen features: full-batch L-BFGS, a little L2."""
     gen = torch.Generator().manual_seed(seed)
@@ -158,13 +144,14 @@ def _probe(train_x: torch.Tensor, train_y: torch.Tensor, num_labels: int, seed: 
 def frozen_baselines(cfg: RunConfig) -> dict[str, float]:
     """Zero-shot, centroid and probe accuracy of the frozen model on ``cfg``'s eval set."""
     from fedtune.workload import Workload, evaluate
+    from fedtune.zo.client import head_features
 
     workload = Workload(cfg)
     model = workload.build_model()
     evaluation = workload.eval_set
     results = {"zero-shot": evaluate(model, evaluation, 128, workload.device)["eval_accuracy"]}
     train = workload.encode(workload.examples[0])
-    train_x, eval_x = _features(model, train), _features(model, evaluation)
+    train_x, eval_x = (head_features(model, encoded, 128, workload.device) for encoded in (train, evaluation))
     train_y, eval_y = train["labels"], evaluation["labels"]
     centroids = torch.stack([train_x[train_y == c].mean(0) for c in range(workload.num_labels)])
     centroids = torch.nn.functional.normalize(centroids, dim=-1)

@@ -113,7 +113,7 @@ def frozen_head(model: torch.nn.Module, trainable: Sequence[str]) -> LabelNameCl
     return None
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: bench/quality.py trains a probe on these features
 def head_features(
     head: LabelNameClassifier, encoded: dict[str, torch.Tensor], batch_size: int, device: torch.device
 ) -> torch.Tensor:
