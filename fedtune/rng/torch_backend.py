@@ -204,7 +204,7 @@ def add_scaled_multi_(
 
     One call for a whole round (replay) or a whole perturbation (one seed): bit-identical
     to :func:`add_scaled_many_` per tensor. CPU tensors the compiled kernel takes (float32,
-    float64, float16; disjoint; finite coefficients) go to it in one call, spread over
+    float64, float16, bfloat16 with ml_dtypes; disjoint; finite coefficients) go to it in one call, spread over
     ``threads`` threads (default ``torch.get_num_threads()``); the others run torch ops.
 
     Args:
