@@ -8,7 +8,6 @@ sent, so nothing of one client leaks into the next.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
 from collections.abc import Mapping
@@ -114,9 +113,6 @@ class LoraClient:
         num_examples = int(encoded["input_ids"].shape[0])
         batch_seed = derive_seed(self.cfg.seed, "batch", round, partition_id)
 
-        progress = Progress(f"partition {partition_id}: local steps", a.local_steps, "steps", self.cfg.log.progress_s)
-
-        @functools.partial(counting_steps, progress=progress)
         def batch_for_step(step: int) -> dict[str, torch.Tensor]:
             return sample_batch(encoded, min(a.batch_size, num_examples), seed=batch_seed, step=step)
 
@@ -129,11 +125,12 @@ class LoraClient:
             def extra_loss() -> torch.Tensor:
                 return term(trained, anchors)
 
+        progress = Progress(f"partition {partition_id}: local steps", a.local_steps, "steps", self.cfg.log.progress_s)
         with seeded_init(self.cfg.seed, "lora-dropout", round, partition_id):
             result = local_train(
                 self.model,
                 [self.params[n] for n in self.uplink],
-                batch_for_step,
+                counting_steps(batch_for_step, progress),
                 a.local_steps,
                 optimizer=self.cfg.lora.optimizer,
                 lr=a.lr,
