@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedtune import rng
+from fedtune.dtypes import to_numpy
 from fedtune.rng import _fast, torch_backend
 
 DTYPES = ["float32", "float64", "float16", "bfloat16"]  # bfloat16: ml_dtypes' numpy type
@@ -57,8 +58,8 @@ def _torch(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(a)
 
 
-def _bits(t: torch.Tensor) -> bytes:
-    return (t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy().tobytes()
+def _bits(x: np.ndarray | torch.Tensor) -> bytes:
+    return to_numpy(x).tobytes() if isinstance(x, torch.Tensor) else x.tobytes()
 
 
 def _coefs(gen: np.random.Generator, n: int) -> list[float]:
@@ -66,50 +67,33 @@ def _coefs(gen: np.random.Generator, n: int) -> list[float]:
     return [float(c) for c in gen.standard_normal(n) * 10.0 ** gen.integers(-9, 3, n)]
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(
+    backend=st.sampled_from(["numpy", "torch"]),
     dtype=st.sampled_from(DTYPES),
     sizes=st.lists(st.integers(0, 70_000), min_size=1, max_size=4),
     n_seeds=st.integers(1, 12),
     threads=st.sampled_from([1, 2]),
     salt=st.integers(0, 2**32 - 1),
 )
-def test_numpy_kernel_equals_pure_path(kernel, dtype, sizes, n_seeds, threads, salt):
+def test_kernel_equals_pure_path(kernel, backend, dtype, sizes, n_seeds, threads, salt):
+    """numpy arrays through rng.add_scaled_many_, torch tensors through torch_backend.add_scaled_multi_."""
     gen = rng.generator(salt, "kernel-test")
     arrays = _arrays(gen, sizes, dtype)
-    expected = [(name, a.copy()) for name, a in arrays]
     seeds = [int(s) for s in gen.integers(0, 2**63, n_seeds)]
     coefs = _coefs(gen, n_seeds)
+    if backend == "numpy":
+        add, got = rng.add_scaled_many_, arrays
+    else:
+        add, got = torch_backend.add_scaled_multi_, [(n, _torch(a)) for n, a in arrays]
+    expected = [(n, x.copy() if backend == "numpy" else x.clone()) for n, x in got]
 
     with rng.pure_path():
-        rng.add_scaled_many_(expected, seeds, coefs)
-    rng.add_scaled_many_(arrays, seeds, coefs, threads=threads)
+        add(expected, seeds, coefs)
+    add(got, seeds, coefs, threads=threads)
 
-    for (name, got), (_, want) in zip(arrays, expected):
-        assert got.tobytes() == want.tobytes(), name
-
-
-@settings(max_examples=25, deadline=None)
-@given(
-    dtype=st.sampled_from(DTYPES),
-    sizes=st.lists(st.integers(0, 70_000), min_size=1, max_size=4),
-    n_seeds=st.integers(1, 12),
-    threads=st.sampled_from([1, 2]),
-    salt=st.integers(0, 2**32 - 1),
-)
-def test_torch_kernel_equals_pure_path(kernel, dtype, sizes, n_seeds, threads, salt):
-    gen = rng.generator(salt, "kernel-test")
-    tensors = [(n, _torch(a)) for n, a in _arrays(gen, sizes, dtype)]
-    expected = [(n, t.clone()) for n, t in tensors]
-    seeds = [int(s) for s in gen.integers(0, 2**63, n_seeds)]
-    coefs = _coefs(gen, n_seeds)
-
-    with rng.pure_path():
-        torch_backend.add_scaled_multi_(expected, seeds, coefs)
-    torch_backend.add_scaled_multi_(tensors, seeds, coefs, threads=threads)
-
-    for (name, got), (_, want) in zip(tensors, expected):
-        assert _bits(got) == _bits(want), name
+    for (name, have), (_, want) in zip(got, expected):
+        assert _bits(have) == _bits(want), name
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

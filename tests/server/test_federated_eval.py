@@ -8,6 +8,7 @@ simulation engine, through ``fedtune run``, for both client families end to end.
 
 import json
 import math
+import statistics
 
 import pytest
 from flwr.app import Error, Message, MessageType
@@ -73,9 +74,9 @@ def _failing_evaluate(cfg, grid):
     return handle
 
 
-def _by_hand(cfg, model, partitions):
+def _per_client(cfg, model, partitions):
     """Each partition's (examples, loss, accuracy) on its held-out share, computed here from the
-    split and fedtune.workload.evaluate; then the example-weighted mean of loss and accuracy."""
+    split and fedtune.workload.evaluate."""
     workload = Workload(cfg)
     train = workload.examples[0]
     per_client = []
@@ -83,6 +84,12 @@ def _by_hand(cfg, model, partitions):
         held = workload.local_split(p, cfg.federation.num_clients)[1]
         scores = evaluate(model, workload.encode([train[i] for i in held]), 64, workload.device)
         per_client.append((len(held), scores["eval_loss"], scores["eval_accuracy"]))
+    return per_client
+
+
+def _by_hand(cfg, model, partitions):
+    """The example-weighted mean of loss and accuracy over :func:`_per_client`, with the examples."""
+    per_client = _per_client(cfg, model, partitions)
     total = sum(n for n, _, _ in per_client)
     loss = sum(n * v for n, v, _ in per_client) / total
     accuracy = sum(n * a for n, _, a in per_client) / total
@@ -90,15 +97,9 @@ def _by_hand(cfg, model, partitions):
 
 
 def _spread(cfg, model, partitions):
-    """The lowest, median and highest of the clients' own accuracies, computed here."""
-    workload = Workload(cfg)
-    train = workload.examples[0]
-    own = sorted(
-        evaluate(model, workload.encode([train[i] for i in workload.local_split(p, cfg.federation.num_clients)[1]]),
-                 64, workload.device)["eval_accuracy"]
-        for p in partitions
-    )
-    return own[0], own[len(own) // 2] if len(own) % 2 else (own[len(own) // 2 - 1] + own[len(own) // 2]) / 2, own[-1]
+    """The lowest, median and highest of the clients' own accuracies (:func:`_per_client`)."""
+    own = [a for _, _, a in _per_client(cfg, model, partitions)]
+    return min(own), statistics.median(own), max(own)
 
 
 def _asked(grid, server_round):
