@@ -80,7 +80,12 @@ def child(phase: str, size: str, dtype_name: str, batch: int, tokens: int, threa
     torch.set_num_threads(threads)
     dtype = torch_dtype(dtype_name)
     if phase == "adam":
-        params = 1_100_048_384 if size == "1b" else 6_738_415_616
+        from transformers import AutoModelForCausalLM
+
+        from fedtune.models import build_config
+
+        with torch.device("meta"):  # the parameter count without allocating the weights
+            params = sum(p.numel() for p in AutoModelForCausalLM.from_config(build_config(CONFIGS[size])).parameters())
         need = params * (4 + 4 + 8)  # weights, gradients, AdamW's two moments, float32
         if need > 0.8 * _available_bytes():  # leave the machine room: an OOM kill takes others with it
             return {"refused": True, "estimate_bytes": need, "available_bytes": _available_bytes()}
