@@ -55,6 +55,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing the package
+sys.path.insert(0, str(ROOT / "bench"))  # bench/real_text.py
 
 import torch
 
@@ -106,6 +107,9 @@ CONTENDERS: dict[str, list[str]] = {
     "fedit+topk": ["algorithm.name=fedit", "compress.method=topk", "compress.topk=0.1"],
     "fedit+topk-quantize": ["algorithm.name=fedit", "compress.method=topk-quantize", "compress.topk=0.1"],
     "fedit+ternary": ["algorithm.name=fedit", "compress.method=ternary", "compress.topk=0.1"],
+    # every entry as sign x scale (1 bit each; error feedback keeps the rest): EF-signSGD's
+    # compressor (Karimireddy et al. 2019), the ternary method keeping all entries
+    "fedit+sign": ["algorithm.name=fedit", "compress.method=ternary", "compress.topk=1.0"],
     "fedprox": ["algorithm.name=fedprox"],
     "fedadam": ["algorithm.name=fedadam"],
     "hetlora": ["algorithm.name=hetlora", "hetlora.ranks=[2, 4, 8]"],  # a third of the clients each
@@ -117,6 +121,21 @@ ZO_CONTENDERS = [  # by the registry's family of the contender's algorithm
 FROZEN = ("zero-shot", "centroid", "probe")
 CENTRAL = ("central-lora", "central-full")
 QUICK = ("fedkseed-head", "fedit")
+
+
+def task_sets(task: str) -> list[str]:
+    """The overrides that select ``task``: a generated source, or ``fortunes`` (real text, a file
+    bench/real_text.py writes from Debian's ``fortunes`` package under data/, once)."""
+    if task != "fortunes":
+        return [f"data.source={task}"]
+    from real_text import CATEGORIES, write_fortunes
+
+    train, held = ROOT / "data" / "fortunes" / "train.parquet", ROOT / "data" / "fortunes" / "eval.parquet"
+    eval_examples = 167 * len(CATEGORIES)
+    if not (train.is_file() and held.is_file()):
+        write_fortunes(train.parent, eval_examples=eval_examples)
+    return ["data.source=file", f'data.path="{train.relative_to(ROOT)}"', f'data.eval_path="{held.relative_to(ROOT)}"',
+            f"data.eval_examples={eval_examples}"]
 
 
 # --- frozen baselines and central fine-tuning, in this process --------------------------------
@@ -401,6 +420,10 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true",
                         help="run nothing: the report from the matching cells in --cells, missing cells left out")
     args = parser.parse_args()
+    for key in ("config", "report", "cells"):  # given relative to the caller's directory ...
+        if getattr(args, key):
+            setattr(args, key, str(Path(getattr(args, key)).resolve()))
+    os.chdir(ROOT)  # ... while a task's data paths are relative to the checkout, as in cells.jsonl
     torch.set_num_threads(max(1, (os.cpu_count() or 1)))
     seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
     rounds = 2 if args.quick else args.rounds
@@ -448,7 +471,7 @@ def main() -> None:
             results: dict[str, list[dict[str, Any]]] = {}
             all_results[task] = results
             for seed in seeds:
-                sets = [*base, f"data.source={task}", f"seed={seed}"]
+                sets = [*base, *task_sets(task), f"seed={seed}"]
                 cfg = load_config(config, sets)
                 frozen = run(task, seed, "frozen", sets, functools.partial(frozen_baselines, cfg)) or {}
                 for name, value in frozen.items():
