@@ -71,6 +71,9 @@ class ModelConfig:
     task: Literal["causal-lm", "seq-cls"] = "causal-lm"
     # weights' dtype: held, perturbed and replayed in it (LoRA: the frozen base's; adapters stay float32)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # LoRA algorithms: the frozen base's linear layers quantised by bitsandbytes (QLoRA): "nf4"
+    # (4-bit NormalFloat) or "int8" (LLM.int8()); adapters and head stay float32 / model.dtype
+    quantize: Literal["none", "nf4", "int8"] = "none"
     trainable: tuple[str, ...] = ()  # fnmatch patterns of trainable tensor names; empty = all
     # seq-cls head: "default" = the architecture's own (a new one is randomly initialised);
     # "label-names" = starts at the zero-shot classifier from the label names (fedtune.models
@@ -450,6 +453,17 @@ def _check_values(cfg: RunConfig) -> list[str]:
          f"`model.dtype` = {m.dtype!r} with first-order fine-tuning of model tensors (`model.trainable` with "
          f"{a.name!r}) would keep their optimizer state in {m.dtype}: use LoRA adapters (float32 over the "
          f"{m.dtype} base) or model.dtype = 'float32'")
+    if m.quantize != "none":
+        from fedtune.models._quantize import bitsandbytes_missing
+
+        need(spec.family == "lora" and not first_order_tensors,
+             f"`model.quantize` = {m.quantize!r} quantises the frozen base under LoRA adapters: it applies to the "
+             f"LoRA algorithms ({', '.join(algorithms.names('lora'))}) with model.trainable empty, not "
+             f"{a.name!r}{' with model.trainable' if first_order_tensors else ''}")
+        need(not cfg.ondevice.clients,
+             f"`model.quantize` = {m.quantize!r} is not supported by ONNX device clients (`ondevice.clients` > 0)")
+        missing = bitsandbytes_missing()
+        need(not missing, f"`model.quantize` = {m.quantize!r}: {missing}")
     need(not (first_order_tensors and unsupported),
          f"first-order fine-tuning of model tensors (`model.trainable` with {a.name!r}) does not support "
          f"{', '.join(unsupported)} yet; use LoRA adapters (leave model.trainable empty) for those")

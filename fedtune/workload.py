@@ -204,8 +204,14 @@ class Workload:
         model.to(self.device)
         return model.eval()
 
-    def build_base_model(self) -> torch.nn.Module:
-        """The model before any LoRA adapter, on CPU: what a PEFT adapter of the run sits on."""
+    def build_base_model(self, *, quantize: bool = True) -> torch.nn.Module:
+        """The model before any LoRA adapter, on CPU: what a PEFT adapter of the run sits on.
+
+        With ``model.quantize`` its linear layers (but the head) are quantised by bitsandbytes
+        (:func:`fedtune.models.quantize_base`), before a label-names head is computed, so the
+        head starts at the quantised model's own zero-shot classifier; ``quantize=False``
+        gives the unquantised base (what a saved run's ``base/`` holds).
+        """
         m = self.cfg.model
         vocab = None if m.path else self.tokenizer.vocab_size
         path = models.resolve_model_path(m.path) if m.path else None
@@ -216,6 +222,8 @@ class Workload:
                 path=path, config=m.config or None, task="causal-lm" if causal else "encoder",
                 vocab_size=vocab, seed=self.cfg.seed, dtype=torch_dtype(m.dtype),
             )
+            if quantize:
+                models.quantize_base(base, m.quantize, torch_dtype(m.dtype))
             if causal:
                 model = models.VerbalizerClassifier(base, self.tokenizer, self.label_names)
             else:  # the head is computed on CPU, before the move: every party gets the same bits
@@ -227,6 +235,8 @@ class Workload:
                 task=m.task, vocab_size=vocab, num_labels=num_labels, seed=self.cfg.seed,
                 dtype=torch_dtype(m.dtype),
             )
+            if quantize:
+                models.quantize_base(model, m.quantize, torch_dtype(m.dtype))
         return model
 
     def save(self, model: torch.nn.Module, directory: str | Path) -> None:
@@ -237,7 +247,7 @@ class Workload:
         """
         base = None
         if hasattr(model, "peft_config") and not self.cfg.model.path:
-            base = self.build_base_model()
+            base = self.build_base_model(quantize=False)
         save_model(model, directory, self.tokenizer, task=self.cfg.model.task, base_model=base)
 
     def _is_causal_lm(self, path: str | None) -> bool:

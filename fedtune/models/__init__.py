@@ -9,10 +9,12 @@ from ._heads import HEAD_FILE, LabelNameClassifier, VerbalizerClassifier, is_cau
 from ._loading import ModelTask, load_model, load_tokenizer
 from ._packaged import PACKAGE_PREFIX, resolve_model_path
 from ._parameters import fingerprint, trainable_parameters
+from ._quantize import QUANTIZE, quantize_base
 
 __all__ = [
     "HEAD_FILE",
     "PACKAGE_PREFIX",
+    "QUANTIZE",
     "LabelNameClassifier",
     "ModelTask",
     "VerbalizerClassifier",
@@ -22,6 +24,7 @@ __all__ = [
     "is_causal_lm_config",
     "load_model",
     "load_tokenizer",
+    "quantize_base",
     "register_config",
     "resolve_model_path",
     "trainable_parameters",
