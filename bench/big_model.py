@@ -12,7 +12,13 @@ weights: what a user's machine must hold):
   (:func:`fedtune.zo.mezo.zo_step`: +eps, -2 eps, restore-and-update; two forwards);
 * ``adam`` (float32 only): forward, backward and one ``torch.optim.AdamW`` step, the
   first-order client's memory; refused (and its estimate printed) when weights + gradients +
-  AdamW's two moments alone exceed 80 % of the memory available.
+  AdamW's two moments alone exceed 80 % of the memory available;
+* ``lora`` (``--lora``): a LoRA client (PEFT, rank 8 on q_proj/v_proj, float32 adapters and
+  AdamW state, fedtune's ``local_train``: two steps, the second timed) over the base in
+  float32, bfloat16, and quantised by bitsandbytes to ``nf4`` and ``int8``
+  (``model.quantize``, QLoRA; built in float32, then quantised layer by layer). Its
+  ``train_peak`` is the peak RSS from after the build (``/proc/self/clear_refs``): what the
+  client holds while it trains.
 
 Prints the set-up, then ``name=value`` lines, the headline last:
 
@@ -25,6 +31,7 @@ Prints the set-up, then ``name=value`` lines, the headline last:
     python bench/big_model.py --phases zo,inference --dtypes bfloat16
     python bench/big_model.py --size 7b --phases zo --dtypes bfloat16   # the 7B stretch
     python bench/big_model.py --round     # and one FedKSeed round in the simulation engine
+    python bench/big_model.py --phases lora --lora   # LoRA over fp32 / bf16 / nf4 / int8 bases
 
 ``--round`` also runs one FedKSeed round on the 1.1B model through ``fedtune run``
 (simulations/tinyllama-1b.toml, bfloat16, two clients) beside the same run on the 3.2M
@@ -61,12 +68,58 @@ def _peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
 
 
-def _available_bytes() -> int:
-    with open("/proc/meminfo", encoding="ascii") as f:
+def _reset_peak() -> None:
+    """Start the kernel's peak-RSS count (VmHWM) over from the current RSS (Linux >= 4.0)."""
+    with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+        f.write("5")
+
+
+def _kib_field(path: str, field: str) -> int:
+    """A ``Field:  N kB`` line of a /proc file, in bytes."""
+    with open(path, encoding="ascii") as f:
         for line in f:
-            if line.startswith("MemAvailable:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
-    raise RuntimeError("no MemAvailable in /proc/meminfo")
+    raise RuntimeError(f"no {field} in {path}")
+
+
+def _hwm_bytes() -> int:
+    return _kib_field("/proc/self/status", "VmHWM")
+
+
+def lora_child(size: str, dtype_name: str, quantize: str, batch: int, tokens: int) -> dict[str, Any]:
+    """A LoRA client's two local steps over the base in ``dtype_name``, quantised or not."""
+    import torch
+
+    from fedtune.config import LoraConfig
+    from fedtune.dtypes import torch_dtype
+    from fedtune.lora.adapters import adapter_parameters, inject_lora
+    from fedtune.lora.train import local_train
+    from fedtune.models import load_model, quantize_base
+
+    dtype = torch_dtype(dtype_name)
+    start = time.perf_counter()
+    model = load_model(config=CONFIGS[size], task="causal-lm", vocab_size=None, seed=0, dtype=dtype)
+    quantize_base(model, quantize, dtype)  # type: ignore[arg-type]
+    out: dict[str, Any] = {"build_s": time.perf_counter() - start, "build_peak_rss_bytes": _hwm_bytes()}
+    _reset_peak()
+    model = inject_lora(model, LoraConfig(rank=8, target_modules=("q_proj", "v_proj")), "causal-lm", 0)
+    params = list(adapter_parameters(model).values())
+    ids = torch.randint(3, 32000, (batch, tokens), generator=torch.Generator().manual_seed(0))
+    batch_ = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
+    times = []
+    for _ in range(2):
+        start = time.perf_counter()
+        result = local_train(model, params, lambda step: batch_, 1, optimizer="adamw", lr=1e-4, weight_decay=0.0,
+                             device=torch.device("cpu"), base_dtype=dtype)
+        times.append(time.perf_counter() - start)
+    out.update(step_s=times[1], loss=float(result.mean_loss), train_peak_rss_bytes=_hwm_bytes(),
+               adapter_params=sum(p.numel() for p in params))
+    return out
+
+
+def _available_bytes() -> int:
+    return _kib_field("/proc/meminfo", "MemAvailable")
 
 
 def child(phase: str, size: str, dtype_name: str, batch: int, tokens: int, threads: int) -> dict[str, Any]:
@@ -123,8 +176,8 @@ def child(phase: str, size: str, dtype_name: str, batch: int, tokens: int, threa
     return out
 
 
-def run_child(phase: str, args: argparse.Namespace, dtype: str) -> dict[str, Any]:
-    command = [sys.executable, __file__, "--child", phase, "--size", args.size, "--dtype", dtype,
+def run_child(phase: str, args: argparse.Namespace, dtype: str, quantize: str = "none") -> dict[str, Any]:
+    command = [sys.executable, __file__, "--child", phase, "--size", args.size, "--dtype", dtype, "--quantize", quantize,
                "--batch", str(args.batch), "--tokens", str(args.tokens), "--threads", str(args.threads)]
     done = subprocess.run(command, capture_output=True, text=True, check=False, cwd=ROOT)
     if done.returncode != 0:
@@ -171,7 +224,16 @@ def main() -> None:
                         help="also run one FedKSeed round on the model (simulations/tinyllama-1b.toml) beside tiny-llama")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--dtype", default="bfloat16", help=argparse.SUPPRESS)
+    parser.add_argument("--quantize", default="none", help=argparse.SUPPRESS)
+    parser.add_argument("--lora", default="float32:none,float32:nf4,float32:int8,bfloat16:none",
+                        help="the lora phase's dtype:quantize bases")
     args = parser.parse_args()
+    if args.child == "lora":
+        import torch
+
+        torch.set_num_threads(args.threads)
+        print(json.dumps(lora_child(args.size, args.dtype, args.quantize, args.batch, args.tokens)))
+        return
     if args.child:
         print(json.dumps(child(args.child, args.size, args.dtype, args.batch, args.tokens, args.threads)))
         return
@@ -182,9 +244,20 @@ def main() -> None:
           f"threads={args.threads} torch={torch.__version__} cpu={platform.machine()} "
           f"available={_available_bytes() / 2**30:.1f}GiB", flush=True)
     results: dict[tuple[str, str], dict[str, Any]] = {}
+    phases = args.phases.split(",")
+    for base in args.lora.split(",") if "lora" in phases else []:
+        dtype, quantize = base.split(":")
+        result = run_child("lora", args, dtype, quantize)
+        results[("lora", base)] = result
+        for key, value in result.items():
+            if key != "tail":
+                print(f"lora_{dtype}_{quantize}_{key}={value:.4g}" if isinstance(value, float)
+                      else f"lora_{dtype}_{quantize}_{key}={value}", flush=True)
+        if result.get("failed"):
+            print(f"# lora {base} failed:\n{result['tail']}", flush=True)
     for dtype in args.dtypes.split(","):
-        for phase in args.phases.split(","):
-            if phase == "adam" and dtype != "float32":
+        for phase in phases:
+            if phase == "lora" or (phase == "adam" and dtype != "float32"):
                 continue
             result = run_child(phase, args, dtype)
             results[(phase, dtype)] = result
@@ -213,6 +286,13 @@ def main() -> None:
         if results[("adam", "float32")].get("refused"):
             print("# backprop + AdamW in float32 refused: the figure uses its estimate (weights, gradients, "
                   "two moments), a lower bound", flush=True)
+    lora32 = results.get(("lora", "float32:none"), {})
+    for base, result in results.items():
+        if base[0] == "lora" and base[1] != "float32:none" and "train_peak_rss_bytes" in result and lora32:
+            label = base[1].replace("float32:", "").replace(":none", "").replace(":", "_")
+            figures[f"lora_{label}_train_peak_over_lora_fp32"] = (result["train_peak_rss_bytes"]
+                                                                    / lora32["train_peak_rss_bytes"])
+            figures[f"lora_{label}_step_over_lora_fp32"] = result["step_s"] / lora32["step_s"]
     zo = results.get(("zo", "bfloat16"), {})
     if "step_s" in zo and "forward_s" in zo:
         figures["zo_step_over_two_forwards_bf16"] = zo["step_s"] / (2 * zo["forward_s"])
