@@ -298,8 +298,9 @@ def secagg_plus_mean(
     arguments are the workflow's own.
 
     Returns:
-        The weighted mean (float64) of the clients that survived to the unmask stage, or
-        None if the protocol halted (too few clients left to unmask).
+        The weighted mean (float64) of the clients whose masked vectors were summed (those
+        that answered the collect stage, unmask-stage drops included), or None if the
+        protocol halted (a client with fewer than the threshold's live neighbours).
     """
     legacy = _HandBack(list(contents), grid)
     state = RecordDict({
