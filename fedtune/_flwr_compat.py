@@ -237,7 +237,28 @@ class _HandBack(LegacyStrategy):
 
 
 class _ContentSecAggPlus(SecAggPlusWorkflow):
-    """Flower's workflow, sending the caller's train content in its collect stage."""
+    """Flower's workflow, sending the caller's train content in its collect stage, and
+    surviving a client that drops before its key shares went out.
+
+    Flower 1.41 (``secaggplus_workflow.py``) keeps ``state.sampled_node_ids`` and
+    ``state.nid_to_neighbours`` as the setup stage drew them, so its unmask stage treats a
+    node that died in the setup or share-keys stage as a masking neighbour to unmask: it
+    asks every survivor for that node's key share (``dead_nids = sampled - active``), which
+    no survivor holds (``secaggplus_mod``'s ``_unmask`` raises ``KeyError``); it wants at
+    least ``threshold`` shares for every sampled node, and it would rebuild a collect-stage
+    drop's pairwise masks with neighbours that never masked with it (or have no public key).
+    The round halts with no sum although enough clients are alive.
+
+    A survivor masks its vector only with the neighbours whose shares reached it: those
+    that answered the share-keys stage (the workflow forwards shares to, and collects
+    vectors from, only those). So after that stage the set that matters is exactly the
+    nodes still active: :meth:`share_keys_stage` narrows the sampled set and every
+    neighbour set to it. The later stages then see the protocol as if only those had been
+    sampled: the unmask stage reconstructs the private masks of the vectors it summed and
+    the pairwise masks of the nodes that died after sharing their keys (collect stage),
+    with each of its surviving neighbours. Drops in the collect and unmask stages are
+    Flower's own handling, unchanged.
+    """
 
     def __init__(self, contents: dict[int, RecordDict], **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -246,6 +267,13 @@ class _ContentSecAggPlus(SecAggPlusWorkflow):
     def setup_stage(self, grid: Grid, context: LegacyContext, state: WorkflowState) -> bool:
         ok = super().setup_stage(grid, context, state)
         state.nid_to_fitins = {nid: self._contents[nid] for nid in state.nid_to_fitins}
+        return ok
+
+    def share_keys_stage(self, grid: Grid, context: LegacyContext, state: WorkflowState) -> bool:
+        ok = super().share_keys_stage(grid, context, state)
+        shared = set(state.active_node_ids)  # the nodes whose key shares went out
+        state.sampled_node_ids = shared
+        state.nid_to_neighbours = {nid: state.nid_to_neighbours[nid] & shared for nid in shared}
         return ok
 
 
@@ -270,8 +298,9 @@ def secagg_plus_mean(
     arguments are the workflow's own.
 
     Returns:
-        The weighted mean (float64) of the clients that survived to the unmask stage, or
-        None if the protocol halted (too few clients left to unmask).
+        The weighted mean (float64) of the clients whose masked vectors were summed (those
+        that answered the collect stage, unmask-stage drops included), or None if the
+        protocol halted (a client with fewer than the threshold's live neighbours).
     """
     legacy = _HandBack(list(contents), grid)
     state = RecordDict({

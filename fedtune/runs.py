@@ -181,6 +181,8 @@ def progress_line(record: Mapping[str, Any], rounds: int) -> str:
         )
     if "replies" in record:
         parts.append(f"{record['replies']}/{record['sampled']} replied,")
+    if "secagg_sum" in record:  # privacy.secagg: whether the protocol formed a sum, who dropped where
+        parts.append(_secagg_words(record))
     if "dp_epsilon" in record:  # privacy.dp: the budget spent so far
         eps = record["dp_epsilon"]
         parts.append(f"epsilon {eps:.3g} at delta {record['dp_delta']:g}," if eps is not None else "epsilon inf,")
@@ -191,6 +193,16 @@ def progress_line(record: Mapping[str, Any], rounds: int) -> str:
         timing += f", ETA {format_duration(record['eta_s'])}"
     parts.append(timing + ")")
     return " ".join(parts)
+
+
+def _secagg_words(record: Mapping[str, Any]) -> str:
+    """The progress line's SecAgg+ words: ``SecAgg+ sum (dropped 1 at setup),`` or
+    ``SecAgg+ HALTED, no sum (dropped 2 at share-keys),`` (the clients that stopped answering
+    at each stage; none: no parenthesis)."""
+    drops = [f"{record[f'secagg_dropped_{stage}']} at {stage.replace('_', '-')}"
+             for stage in ("setup", "share_keys", "collect", "unmask") if record.get(f"secagg_dropped_{stage}")]
+    dropped = f" (dropped {', '.join(drops)})" if drops else ""
+    return ("SecAgg+ sum" if record["secagg_sum"] else "SecAgg+ HALTED, no sum") + dropped + ","
 
 
 # The scores besides loss and accuracy, as the progress line names them (eval.metrics).

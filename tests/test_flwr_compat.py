@@ -114,10 +114,12 @@ def test_quantisation_round_trips_within_one_step():
 
 def test_the_secaggplus_mod_and_workflow_have_the_hooks_fedtune_uses():
     # the mod is called as (msg, context, call_next); the workflow's setup stage is where
-    # secagg_plus_mean swaps in fedtune's train content, through WorkflowState.nid_to_fitins
+    # secagg_plus_mean swaps in fedtune's train content, through WorkflowState.nid_to_fitins;
+    # after the share-keys stage it narrows the sampled and neighbour sets to the active nodes
     assert list(inspect.signature(compat.secaggplus_mod).parameters) == ["msg", "ctxt", "call_next"]
-    assert "setup_stage" in vars(compat.SecAggPlusWorkflow)
-    assert "nid_to_fitins" in {f.name for f in dataclasses.fields(compat.WorkflowState)}
+    assert {"setup_stage", "share_keys_stage"} <= set(vars(compat.SecAggPlusWorkflow))
+    assert {"nid_to_fitins", "sampled_node_ids", "active_node_ids", "nid_to_neighbours"} <= {
+        f.name for f in dataclasses.fields(compat.WorkflowState)}
     params = inspect.signature(compat.SecAggPlusWorkflow.__init__).parameters
     assert {"num_shares", "reconstruction_threshold", "max_weight", "clipping_range", "quantization_range",
             "modulus_range", "timeout"} <= set(params)

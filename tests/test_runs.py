@@ -22,6 +22,19 @@ def test_a_dp_run_shows_the_budget_spent_so_far():
     assert "epsilon inf," in progress_line({**record, "dp_epsilon": None}, 2)  # noise_multiplier = 0
 
 
+def test_a_secagg_round_says_whether_a_sum_formed_and_who_dropped_where():
+    record = {"round": 1, "replies": 3, "sampled": 4, "secagg_sum": True, "secagg_dropped_setup": 1,
+              "secagg_dropped_share_keys": 0, "secagg_dropped_collect": 0, "secagg_dropped_unmask": 0,
+              "round_s": 1.0, "elapsed_s": 2.0, "eta_s": 0.0}
+    halted = {**record, "replies": 0, "secagg_sum": False, "secagg_dropped_setup": 0, "secagg_dropped_share_keys": 2,
+              "secagg_dropped_unmask": 1}
+
+    assert progress_line(record, 1) == "round 1/1: 3/4 replied, SecAgg+ sum (dropped 1 at setup), 1.0 s (total 2 s)"
+    assert progress_line({**record, "secagg_dropped_setup": 0}, 1) == "round 1/1: 3/4 replied, SecAgg+ sum, 1.0 s (total 2 s)"
+    assert progress_line(halted, 1) == ("round 1/1: 0/4 replied, SecAgg+ HALTED, no sum (dropped 2 at share-keys, "
+                                        "1 at unmask), 1.0 s (total 2 s)")
+
+
 def test_the_last_round_has_no_eta():
     line = progress_line({"round": 20, "round_s": 1.0, "elapsed_s": 30.0, "eta_s": 0.0}, 20)
     assert line == "round 20/20: 1.0 s (total 30 s)"

@@ -15,6 +15,12 @@ train phase of one round through it:
   whose weights differ from the server's) is dropped there, and SecAgg+ treats it as a
   client that dropped out (its masks are reconstructed from its neighbours' shares), so
   the round goes on;
+- the same grid counts, per stage of the protocol, the clients that stopped answering
+  (``secagg_dropped_<stage>`` in the round's metrics); SecAgg+ forms the sum as long as
+  every client keeps ``reconstruction_threshold`` live neighbours through the stages
+  (:func:`fedtune._flwr_compat.secagg_plus_mean` corrects Flower 1.41 for drops before the
+  masked vectors), else it halts: the round then has no sum, no replies and no error bound
+  (``secagg_sum`` false);
 - the caller applies what comes back (the round's seed update, the new global adapter).
 
 Nothing here touches a client's clear update: the replies carry masked integers only.
@@ -33,7 +39,7 @@ from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
 from fedtune import wire
-from fedtune._flwr_compat import masked_arrays, secagg_plus_mean
+from fedtune._flwr_compat import RECORD_KEY_CONFIGS, SecAggKey, Stage, masked_arrays, secagg_plus_mean
 from fedtune.config import SECAGG_MODULUS, RunConfig
 from fedtune.privacy import SecAggSettings, error_bound, seed_sums_from_mean, unflatten
 from fedtune.privacy.dp import add_central_noise
@@ -83,11 +89,18 @@ class LoraServer(_Server, Protocol):
     def phase2_content(self, server_round: int, a_mean: bytes) -> RecordDict: ...
 
 
+STAGES = {Stage.SETUP: "setup", Stage.SHARE_KEYS: "share_keys", Stage.COLLECT_MASKED_VECTORS: "collect",
+          Stage.UNMASK: "unmask"}
+"""Flower's SecAgg+ stages, in order -> their name in the ``secagg_dropped_<name>`` metrics."""
+
+
 class _CheckedGrid:
-    """The grid as the workflow sees it: bytes counted, masked replies checked before the sum."""
+    """The grid as the workflow sees it: bytes counted, masked replies checked before the sum,
+    the clients that stopped answering counted per stage."""
 
     def __init__(self, grid: Grid, stats: RoundStats, check: Callable[[Message], bool]) -> None:
         self._grid, self._stats, self._check = grid, stats, check
+        self.dropped = dict.fromkeys(STAGES.values(), 0)  # stage -> clients with no reply or an error reply
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._grid, name)
@@ -97,6 +110,10 @@ class _CheckedGrid:
         self._stats.bytes_down += sum(wire.message_bytes(m, downlink=True) for m in messages)
         replies = list(self._grid.send_and_receive(messages, timeout=timeout))
         self._stats.bytes_up += sum(wire.message_bytes(r, downlink=False) for r in replies)
+        if messages:  # the workflow sends each stage's messages in one call
+            stage = messages[0].content.config_records[RECORD_KEY_CONFIGS][SecAggKey.STAGE]
+            answered = {r.metadata.src_node_id for r in replies if not r.has_error()}
+            self.dropped[STAGES[cast(str, stage)]] += len({m.metadata.dst_node_id for m in messages} - answered)
         return [r for r in replies if r.has_error() or not r.has_content() or self._check(r)]
 
 
@@ -105,8 +122,9 @@ class SecureSum:
     """What one SecAgg+ run gave the server."""
 
     mean: np.ndarray | None  # the weighted mean float64 (length,); None if the protocol halted
-    weights: dict[int, float]  # node id -> weight, of the clients whose vectors were summed
+    weights: dict[int, float]  # node id -> weight, of the clients whose vectors were summed ({} if halted)
     clipped: int  # scalars the summed clients clipped to SecAgg+'s range (their clear metrics)
+    dropped: dict[str, int]  # stage (STAGES' names) -> clients that stopped answering there
 
 
 def secure_mean(
@@ -125,6 +143,9 @@ def secure_mean(
             dropped and counted in ``stats.rejected``).
         accept: the strategy's acceptance of a masked reply's clear records.
         stats: the round's counters (``bytes_up``, ``bytes_down``, ``rejected``).
+
+    Returns:
+        The sum, or, if the protocol halted (logged), ``mean`` None and no weights.
     """
     settings = SecAggSettings.from_config(cfg, len(contents))
     summed: dict[int, float] = {}
@@ -159,8 +180,9 @@ def secure_mean(
         clipped += scalars
         return True
 
+    checked_grid = _CheckedGrid(grid, stats, checked)
     mean = secagg_plus_mean(
-        cast(Grid, _CheckedGrid(grid, stats, checked)),
+        cast(Grid, checked_grid),
         contents,
         server_round=server_round,
         num_shares=settings.num_shares or 1.0,  # Flower: 1.0 = every sampled client
@@ -171,7 +193,13 @@ def secure_mean(
         modulus_range=SECAGG_MODULUS,
         timeout=cfg.federation.round_timeout_s,
     )
-    return SecureSum(mean, summed, clipped)
+    dropped = checked_grid.dropped
+    if mean is None:
+        log.error("SecAgg+ round %d halted, no sum: of %d clients, dropped %s; every client needs "
+                  "reconstruction_threshold=%d live neighbours", server_round, len(contents),
+                  ", ".join(f"{n} at {stage}" for stage, n in dropped.items()), settings.threshold)
+        return SecureSum(None, {}, 0, dropped)
+    return SecureSum(mean, summed, clipped, dropped)
 
 
 def _too_few(cfg: Any, server_round: int, sampled: int) -> bool:
@@ -203,20 +231,20 @@ def run_secure_seed_round(
     stats.sampled = len(contents)
     empty = np.zeros(0, np.uint64)
     update = SeedUpdate(server_round, empty, empty, np.zeros(0, np.float32), float(cfg.algorithm.lr))
+    settings = SecAggSettings.from_config(cfg, len(contents))
     if _too_few(cfg, server_round, len(contents)):
         stats.failed = len(contents)
         server.account(server_round, stats, [])
-        return update, {}
+        return update, _secagg_metrics(None, settings)
     secure = secure_mean(cfg, grid, server_round, contents, cfg.algorithm.num_candidates, accept, stats)
     weights = list(secure.weights.values())
     stats.replies = len(weights)
     stats.failed = stats.sampled - stats.replies - stats.rejected
-    settings = SecAggSettings.from_config(cfg, len(contents))
     server.account(server_round, stats, _released(secure))  # before the log has the round
     mean = _usable_mean(cfg, server_round, secure.mean, weights, "model")
     if mean is not None:
         update = server.update_from_mean(server_round, seed_sums_from_mean(mean, weights, settings))
-    return update, _secagg_metrics(weights, settings, secure.clipped)
+    return update, _secagg_metrics(secure, settings)
 
 
 def _released(secure: SecureSum) -> list[list[int]]:
@@ -236,16 +264,29 @@ def _usable_mean(
 ) -> np.ndarray | None:
     """The round's mean to apply (with the server's noise under central DP), or None (logged)
     if SecAgg+ produced none or fewer than ``min_replies`` clients are in it."""
-    if mean is None or len(weights) < cfg.federation.min_replies:
-        log.warning("round %d: SecAgg+ produced no sum (%d usable replies, min_replies=%d): the global "
-                    "%s stays as it is", server_round, len(weights), cfg.federation.min_replies, what)
+    if mean is None:
+        log.warning("round %d: SecAgg+ halted: the global %s stays as it is", server_round, what)
+        return None
+    if len(weights) < cfg.federation.min_replies:
+        log.warning("round %d: SecAgg+ summed %d clients, fewer than min_replies=%d: the global %s stays as it is",
+                    server_round, len(weights), cfg.federation.min_replies, what)
         return None
     return _noised(cfg, mean, len(weights))
 
 
-def _secagg_metrics(weights: list[float], settings: SecAggSettings, clipped: int) -> dict[str, Any]:
-    bound = error_bound(weights, settings)
-    return {"secagg_error_bound": bound if math.isfinite(bound) else None, "clipped_scalars": clipped}
+def _secagg_metrics(
+    secure: SecureSum | None, settings: SecAggSettings, later: Sequence[SecureSum] = ()
+) -> dict[str, Any]:
+    """The round's SecAgg+ numbers: whether its sum formed (``secure``: the sum the model
+    moves by; None if the protocol never ran), its error bound (None without a sum), the
+    clients that dropped at each stage (of every run of the round: ``later`` are LoRA-FAIR's
+    phase 2) and the scalars the summed clients clipped."""
+    formed = secure is not None and secure.mean is not None
+    bound = error_bound(list(secure.weights.values()), settings) if formed and secure is not None else math.nan
+    runs = ([] if secure is None else [secure]) + list(later)
+    dropped = {f"secagg_dropped_{stage}": sum(run.dropped[stage] for run in runs) for stage in STAGES.values()}
+    return {"secagg_sum": formed, **dropped, "secagg_error_bound": bound if math.isfinite(bound) else None,
+            "clipped_scalars": secure.clipped if secure is not None else 0}
 
 
 def run_secure_lora_round(
@@ -270,34 +311,37 @@ def run_secure_lora_round(
     """
     cfg = server.cfg
     stats.sampled = len(contents)
+    settings = SecAggSettings.from_config(cfg, len(contents))
     if _too_few(cfg, server_round, len(contents)):
         stats.failed = len(contents)
         server.account(server_round, stats, [])
-        return None, {}
+        return None, _secagg_metrics(None, settings)
     length = sum(int(np.prod(s)) for s in server.uplink_shapes.values())
     secure = secure_mean(cfg, grid, server_round, contents, length, accept, stats)
     weights = list(secure.weights.values())
     stats.replies = len(weights)
     stats.failed = stats.sampled - stats.replies - stats.rejected
-    settings = SecAggSettings.from_config(cfg, len(contents))
     released = _released(secure)
     mean = _usable_mean(cfg, server_round, secure.mean, weights, "adapter")
-    state = None
+    state, later = None, []
     if mean is not None:
         state = server.plus_mean(mean)
         if cfg.lora.two_phase:
             state, second = _secure_correction(server, grid, server_round, state, secure.weights, stats)
-            released += second
+            if second is not None:
+                later.append(second)
+                released += _released(second)
     server.account(server_round, stats, released)
-    return state, _secagg_metrics(weights, settings, secure.clipped)
+    return state, _secagg_metrics(secure, settings, later)
 
 
 def _secure_correction(
     server: LoraServer, grid: Grid, server_round: int, state: dict[str, torch.Tensor], summed: dict[int, float],
     stats: RoundStats,
-) -> tuple[dict[str, torch.Tensor], list[list[int]]]:
+) -> tuple[dict[str, torch.Tensor], SecureSum | None]:
     """LoRA-FAIR's phase 2 under SecAgg+: ``state`` (the factors' means) with B corrected,
-    and the sums it released (for :meth:`fedtune.server.rounds.RoundLoop.account`).
+    and its SecAgg+ run (None if it did not run; its sum, if one formed, is a release for
+    :meth:`fedtune.server.rounds.RoundLoop.account`).
 
     The phase-1 clients (``summed``: node id -> weight, so P is weighted as the factors were)
     send ``(B_k A_k - B A) Āᵀ``, their projection minus the old global's, and the server adds
@@ -314,7 +358,7 @@ def _secure_correction(
     cfg, nodes = server.cfg, sorted(summed)
     if _too_few(cfg, server_round, len(nodes)):
         log.warning("round %d: phase 2 needs SecAgg+ again; B stays uncorrected (FedIT)", server_round)
-        return state, []
+        return state, None
     a_mean = {n: t for n, t in state.items() if is_factor_a(n)}
     bundle = cast(bytes, pack(a_mean)[wire.BUNDLE])  # encoded once, sent to every phase-1 client
     phase2 = {n: server.phase2_content(server_round, bundle) for n in nodes}
@@ -334,9 +378,9 @@ def _secure_correction(
     second = secure_mean(cfg, grid, server_round, phase2, length, phase1_weight, stats)
     if second.mean is None:
         log.warning("round %d: no phase-2 sum; B stays uncorrected (FedIT) this round", server_round)
-        return state, []
+        return state, second
     change = unflatten(_noised(cfg, second.mean, len(second.weights)), shapes)
     old = server.state  # the global the clients trained from, still in place
     projections = {m: (torch.from_numpy(change[m]) + project(old[a], old[b], a_mean[a])).float()
                    for m, (a, b) in factor_pairs(old).items()}
-    return correct(state, projections, cfg.lora.fair_lambda, cfg.lora.fair_steps), [list(second.weights)]
+    return correct(state, projections, cfg.lora.fair_lambda, cfg.lora.fair_steps), second
