@@ -13,5 +13,5 @@ MEZO = register(Algorithm(
     name="mezo",
     family="zo",
     summary="zeroth-order steps on fresh seeds (MeZO); (seed, scalar) uploads",
-    features=frozenset({"device", "resume", "lora-params", "trainable"}),
+    features=frozenset({"dp-sample", "device", "resume", "lora-params", "trainable"}),
 ))
