@@ -185,14 +185,14 @@ class PrivacyLedger:
         if self.mode == "sample":
             # RDP adds up and grows with every count: per N, the most rounds any client trained
             # at each sigma bound every such client (exactly, as sigma is the config's one value)
-            worst: defaultdict[int, dict[float, int]] = defaultdict(dict)  # N -> sigma -> rounds
+            envelopes: defaultdict[int, dict[float, int]] = defaultdict(dict)  # N -> sigma -> rounds
             for client, multipliers in self._per_client.items():
-                envelope = worst[self._examples[client]]
+                envelope = envelopes[self._examples[client]]
                 for sigma in set(multipliers):
                     envelope[sigma] = max(envelope.get(sigma, 0), multipliers.count(sigma))
             steps, directions, batch_size = self._steps
             return max(_sample_epsilon(n, min(batch_size, n), tuple(sorted(rounds.items())), steps, directions,
-                                       self.delta) for n, rounds in worst.items())
+                                       self.delta) for n, rounds in envelopes.items())
         # Gaussian RDP is alpha / (2 sigma^2): additive in sigma^-2, so the client with the
         # largest sum of (m / 2)^-2 has the largest RDP at every order, and so the largest epsilon.
         worst = max(self._per_client.values(), key=lambda ms: sum(math.inf if m == 0 else (m / 2) ** -2 for m in ms))

@@ -233,7 +233,7 @@ def _step(spec: ZOEstimator, perturb: Perturb, raw_loss: Loss, seeds: list[int],
         with np.errstate(invalid="ignore", over="ignore"):  # a non-finite loss: skipped below, or counted as 0
             g, loss_near = spec.probe(perturb, loss, seed, eps, base_loss)
         if release is not None:
-            g, loss_near = release(g), float(np.mean(loss_near))
+            g, loss_near = release(np.asarray(g)), float(np.mean(loss_near))
         if not math.isfinite(g):
             perturb(seed, restore)  # the directions before this one are restored already
             return _skipped()
