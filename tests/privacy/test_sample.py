@@ -99,6 +99,18 @@ def test_a_non_finite_example_loss_never_skips_a_private_step():
     assert not result.skipped and math.isfinite(result.scalars[0])  # a skip would tell the server about the data
 
 
+def test_the_forward_estimator_clips_each_examples_one_sided_difference():
+    # L(w) per example (1, 2, 3), L(w + eps z) = (1.25, 1, 3.5) with eps = 0.5: g_j = (0.5, -2, 1), C = 0.75
+    losses = iter([np.array([1.0, 2.0, 3.0]), np.array([1.25, 1.0, 3.5])])
+    noise = np.random.default_rng(5).normal(0.0, 1.0 * 0.75 / 3)
+
+    result = estimate_step(lambda seed, coef: None, lambda: next(losses), seeds=[1], eps=0.5, lr=0.0,
+                           estimator="forward", release=partial(private_estimate, clip=0.75, noise_multiplier=1.0,
+                                                                rng=np.random.default_rng(5)))
+
+    assert result.scalars == ((0.5 - 0.75 + 0.75) / 3 + noise,)
+
+
 def test_secret_rows_are_distinct_fixed_size_and_fresh_each_step():
     rows = secret_rows(10, 4, 200, rng.secret_generator())
     few = secret_rows(3, 8, 1, rng.secret_generator())
@@ -196,6 +208,22 @@ def test_a_client_is_its_steps_of_a_sampled_gaussian_at_half_sigma():
     assert ledger.epsilon() == pytest.approx(_library(40, 4, 1.2, 6), rel=1e-12)
 
 
+def test_q_directions_on_one_batch_are_q_gaussians_inside_one_sampled_step():
+    from dp_accounting import dp_event, rdp
+    from dp_accounting.privacy_accountant import NeighboringRelation
+
+    cfg = parse_config({**BASE, "algorithm": {**BASE["algorithm"], "directions": 2},
+                        "privacy": {"dp": "sample", "noise_multiplier": 2.0, "dp_delta": DELTA}})
+    ledger = PrivacyLedger(cfg)
+    ledger.record(Release(1, 4, 1, (2.0,), ((0,),), (40,)))
+
+    accountant = rdp.RdpAccountant(list(RDP_ORDERS), NeighboringRelation.REPLACE_ONE)
+    two = dp_event.ComposedDpEvent([dp_event.GaussianDpEvent(1.0), dp_event.GaussianDpEvent(1.0)])
+    accountant.compose(dp_event.SelfComposedDpEvent(dp_event.SampledWithoutReplacementDpEvent(40, 4, two), 3))
+    assert ledger.epsilon() == pytest.approx(accountant.get_epsilon(DELTA), rel=1e-12)
+    assert ledger.epsilon() > _library(40, 4, 2.0, 3)  # more released than one direction a step
+
+
 def test_epsilon_grows_with_steps_and_falls_with_sigma():
     def eps(sigma, rounds, local_steps=3):
         ledger = _ledger(sigma=sigma, local_steps=local_steps)
@@ -260,3 +288,8 @@ def test_sample_dp_is_accepted_for_every_zo_algorithm_with_secagg_and_in_clear()
     with_secagg = parse_config({**BASE, "federation": {"num_clients": 4, "clients_per_round": 3, "min_replies": 2},
                                 "privacy": {"dp": "sample", "secagg": True}})
     assert with_secagg.privacy.secagg and not with_secagg.privacy.client_level
+    # a robust statistic of private scalars is post-processing: allowed, unlike client-level DP
+    robust = parse_config({**BASE, "robust": {"method": "median"}, "privacy": {"dp": "sample"}})
+    assert robust.robust.method == "median"
+    with pytest.raises(ConfigError, match="with `privacy.dp` = 'local'"):
+        parse_config({**BASE, "robust": {"method": "median"}, "privacy": {"dp": "local"}})
