@@ -256,12 +256,22 @@ class PrivacyConfig:
     clipping_range: float = 0.0  # SecAgg+'s clip before quantisation; 0 = scalar_clip
     quantization_range: int = 0  # SecAgg+'s levels per value; 0 = the most that cannot overflow
     max_weight: float = 0.0  # the largest client weight; 0 = data.num_examples (examples) or 1 (uniform)
-    # who adds DP noise: the server (central), each client a share of it (distributed, SecAgg+ only), or
-    # each client all of it (local)
-    dp: Literal["none", "central", "distributed", "local"] = "none"
-    dp_clip: float = 1.0  # C: each client's update is clipped to this L2 norm (under dp)
-    noise_multiplier: float = 1.0  # z: Gaussian noise of std z*C on the sum (local: on each client's update)
+    # client-level DP, by who adds the noise: the server (central), each client a share of it (distributed,
+    # SecAgg+ only), or each client all of it (local); or example-level DP inside each zeroth-order step
+    # (sample: DPZero's per-example clipped, noised projected gradient)
+    dp: Literal["none", "central", "distributed", "local", "sample"] = "none"
+    # C: each client's update is clipped to this L2 norm (client-level); sample: each example's
+    # projected-gradient scalar is clipped to [-C, C]
+    dp_clip: float = 1.0
+    # z: Gaussian noise of std z*C on the sum (local: on each client's update); sample: std z*C/B on the
+    # mean of a step's B clipped scalars
+    noise_multiplier: float = 1.0
     dp_delta: float = 1e-5  # the delta at which epsilon is reported every round
+
+    @property
+    def client_level(self) -> bool:
+        """Whether ``dp`` clips and noises each client's whole update (central, distributed, local)."""
+        return self.dp in ("central", "distributed", "local")
 
 
 @dataclass(frozen=True)
@@ -645,12 +655,14 @@ def _check_privacy(cfg: RunConfig) -> list[str]:
     if p.dp == "distributed" and not p.secagg:
         errors.append("`privacy.dp` = 'distributed' needs `privacy.secagg = true`: in clear the server sees each "
                       "client's update with only its 1/n share of the noise; use 'local' or 'central'")
-    if p.dp != "none" and cfg.algorithm.weighting != "uniform":
+    if p.client_level and cfg.algorithm.weighting != "uniform":
         errors.append(f"`privacy.dp` = {p.dp!r} needs `algorithm.weighting = \"uniform\"`: with weights by "
                       "examples one client's share of the mean, and so the noise it needs, is unbounded")
-    # Both work on each client's update as one dense vector (fedtune.privacy): the same limits.
     spec = algorithms.get(cfg.algorithm.name)
-    for key, feature, on, what in (("privacy.dp", "dp", p.dp != "none", "clips and noises"),
+    if p.dp == "sample":
+        errors += _check_sample_dp(cfg)
+    # Both work on each client's update as one dense vector (fedtune.privacy): the same limits.
+    for key, feature, on, what in (("privacy.dp", "dp", p.client_level, "clips and noises"),
                                    ("privacy.secagg", "secagg", p.secagg, "sums")):
         if not on:
             continue
@@ -666,6 +678,28 @@ def _check_privacy(cfg: RunConfig) -> list[str]:
             errors.append(f"`{key}` does not support ONNX device clients (`ondevice.clients` > 0) yet")
     if p.secagg and f.clients_per_round < 3:
         errors.append(f"`privacy.secagg` needs clients_per_round >= 3 (SecAgg+ shares), got {f.clients_per_round}")
+    return errors
+
+
+def _check_sample_dp(cfg: RunConfig) -> list[str]:
+    """``privacy.dp = "sample"`` (fedtune.privacy.sample): the combinations it refuses, one line each."""
+    p, a = cfg.privacy, cfg.algorithm
+    errors: list[str] = []
+    supported = algorithms.supporting("dp-sample")
+    if a.name not in supported:
+        errors.append(f"`privacy.dp` = 'sample' supports algorithm.name {', '.join(supported)} (it clips and "
+                      f"noises the per-example scalar of a zeroth-order step), got {a.name!r}; use a "
+                      "client-level mode (central, distributed, local) for it")
+    if p.noise_multiplier == 0:
+        errors.append("`privacy.noise_multiplier` = 0 with `privacy.dp` = 'sample' adds no noise: the clipped "
+                      "scalars would leave each step in clear (epsilon infinite); set noise_multiplier > 0 "
+                      "or privacy.dp = 'none'")
+    if a.weighting != "uniform":
+        errors.append("`privacy.dp` = 'sample' needs `algorithm.weighting = \"uniform\"`: a DP client does not "
+                      "tell the server its number of examples")
+    if cfg.ondevice.clients:
+        errors.append("`privacy.dp` = 'sample' does not support ONNX device clients (`ondevice.clients` > 0) yet: "
+                      "their loss graph gives the batch's mean loss, not each example's")
     return errors
 
 
@@ -696,7 +730,7 @@ def _check_robust(cfg: RunConfig) -> list[str]:
         errors.append(
             f"`robust.method` = {r.method!r} needs each client's update in clear, but `privacy.secagg` = true "
             "shows the server only their sum: robust aggregation does not compose with SecAgg+; turn one off")
-    if cfg.privacy.dp != "none":
+    if cfg.privacy.client_level:  # (sample-level DP's scalars are private already: a robust statistic is post-processing)
         errors.append(
             f"`robust.method` = {r.method!r} with `privacy.dp` = {cfg.privacy.dp!r}: DP's noise is calibrated to "
             "the mean of clipped updates, not to a robust statistic; use one or the other")

@@ -22,7 +22,7 @@ import torch
 from fedtune import data as fdata
 from fedtune import models
 from fedtune.config import RunConfig
-from fedtune.data.batches import encode_classification, encode_lm
+from fedtune.data.batches import IGNORE_INDEX, encode_classification, encode_lm
 from fedtune.data.sources import holdout_rows, label_names, load_examples
 from fedtune.dtypes import autocast, float32_loss, torch_dtype
 from fedtune.lru import LRU, PARTITION_CACHE
@@ -411,6 +411,27 @@ def batch_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], device: t
     in float32 whatever the model's dtype (:func:`fedtune.dtypes.float32_loss`)."""
     batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
     return float32_loss(model(**batch), batch["labels"])
+
+
+def example_losses(model: torch.nn.Module, batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
+    """Each row's cross-entropy, float32 ``(B,)`` (example-level DP, :mod:`fedtune.privacy.sample`):
+    :func:`row_losses` of the batch's forward."""
+    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    labels = batch.pop("labels")
+    return row_losses(model(**batch).logits, labels)
+
+
+def row_losses(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Each row's cross-entropy in float32, ``(B,)``: of its label (seq-cls, ``labels (B,)``),
+    or the mean over its response tokens (causal LM, ``logits (B, T, V)``, ``labels (B, T)``,
+    shifted as Hugging Face's loss shifts them; a row without one has loss 0). A seq-cls
+    batch's :func:`batch_loss` is their mean; a causal-LM one weights rows by their tokens."""
+    if labels.dim() == 1:
+        return torch.nn.functional.cross_entropy(logits.float(), labels, reduction="none")
+    logits, labels = logits[:, :-1].float(), labels[:, 1:]
+    tokens = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE_INDEX,
+                                               reduction="none")  # (B, T - 1), 0 where ignored
+    return tokens.sum(dim=1) / (labels != IGNORE_INDEX).sum(dim=1).clamp(min=1)
 
 
 @torch.inference_mode()

@@ -45,3 +45,24 @@ def test_malformed_toml_exits_2(tmp_path):
 
     assert result.returncode == 2
     assert "malformed TOML" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (("privacy.dp='sample'", "algorithm.weighting='uniform'", "algorithm.name='fedit'", "model.config='micro-bert'",
+          "model.task='seq-cls'", "data.source='topics'"),
+         "`privacy.dp` = 'sample' supports algorithm.name fedkseed, fedkseed-pro, mezo"),
+        (("privacy.dp='sample'", "algorithm.weighting='uniform'", "privacy.noise_multiplier=0.0"),
+         "`privacy.noise_multiplier` = 0 with `privacy.dp` = 'sample' adds no noise"),
+    ],
+)
+def test_bad_sample_dp_exits_2_and_writes_nothing(small_config, tmp_path, overrides, expected):
+    path = small_config()
+    sets = [arg for override in overrides for arg in ("--set", override)]
+
+    result = run_cli("run", path, *sets, timeout=120)
+
+    assert result.returncode == 2, result.stderr
+    assert expected in result.stderr
+    assert not (tmp_path / "runs").exists()

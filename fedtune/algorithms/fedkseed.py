@@ -13,5 +13,6 @@ FEDKSEED = register(Algorithm(
     name="fedkseed",
     family="zo",
     summary="zeroth-order steps on K candidate seeds; (key, scalar) uploads, bit-exact replay",
-    features=frozenset({"secagg", "dp", "device", "resume", "lora-params", "trainable", "momentum", "robust"}),
+    features=frozenset({"secagg", "dp", "dp-sample", "device", "resume", "lora-params", "trainable", "momentum",
+                        "robust"}),
 ))

@@ -12,5 +12,6 @@ FEDKSEED_PRO = register(Algorithm(
     name="fedkseed-pro",
     family="zo",
     summary="FedKSeed with importance-sampled seeds",
-    features=frozenset({"secagg", "dp", "device", "resume", "lora-params", "trainable", "momentum", "robust"}),
+    features=frozenset({"secagg", "dp", "dp-sample", "device", "resume", "lora-params", "trainable", "momentum",
+                        "robust"}),
 ))

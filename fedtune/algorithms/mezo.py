@@ -2,7 +2,8 @@
 
 Malladi et al., "Fine-Tuning Language Models with Just Forward Passes", NeurIPS 2023
 (https://arxiv.org/abs/2305.17333). Without a pool the seeds are raw 64-bit values, so there
-is no dense per-seed vector for SecAgg+ or DP to work on.
+is no dense per-seed vector for SecAgg+ or client-level DP to work on; example-level DP
+(``privacy.dp = "sample"``) noises each step's scalar and needs none.
 """
 
 from __future__ import annotations
@@ -13,5 +14,5 @@ MEZO = register(Algorithm(
     name="mezo",
     family="zo",
     summary="zeroth-order steps on fresh seeds (MeZO); (seed, scalar) uploads",
-    features=frozenset({"device", "resume", "lora-params", "trainable"}),
+    features=frozenset({"dp-sample", "device", "resume", "lora-params", "trainable"}),
 ))

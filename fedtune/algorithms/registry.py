@@ -32,7 +32,8 @@ __all__ = [
 
 FEATURES = frozenset({
     "secagg",  # privacy.secagg: clients' updates summed by SecAgg+
-    "dp",  # privacy.dp: clipped and noised updates
+    "dp",  # privacy.dp = central | distributed | local: clipped and noised client updates
+    "dp-sample",  # privacy.dp = "sample": per-example clipped, noised scalars inside each ZO step
     "device",  # ondevice.clients: torch-free ONNX Runtime clients
     "compress",  # compress.method: compressed dense uploads
     "resume",  # fedtune run --resume: continue a crashed run from its log

@@ -59,7 +59,7 @@ def secure_reply(
             f"this client's weight {weight} exceeds privacy.max_weight={settings.max_weight}: SecAgg+ "
             "would clip its update; raise privacy.max_weight"
         )
-    if cfg.privacy.dp != "none":  # clipped to dp_clip, plus the noise this client adds (distributed, local)
+    if cfg.privacy.client_level:  # clipped to dp_clip, plus the noise this client adds (distributed, local)
         vector, _ = clip_and_noise(vector, cfg)
     clipped = int(np.count_nonzero(np.abs(vector) > settings.scalar_clip))
     vector = np.clip(vector, -settings.scalar_clip, settings.scalar_clip)  # within SecAgg+'s range

@@ -33,6 +33,7 @@ from fedtune.data.arrays import sample_batch
 from fedtune.lru import LRU
 from fedtune.onnx.files import MODEL_KEY, model_key, tokenizer_path, weights_path
 from fedtune.onnx.runtime import OnnxFeatures, OnnxLoss
+from fedtune.zo.estimators import Release
 from fedtune.zo.seed_client import SeedClient
 from fedtune.zo.seeds import SeedUpdate, replay_numpy_, weights_digest
 from fedtune.zo.sync import ClientReport, OutOfSync, run_key
@@ -122,10 +123,10 @@ class DeviceClient(SeedClient):
     def _base_digest(self) -> str:
         return weights_digest(self.base)
 
-    def _local_train(self, loss_for_step: Callable[[int], Any], keys: list[int]) -> Any:
+    def _local_train(self, loss_for_step: Callable[[int], Any], keys: list[int], release: Release | None) -> Any:
         a = self.cfg.algorithm
         return local_train(self.params, loss_for_step, keys=keys, seed_of_key=self._seed_of, eps=a.eps, lr=a.lr,
-                           estimator=a.estimator, directions=a.directions)
+                           estimator=a.estimator, directions=a.directions, release=release)
 
     def _batch_loss(self, encoded: dict[str, Any], batch_size: int, seed: int, step: int) -> float:
         if self.encoder is not None:  # the same rows as below: sample_batch's draw depends only on N

@@ -23,7 +23,14 @@ from functools import partial
 import numpy as np
 
 from fedtune.rng import add_scaled_many_
-from fedtune.zo.estimators import Estimator, as_seeds, check_hyperparameters, estimate_step, local_steps
+from fedtune.zo.estimators import (
+    Estimator,
+    Release,
+    as_seeds,
+    check_hyperparameters,
+    estimate_step,
+    local_steps,
+)
 from fedtune.zo.steps import LocalResult, StepResult
 
 __all__ = ["LocalResult", "NamedArrays", "StepResult", "local_train", "zo_step"]
@@ -79,6 +86,7 @@ def local_train(
     lr: float,
     estimator: Estimator = "central",
     directions: int = 1,
+    release: Release | None = None,
 ) -> LocalResult:
     """The local ZO steps, ``directions`` keys per step, in order (as
     :func:`fedtune.zo.fedkseed.local_train`)."""
@@ -87,5 +95,5 @@ def local_train(
     return local_steps(
         partial(_apply, arrays), loss_for_step,
         keys=keys, seed_of_key=seed_of_key, eps=eps, lr=lr, estimator=estimator, directions=directions,
-        perturb_many=partial(_apply_many, arrays),
+        perturb_many=partial(_apply_many, arrays), release=release,
     )

@@ -240,7 +240,7 @@ class FederatedLora(RoundLoop):
         accepted = self._accept_all(replies, stats)
         usable = self._enough(server_round, accepted, stats)
         self.account(server_round, stats, self.clear_sums(replies, [item.node for item in accepted], usable))
-        if usable and self.cfg.privacy.dp != "none":
+        if usable and self.cfg.privacy.client_level:
             uplink = {n: self.state[n] for n in self.uplink}
             mean = private_mean([update_vector(item.state, uplink) for item in accepted], self.cfg)
             self.apply(Aggregate(self.plus_mean(mean), math.nan, math.nan), stats)

@@ -95,6 +95,7 @@ class RoundLoop(Strategy):
     assign_partitions: bool = False  # a `fedtune run` simulation: the server assigns partitions
     ledger: PrivacyLedger | None = None  # the DP releases so far (privacy.dp), else None
     population: int = 0  # the clients the last round's sample was drawn from
+    workload: Any  # the run's fedtune.workload.Workload: its data, split as the clients split it
 
     @abstractmethod
     def run_round(self, grid: Grid, server_round: int) -> dict[str, Any]:
@@ -277,7 +278,12 @@ class RoundLoop(Strategy):
         if sums:
             clients = () if p.dp == "central" else tuple(tuple(sorted(self.partitions[n] for n in nodes))
                                                          for nodes in sums)
-            self.ledger.record(Release(server_round, self.population, stats.sampled, multipliers, clients))
+            examples: tuple[int, ...] = ()
+            if p.dp == "sample":  # each client's N, for its batches' sampling rate: the split every client makes
+                parts = self.workload.partitions(self.cfg.federation.num_clients)  # (no eval.federated under DP)
+                examples = tuple(len(parts[c]) for c in clients[0])
+            self.ledger.record(Release(server_round, self.population, stats.sampled, multipliers, clients,
+                                       examples))
         eps = self.ledger.epsilon()
         stats.privacy = {"dp_epsilon": eps if math.isfinite(eps) else None, "dp_delta": p.dp_delta,
                          "dp_noise_multiplier": multipliers[0] if multipliers else None}
@@ -287,11 +293,12 @@ class RoundLoop(Strategy):
     def clear_sums(self, replies: Iterable[Message], summed: list[int], formed: bool) -> list[list[int]]:
         """The sums a clear-text round released, for :meth:`account`.
 
-        Local DP: one, every client whose reply reached the server (its noised vector is a
-        release on its own, even if the server then rejected it). Central DP: the clients
-        in the noised mean (node ids ``summed``), if one was ``formed``.
+        Local and example-level DP: one, every client whose reply reached the server (its
+        noised vector or scalars are a release on their own, even if the server then
+        rejected them). Central DP: the clients in the noised mean (node ids ``summed``), if
+        one was ``formed``.
         """
-        if self.cfg.privacy.dp == "local":
+        if self.cfg.privacy.dp in ("local", "sample"):
             seen = [r.metadata.src_node_id for r in replies if not r.has_error()]
             return [seen] if seen else []
         return [summed] if formed else []

@@ -240,7 +240,8 @@ def run_secure_seed_round(
     weights = list(secure.weights.values())
     stats.replies = len(weights)
     stats.failed = stats.sampled - stats.replies - stats.rejected
-    server.account(server_round, stats, _released(secure))  # before the log has the round
+    # before the log has the round; example-level DP: every sampled client may have trained (conservative)
+    server.account(server_round, stats, [list(contents)] if cfg.privacy.dp == "sample" else _released(secure))
     mean = _usable_mean(cfg, server_round, secure.mean, weights, "model")
     if mean is not None:
         update = server.update_from_mean(server_round, seed_sums_from_mean(mean, weights, settings))

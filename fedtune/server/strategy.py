@@ -414,7 +414,7 @@ class FedKSeed(RoundLoop):
             )
             empty = np.zeros(0, np.uint64)
             update = SeedUpdate(server_round, empty, empty, np.zeros(0, np.float32), lr)
-        elif self.cfg.privacy.dp != "none":  # the dense per-seed vectors, clipped and noised
+        elif self.cfg.privacy.client_level:  # the dense per-seed vectors, clipped and noised
             k = self.cfg.algorithm.num_candidates
             mean = private_mean([dense_seed_vector(keys, g, k, math.inf)[0] for _, keys, g in accepted], self.cfg)
             update = self.update_from_mean(server_round, mean)

@@ -32,8 +32,9 @@ from fedtune.data.batches import sample_batch
 from fedtune.dtypes import autocast, copy_bits_, to_numpy
 from fedtune.lru import LRU
 from fedtune.models import LabelNameClassifier
-from fedtune.workload import Workload, batch_loss
+from fedtune.workload import Workload, batch_loss, example_losses, row_losses
 
+from .estimators import Release
 from .fedkseed import local_train, replay_
 from .seed_client import SeedClient
 from .seeds import SeedUpdate, weights_digest
@@ -82,10 +83,10 @@ class ZOClient(SeedClient):
     def _base_digest(self) -> str:
         return state_digest(self.base)
 
-    def _local_train(self, loss_for_step: Callable[[int], Any], keys: list[int]) -> Any:
+    def _local_train(self, loss_for_step: Callable[[int], Any], keys: list[int], release: Release | None) -> Any:
         a = self.cfg.algorithm
         return local_train(self.params, loss_for_step, keys=keys, seed_of_key=self._seed_of, eps=a.eps, lr=a.lr,
-                           estimator=a.estimator, directions=a.directions)
+                           estimator=a.estimator, directions=a.directions, release=release)
 
     def evaluate(self, partition_id: int, num_partitions: int) -> tuple[int, dict[str, float]]:
         """The synced global weights (call :meth:`sync` first: it resets the working copy) scored
@@ -95,6 +96,16 @@ class ZOClient(SeedClient):
     def _batch_loss(self, encoded: dict[str, Any], batch_size: int, seed: int, step: int) -> torch.Tensor:
         with autocast(self.workload.device, self.cfg.model.dtype):  # float32 adapters/head over a 16-bit base
             return self._forward_loss(encoded, batch_size, seed, step)
+
+    def _example_losses(self, encoded: dict[str, Any], rows: np.ndarray) -> np.ndarray:
+        index, device = torch.from_numpy(rows), self.workload.device
+        with autocast(device, self.cfg.model.dtype):
+            if self.head is not None:
+                logits = self.head.classify(encoded[FEATURES][index.to(encoded[FEATURES].device)]).logits
+                losses = row_losses(logits, encoded["labels"][index].to(device))
+            else:
+                losses = example_losses(self.model, {key: value[index] for key, value in encoded.items()}, device)
+        return losses.double().cpu().numpy()
 
     def _forward_loss(self, encoded: dict[str, Any], batch_size: int, seed: int, step: int) -> torch.Tensor:
         if self.head is not None:  # the same rows as below: sample_batch's draw depends only on N

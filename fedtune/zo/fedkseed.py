@@ -22,12 +22,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from functools import partial
+from typing import Any
 
 import torch
 
 from fedtune.rng import torch_backend as rng
 
-from .estimators import Estimator, local_steps
+from .estimators import Estimator, Release, local_steps
 from .mezo import NamedParams, apply_direction_, apply_directions_
 from .seeds import SeedUpdate, replay_coefficient
 from .steps import LocalResult
@@ -61,6 +62,7 @@ def local_train(
     lr: float,
     estimator: Estimator = "central",
     directions: int = 1,
+    release: Release | None = None,
 ) -> LocalResult:
     """Run the local ZO steps, ``directions`` keys per step, in order, updating ``params`` in place.
 
@@ -71,14 +73,22 @@ def local_train(
         seed_of_key: maps a key to its stream seed.
         eps, lr: MeZO's perturbation scale and learning rate.
         estimator, directions: the ZO estimator and q (:mod:`fedtune.zo.estimators`).
+        release: example-level DP (:func:`fedtune.zo.estimators.estimate_step`): then
+            ``loss_for_step`` gives each example's loss (a tensor or array ``(B,)``).
 
     Returns:
         The steps' :class:`LocalResult`: one ``(key, scalar)`` entry per direction.
     """
     if not params:
         raise ValueError("`params` is empty: there is nothing to train")
+    def loss(step: int) -> Any:
+        value = loss_for_step(step)
+        if release is None:
+            return float(value)
+        return value.double().cpu().numpy() if isinstance(value, torch.Tensor) else value
+
     return local_steps(
-        partial(apply_direction_, params), lambda step: float(loss_for_step(step)),
+        partial(apply_direction_, params), loss,
         keys=keys, seed_of_key=seed_of_key, eps=eps, lr=lr, estimator=estimator, directions=directions,
-        perturb_many=partial(apply_directions_, params),
+        perturb_many=partial(apply_directions_, params), release=release,
     )

@@ -15,15 +15,18 @@ import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
 
 from fedtune.config import RunConfig
 from fedtune.lru import LRU, PARTITION_CACHE
+from fedtune.privacy.sample import private_estimate, secret_rows
 from fedtune.progress import Progress, counting_steps
-from fedtune.rng import derive_seed, generator
+from fedtune.rng import derive_seed, generator, secret_generator
 
+from .estimators import Release
 from .seeds import SeedUpdate
 from .sync import ClientReport, SeedKeys, missing_updates, run_key
 
@@ -75,12 +78,21 @@ class SeedClient(ABC):
         """:func:`fedtune.zo.seeds.weights_digest` of ``base``."""
 
     @abstractmethod
-    def _local_train(self, loss_for_step: Callable[[int], Any], keys: list[int]) -> Any:
-        """The local ZO steps on ``params``, ``algorithm.directions`` keys per step (returns a ``LocalResult``)."""
+    def _local_train(self, loss_for_step: Callable[[int], Any], keys: list[int], release: Release | None) -> Any:
+        """The local ZO steps on ``params``, ``algorithm.directions`` keys per step, each
+        direction's estimate made by ``release`` when given (returns a ``LocalResult``)."""
 
     @abstractmethod
     def _batch_loss(self, encoded: dict[str, Any], batch_size: int, seed: int, step: int) -> Any:
         """The loss of step ``step``'s batch with the current ``params``."""
+
+    def _example_losses(self, encoded: dict[str, Any], rows: np.ndarray) -> np.ndarray:
+        """Each of ``rows``' loss with the current ``params``, ``float64 (B,)`` (``privacy.dp = "sample"``).
+
+        Raises:
+            NotImplementedError: on a backend without per-example losses (the config refuses it first).
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no per-example losses for privacy.dp = 'sample'")
 
     # --- the shared flow -----------------------------------------------------------------
 
@@ -153,9 +165,16 @@ class SeedClient(ABC):
 
         self._dirty = True
         progress = Progress(f"partition {partition_id}: local steps", a.local_steps, "steps", cfg.log.progress_s)
-        result = self._local_train(
-            counting_steps(lambda step: self._batch_loss(encoded, batch_size, batch_seed, step), progress), keys
-        )
+        release: Release | None = None
+        if cfg.privacy.dp == "sample":  # each step's rows and noise from OS entropy (fedtune.privacy.sample)
+            secret = secret_generator()
+            rows = secret_rows(num_examples, batch_size, a.local_steps, secret)
+            release = partial(private_estimate, clip=cfg.privacy.dp_clip,
+                              noise_multiplier=cfg.privacy.noise_multiplier, rng=secret)
+            loss_for_step = partial(self._step_example_losses, encoded, rows)
+        else:
+            loss_for_step = partial(self._batch_loss, encoded, batch_size, batch_seed)
+        result = self._local_train(counting_steps(loss_for_step, progress), keys, release)
         if result.skipped:
             log.warning("round %d, partition %d: %d step(s) skipped for a non-finite loss",
                         round, partition_id, result.skipped)
@@ -169,6 +188,9 @@ class SeedClient(ABC):
             digest=self.digest() if cfg.eval.check_sync else "",
             replay_rate=self._replay_rate,
         )
+
+    def _step_example_losses(self, encoded: dict[str, Any], rows: list[np.ndarray], step: int) -> np.ndarray:
+        return self._example_losses(encoded, rows[step])
 
     def _seed_of(self, key: int) -> int:
         return int(self.seed_of_key(np.array([key]))[0])

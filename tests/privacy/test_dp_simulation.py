@@ -155,3 +155,26 @@ def test_dp_secagg_downlink_does_not_grow_with_the_log(small_config, tmp_path):
     assert all(r["replies"] == 4 and r["sync_mismatches"] == 0 for r in records[1:])
     assert down[1] > down[0]  # round 1's log is empty; round 2 sends its one entry
     assert down[1] == down[2] == down[3]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("algorithm", "secagg"), [("fedkseed", "false"), ("mezo", "false"), ("fedkseed", "true")])
+def test_sample_dp_replays_bit_exactly_and_accounts_each_client(small_config, tmp_path, algorithm, secagg):
+    # Example-level DP: the clients noise their own scalars; round 2's clients replay round 1's
+    # update from what was sent and prove it with their digests (sync_mismatches), so every
+    # party holds the same bits although no one could redraw the noise.
+    name = f"sample-{algorithm}-{secagg}"
+    path = _uniform(small_config(name=name, rounds=2, num_clients=5, per_round=3, algorithm=algorithm),
+                    f'secagg = {secagg}\ndp = "sample"\nnoise_multiplier = 1.0\ndp_clip = 1.0\n')
+
+    records, cfg, run_dir = _run(path, name, tmp_path)
+
+    releases = PrivacyLedger(cfg, run_dir / LEDGER_FILE).releases
+    assert [len(r.clients[0]) for r in releases] == [3, 3]  # the 3 clients that trained each round
+    sizes = {c: n for r in releases for c, n in zip(r.clients[0], r.examples, strict=True)}
+    assert sum(sizes.values()) <= 400 and all(n > 0 for n in sizes.values())  # each client's N, from the split
+    assert [r["dp_epsilon"] for r in records[1:]] == _epsilon_after_each_round(cfg, run_dir)
+    assert 0 < records[1]["dp_epsilon"] <= records[2]["dp_epsilon"]  # a client of round 1 may sit out round 2
+    for record in records[1:]:
+        assert record["replies"] == record["sampled"] == 3 and record["sync_mismatches"] == 0
+        assert record["dp_noise_multiplier"] == 1.0 and "train_loss" not in record

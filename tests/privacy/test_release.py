@@ -21,6 +21,8 @@ PATHS = {  # the docs' row -> (the config's family, dp, secagg)
     "zeroth-order, SecAgg+": ("zo", "distributed", "true"),
     "LoRA, clear": ("lora", "central", "false"),
     "LoRA, SecAgg+": ("lora", "distributed", "true"),
+    "zeroth-order, example-level, clear": ("zo", "sample", "false"),
+    "zeroth-order, example-level, SecAgg+": ("zo", "sample", "true"),
 }
 
 

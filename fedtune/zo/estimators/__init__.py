@@ -40,6 +40,11 @@ right after its estimate (the next is taken at ``w``), and the q updates ``-lr s
 are applied afterwards, in order. A non-finite loss (or estimate) restores the weights and
 skips the whole step, every direction of it.
 
+A ``release`` (example-level DP, :mod:`fedtune.privacy.sample`) makes each direction's
+scalar from per-example estimates: the loss then gives each example's loss, the probe's
+arithmetic runs per example, and ``release`` clips, averages and noises them into the one
+scalar the step uses and uploads; such a step is never skipped.
+
 A backend may also supply ``perturb_many(seeds, coefs)``, the same additions for several
 directions in one pass over the weights (:func:`fedtune.rng.add_scaled_many_`). Then the
 perturbations are held until the weights are next read (the next forward, or the end of
@@ -56,6 +61,7 @@ from .base import (
     Loss,
     Perturb,
     PerturbMany,
+    Release,
     ZOEstimator,
     as_seeds,
     check_hyperparameters,
@@ -72,6 +78,7 @@ __all__ = [
     "Loss",
     "Perturb",
     "PerturbMany",
+    "Release",
     "ZOEstimator",
     "as_seeds",
     "check_hyperparameters",

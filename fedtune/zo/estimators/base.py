@@ -25,6 +25,7 @@ __all__ = [
     "Perturb",
     "PerturbMany",
     "Probe",
+    "Release",
     "ZOEstimator",
     "as_seeds",
     "check_hyperparameters",
@@ -46,12 +47,18 @@ PerturbMany = Callable[[Sequence[int], Sequence[float]], None]
 in one pass over the weights."""
 
 Loss = Callable[[], float]
-"""One forward on the step's batch with the current weights."""
+"""One forward on the step's batch with the current weights: the batch's loss, or with a
+:data:`Release` each example's, ``float64 (B,)``."""
+
+Release = Callable[[np.ndarray], float]
+"""``release(g)``: one direction's per-example estimates ``float64 (B,)`` -> the scalar the
+step uses and uploads (example-level DP: :func:`fedtune.privacy.sample.private_estimate`)."""
 
 Probe = Callable[[Perturb, Loss, int, float, float], tuple[float, float]]
 """``probe(perturb, loss, seed, eps, base_loss) -> (g, loss_near)``: one direction's estimate
-from the weights ``w`` (``g`` is nan when a loss was not finite) and the loss near ``w``;
-``base_loss`` is ``L(w)`` when the estimator asked for it, else nan."""
+from the weights ``w`` (not finite when a loss was not) and the loss near ``w``; ``base_loss``
+is ``L(w)`` when the estimator asked for it, else nan. With a :data:`Release` the losses, and
+so ``g`` and ``loss_near``, are per-example arrays (elementwise arithmetic, no float casts)."""
 
 
 @dataclass(frozen=True)
@@ -166,6 +173,7 @@ def estimate_step(
     lr: float,
     estimator: Estimator = "central",
     perturb_many: PerturbMany | None = None,
+    release: Release | None = None,
 ) -> StepResult:
     """One ZO step over the directions of ``seeds``, on the weights ``perturb`` moves.
 
@@ -178,6 +186,9 @@ def estimate_step(
         estimator: a registered estimator's name (:func:`names`).
         perturb_many: optional; consecutive perturbations then share a pass
             (:mod:`fedtune.zo.estimators`).
+        release: optional; ``loss`` then gives each example's loss, and each direction's
+            estimate is ``release(g_j per example)`` (clipped and noised: example-level DP),
+            always finite, so the step is never skipped.
 
     Returns:
         The step's :class:`StepResult`: ``scalars`` holds each direction's scalar (what is
@@ -195,24 +206,34 @@ def estimate_step(
     if perturb_many is not None:
         deferred = _Deferred(perturb_many)
         try:
-            return _step(spec, deferred.perturb, deferred.loss(loss), seeds, eps, lr)
+            return _step(spec, deferred.perturb, deferred.loss(loss), seeds, eps, lr, release)
         finally:
             deferred.flush()
-    return _step(spec, perturb, loss, seeds, eps, lr)
+    return _step(spec, perturb, loss, seeds, eps, lr, release)
 
 
-def _step(spec: ZOEstimator, perturb: Perturb, loss: Loss, seeds: list[int], eps: float, lr: float) -> StepResult:
+def _step(spec: ZOEstimator, perturb: Perturb, raw_loss: Loss, seeds: list[int], eps: float, lr: float,
+          release: Release | None) -> StepResult:
     q = len(seeds)
+    if release is None:
+        def loss() -> float:
+            return float(raw_loss())
+    else:
+        def loss() -> np.ndarray:  # type: ignore[misc]
+            return np.asarray(raw_loss(), dtype=np.float64)
     base_loss = math.nan
     if spec.base_loss:
-        base_loss = float(loss())
-        if not math.isfinite(base_loss):
+        base_loss = loss()
+        if release is None and not math.isfinite(base_loss):
             return _skipped()
     restore = -spec.offset * eps
     grads: list[float] = []
     losses: list[float] = []
     for seed in seeds:
-        g, loss_near = spec.probe(perturb, loss, seed, eps, base_loss)
+        with np.errstate(invalid="ignore", over="ignore"):  # a non-finite loss: skipped below, or counted as 0
+            g, loss_near = spec.probe(perturb, loss, seed, eps, base_loss)
+        if release is not None:
+            g, loss_near = release(np.asarray(g)), float(np.mean(loss_near))
         if not math.isfinite(g):
             perturb(seed, restore)  # the directions before this one are restored already
             return _skipped()
@@ -247,6 +268,7 @@ def local_steps(
     estimator: Estimator = "central",
     directions: int = 1,
     perturb_many: PerturbMany | None = None,
+    release: Release | None = None,
 ) -> LocalResult:
     """A client's local steps: step ``s`` uses ``keys[s*q : (s+1)*q]`` (q = ``directions``).
 
@@ -258,7 +280,8 @@ def local_steps(
             (the same batch for the step's q directions).
         keys: the drawn key of every direction, step by step (candidate indices or raw seeds).
         seed_of_key: maps a key to its stream seed.
-        eps, lr, estimator: as for :func:`estimate_step`.
+        eps, lr, estimator, release: as for :func:`estimate_step` (with ``release``,
+            ``loss_for_step`` gives each example's loss).
         directions: q, directions per step.
 
     Returns:
@@ -274,9 +297,9 @@ def local_steps(
         seeds = [seed_of_key(key) for key in step_keys]
         if deferred is None:
             return estimate_step(perturb, partial(loss_for_step, index), seeds=seeds,
-                                 eps=eps, lr=lr, estimator=estimator)
+                                 eps=eps, lr=lr, estimator=estimator, release=release)
         return estimate_step(deferred.perturb, deferred.loss(partial(loss_for_step, index)),
-                             seeds=seeds, eps=eps, lr=lr, estimator=estimator)
+                             seeds=seeds, eps=eps, lr=lr, estimator=estimator, release=release)
 
     try:
         return run_steps(keys, step, directions=directions)
