@@ -45,6 +45,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -413,6 +414,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, help="override the config's rounds")
     parser.add_argument("--quick", action="store_true", help="1 seed, 2 rounds, few contenders: a smoke test")
     parser.add_argument("--no-central-full", action="store_true", help="skip full first-order fine-tuning")
+    parser.add_argument("--no-central", action="store_true", help="skip central fine-tuning altogether")
     parser.add_argument("--report", default=str(ROOT / "docs" / "results.md"), help="'' to write no report")
     parser.add_argument("--cells", default=str(ROOT / "docs" / "results" / "cells.jsonl"),
                         help="where every finished cell is appended ('' for nowhere)")
@@ -443,7 +445,7 @@ def main() -> None:
              f"torch={torch.__version__} cpu={platform.machine()} threads={torch.get_num_threads()}")
     print(setup, flush=True)
     all_results: dict[str, dict[str, list[dict[str, Any]]]] = {}
-    command = ("python bench/quality.py " + " ".join(sys.argv[1:])).strip()
+    command = ("python bench/quality.py " + shlex.join(sys.argv[1:])).strip()
 
     def report() -> dict[str, float]:
         """Figures and docs/results.md from what has run so far (rewritten after every run,
@@ -478,7 +480,7 @@ def main() -> None:
                     results.setdefault(name, []).append({"accuracy": value})
                     print(f"{task}_{name}_seed{seed}={value:.4f}", flush=True)
                 for mode in CENTRAL:
-                    if mode == "central-full" and args.no_central_full:
+                    if args.no_central or (mode == "central-full" and args.no_central_full):
                         continue
                     outcome = run(task, seed, mode, sets, functools.partial(central, cfg, mode))
                     if outcome is None:
