@@ -20,7 +20,8 @@ clients all sampled every round, 1 local step, ``--downlink-rounds`` rounds (50)
 ``bytes_down_per_client`` at round 1, 2 and the last, and their ratios
 ``dp_secagg_downlink_round50_over_round1`` (goal <= 1.1) and ``..._over_round2`` (round 1's
 log is empty; from round 2 on a client gets the entries after the state it last confirmed,
-each of K noised scalars, instead of the whole log).
+each of K noised scalars on an 8-bit grid, ``privacy.update_bits = 8``, instead of the whole
+log); ``--downlink-float32`` adds the same run with float32 entries (``..._float32``) before it.
 
 Prints the set-up on the first line, then ``name=value`` lines, the headline last:
 ``secagg_round_over_plain_round_fedkseed_10`` (the default experiment's size).
@@ -80,20 +81,23 @@ def _measure(records: list[dict[str, Any]], name: str) -> tuple[float, float]:
     return seconds, sum(r["bytes_up_per_client"] for r in rounds) / len(rounds)
 
 
-def _downlink(out: Path, rounds: int, seed: int) -> None:
-    """FedKSeed under distributed DP and SecAgg+: downlink bytes per client by round."""
+def _downlink(out: Path, rounds: int, seed: int, float32: bool) -> None:
+    """FedKSeed under distributed DP and SecAgg+: downlink bytes per client by round, with the
+    log entries on their 8-bit grid (the default) and, with ``float32``, beside float32 entries."""
     config, _ = CONFIGS["fedkseed"]
-    records = _run(config, out, "dp-secagg-downlink", [
-        f"rounds={rounds}", f"seed={seed}", "federation.num_clients=10", "federation.clients_per_round=10",
-        "federation.min_replies=5", f"eval.every={rounds}", 'data.partition="iid"', "algorithm.local_steps=1",
-        'algorithm.weighting="uniform"', "privacy.secagg=true", 'privacy.dp="distributed"',
-        "privacy.noise_multiplier=1.0", "privacy.dp_clip=1.0",
-    ])
-    down = {r["round"]: r["bytes_down_per_client"] for r in records if r["round"] >= 1}
-    for r in (1, 2, rounds):
-        print(f"dp_secagg_downlink_bytes_per_client_round{r}={down[r]:.0f}", flush=True)
-    print(f"dp_secagg_downlink_round{rounds}_over_round2={down[rounds] / down[2]:.3f}", flush=True)
-    print(f"dp_secagg_downlink_round{rounds}_over_round1={down[rounds] / down[1]:.3f}", flush=True)
+    for bits in (32, 8) if float32 else (8,):
+        records = _run(config, out, f"dp-secagg-downlink-{bits}", [
+            f"rounds={rounds}", f"seed={seed}", "federation.num_clients=10", "federation.clients_per_round=10",
+            "federation.min_replies=5", f"eval.every={rounds}", 'data.partition="iid"', "algorithm.local_steps=1",
+            'algorithm.weighting="uniform"', "privacy.secagg=true", 'privacy.dp="distributed"',
+            "privacy.noise_multiplier=1.0", "privacy.dp_clip=1.0", f"privacy.update_bits={bits}",
+        ])
+        down = {r["round"]: r["bytes_down_per_client"] for r in records if r["round"] >= 1}
+        tag = "" if bits == 8 else "_float32"
+        for r in (1, 2, rounds):
+            print(f"dp_secagg_downlink_bytes_per_client_round{r}{tag}={down[r]:.0f}", flush=True)
+        print(f"dp_secagg_downlink_round{rounds}_over_round2{tag}={down[rounds] / down[2]:.3f}", flush=True)
+        print(f"dp_secagg_downlink_round{rounds}_over_round1{tag}={down[rounds] / down[1]:.3f}", flush=True)
 
 
 def main() -> None:
@@ -103,6 +107,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--downlink-rounds", type=int, default=50, help="rounds of the DP + SecAgg+ downlink run")
     parser.add_argument("--downlink-only", action="store_true", help="only the DP + SecAgg+ downlink run")
+    parser.add_argument("--downlink-float32", action="store_true",
+                        help="also the downlink run with float32 log entries (privacy.update_bits = 32)")
     args = parser.parse_args()
 
     import flwr
@@ -114,7 +120,7 @@ def main() -> None:
           f"flwr={flwr.__version__} torch={torch.__version__}", flush=True)
     ratios: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="secagg-bench-") as tmp:
-        _downlink(Path(tmp), args.downlink_rounds, args.seed)
+        _downlink(Path(tmp), args.downlink_rounds, args.seed, args.downlink_float32)
         if args.downlink_only:
             return
         for kind, (config, extra) in CONFIGS.items():

@@ -267,6 +267,9 @@ class PrivacyConfig:
     # mean of a step's B clipped scalars
     noise_multiplier: float = 1.0
     dp_delta: float = 1e-5  # the delta at which epsilon is reported every round
+    # a DP seed run's log entries (the noised release every party replays): 8 = one byte per key and
+    # one float32 scale (rounding the release is post-processing: the guarantee is unchanged); 32 = float32
+    update_bits: int = 8
 
     @property
     def client_level(self) -> bool:
@@ -652,6 +655,8 @@ def _check_privacy(cfg: RunConfig) -> list[str]:
         errors.append(f"`privacy.noise_multiplier` must be >= 0, got {p.noise_multiplier}")
     if not 0 < p.dp_delta < 1:
         errors.append(f"`privacy.dp_delta` must be in (0, 1), got {p.dp_delta}")
+    if p.update_bits not in (8, 32):
+        errors.append(f"`privacy.update_bits` must be 8 or 32, got {p.update_bits}")
     if p.dp == "distributed" and not p.secagg:
         errors.append("`privacy.dp` = 'distributed' needs `privacy.secagg = true`: in clear the server sees each "
                       "client's update with only its 1/n share of the noise; use 'local' or 'central'")

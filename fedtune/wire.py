@@ -49,6 +49,7 @@ __all__ = [
     "PENDING_BASE",
     "PHASE",
     "PROJECTIONS",
+    "Q8_LEVELS",
     "RESIDUAL",
     "VERSION",
     "WEIGHTS",
@@ -57,12 +58,14 @@ __all__ = [
     "decode_importance",
     "decode_steps",
     "decode_update",
+    "dequantize_scalars_q8",
     "encode_bundle",
     "encode_importance",
     "encode_steps",
     "encode_update",
     "key_universe",
     "message_bytes",
+    "quantize_scalars_q8",
     "read_bytes",
     "read_bytes_list",
     "read_float",
@@ -384,14 +387,58 @@ def decode_steps(
     return keys, _floats(msg.scalars, keys.size, what)
 
 
-def encode_update(round: int, keys: np.ndarray, scalars: np.ndarray, lr: float, universe: int) -> bytes:
-    """Encode one round's aggregated ``(key, G)`` pairs (the broadcast); keys strictly ascending."""
+Q8_LEVELS = 127
+"""An 8-bit seed-log entry's codes lie in ``[-Q8_LEVELS, Q8_LEVELS]`` (symmetric, no -128)."""
+
+
+def quantize_scalars_q8(scalars: np.ndarray) -> tuple[np.ndarray, np.float32]:
+    """One round's ``G`` on an 8-bit grid: ``(q int8, scale float32)`` with
+    ``scale = float32(max|G| / 127)`` and ``q = round(G / scale)`` (half to even).
+
+    What a party replays is :func:`dequantize_scalars_q8` of the result, the same bits on
+    every machine: one float32 multiply per key. The rounding error of each key is at most
+    ``scale / 2`` = max|G| / 254. All-zero ``G`` gives scale 0 and q 0.
+    """
+    g = np.asarray(scalars, np.float32)
+    if g.size and not np.all(np.isfinite(g)):
+        raise ValueError("cannot quantise non-finite scalars")
+    top = float(np.max(np.abs(g))) if g.size else 0.0
+    scale = np.float32(top / Q8_LEVELS)
+    if scale == 0 or not np.isfinite(scale):
+        return np.zeros(g.size, np.int8), np.float32(0.0)
+    q = np.clip(np.rint(g.astype(np.float64) / float(scale)), -Q8_LEVELS, Q8_LEVELS).astype(np.int8)
+    return q, scale
+
+
+def dequantize_scalars_q8(q: np.ndarray, scale: np.float32 | float) -> np.ndarray:
+    """``float32(q) * float32(scale)``: the canonical scalars of an 8-bit entry."""
+    with np.errstate(over="ignore"):  # an overflowing scale gives inf: the decoder refuses it
+        return np.asarray(q, np.int8).astype(np.float32) * np.float32(scale)
+
+
+def encode_update(
+    round: int, keys: np.ndarray, scalars: np.ndarray, lr: float, universe: int, *,
+    q8: tuple[np.ndarray, np.float32] | None = None,
+) -> bytes:
+    """Encode one round's aggregated ``(key, G)`` pairs (the broadcast); keys strictly ascending.
+
+    ``q8 = (q, scale)`` (from :func:`quantize_scalars_q8`) sends one byte per key instead of
+    four; ``scalars`` must then be exactly :func:`dequantize_scalars_q8` of it, what every
+    decoder returns.
+    """
     scalars = np.asarray(scalars, dtype=np.float32)
     keys = np.asarray(keys, np.uint64)
     if len(keys) != len(scalars):
         raise ValueError(f"keys and scalars differ in length: {len(keys)} vs {len(scalars)}")
     coded = _encode_list(keys, 0) if universe == 0 else _encode_set(keys, universe)
-    msg = pb.SeedUpdate(version=VERSION, round=round, lr=float(lr), keys=coded, scalars=scalars.tobytes())
+    if q8 is None:
+        msg = pb.SeedUpdate(version=VERSION, round=round, lr=float(lr), keys=coded, scalars=scalars.tobytes())
+    else:
+        q, scale = q8
+        if len(q) != len(keys) or not np.array_equal(dequantize_scalars_q8(q, scale), scalars):
+            raise ValueError("the 8-bit codes do not give the update's scalars")
+        msg = pb.SeedUpdate(version=VERSION, round=round, lr=float(lr), keys=coded,
+                            scalars_q8=np.asarray(q, np.int8).tobytes(), scale=float(scale))
     return msg.SerializeToString()
 
 
@@ -408,13 +455,28 @@ def decode_update(
     _parse(msg, payload, what, max_bytes)
     if not math.isfinite(msg.lr):
         raise WireError(f"{what}: non-finite lr {msg.lr}")
-    # Every key carries a 4-byte scalar: the payload's length bounds the count.
-    keys = _decode_indices(msg.keys, what, max_count=len(msg.scalars) // 4, ascending=msg.keys.coding != pb.PACKED)
+    q8 = bool(msg.scalars_q8)
+    if q8 and msg.scalars:
+        raise WireError(f"{what}: both float32 and 8-bit scalars")
+    if q8 and not (math.isfinite(msg.scale) and msg.scale > 0):
+        raise WireError(f"{what}: 8-bit scalars with scale {msg.scale}")
+    # Every key carries a 4-byte scalar (1 byte if 8-bit): the payload's length bounds the count.
+    max_count = len(msg.scalars_q8) if q8 else len(msg.scalars) // 4
+    keys = _decode_indices(msg.keys, what, max_count=max_count, ascending=msg.keys.coding != pb.PACKED)
     if msg.keys.coding == pb.PACKED and keys.size > 1 and not np.all(keys[1:] > keys[:-1]):
         raise WireError(f"{what}: keys are not strictly ascending (the canonical replay order)")
     if max_key is not None and keys.size and int(keys.max()) >= max_key:
         raise WireError(f"{what}: key {int(keys.max())} is outside the pool of {max_key} candidates")
-    return int(msg.round), keys, _floats(msg.scalars, keys.size, what), float(msg.lr)
+    if not q8:
+        return int(msg.round), keys, _floats(msg.scalars, keys.size, what), float(msg.lr)
+    _expect_len(msg.scalars_q8, keys.size, what)
+    q = np.frombuffer(msg.scalars_q8, np.int8, count=keys.size)
+    if keys.size and int(q.min()) < -Q8_LEVELS:
+        raise WireError(f"{what}: 8-bit code {int(q.min())} outside [-{Q8_LEVELS}, {Q8_LEVELS}]")
+    scalars = dequantize_scalars_q8(q, np.float32(msg.scale))
+    if not np.all(np.isfinite(scalars)):
+        raise WireError(f"{what}: 8-bit scalars overflow float32 at scale {msg.scale}")
+    return int(msg.round), keys, scalars, float(msg.lr)
 
 
 def encode_importance(levels: bytes) -> bytes:

@@ -107,6 +107,45 @@ def test_bad_step_lists_raise_wire_error(payload, message):
         wire.decode_steps(payload, max_key=8, max_steps=4, max_bytes=1000)
 
 
+def test_an_8_bit_update_round_trips_to_its_dequantised_scalars():
+    keys = np.array([2, 7, 9, 600], np.uint64)
+    g = np.array([0.25, -1.5, 3e-3, 0.7], np.float32)
+    q, scale = wire.quantize_scalars_q8(g)
+    scalars = wire.dequantize_scalars_q8(q, scale)
+
+    payload = wire.encode_update(4, keys, scalars, 0.01, universe=1024, q8=(q, scale))
+    _, k, s, _ = wire.decode_update(payload, max_key=1024)
+
+    assert q.tolist() == [21, -127, 0, 59] and scale == np.float32(1.5 / 127)
+    assert s.dtype == np.float32 and s.tobytes() == scalars.tobytes()
+    np.testing.assert_array_equal(k, keys)
+    assert np.max(np.abs(s - g)) <= scale / 2
+    float32 = wire.encode_update(4, keys, scalars, 0.01, universe=1024)
+    assert len(float32) - len(payload) >= 3 * len(keys) - 8  # 1 byte a key instead of 4, plus the scale
+
+
+def test_8_bit_codes_must_give_the_scalars_they_claim():
+    q, scale = wire.quantize_scalars_q8(np.array([1.0, -0.5], np.float32))
+    with pytest.raises(ValueError, match="8-bit codes"):
+        wire.encode_update(1, np.array([0, 1], np.uint64), np.array([1.0, -0.5], np.float32), 0.1, 16,
+                           q8=(q, scale))
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"scalars_q8": bytes([1, 2]), "scale": 0.0}, "scale 0"),
+    ({"scalars_q8": bytes([1, 2]), "scale": float("inf")}, "scale inf"),
+    ({"scalars_q8": bytes([1, 0x80]), "scale": 0.1}, "-128 outside"),
+    ({"scalars_q8": bytes([1, 2]), "scale": 3e38}, "overflow float32"),
+    ({"scalars_q8": bytes([1, 2]), "scalars": np.ones(2, np.float32).tobytes(), "scale": 0.1}, "both"),
+    ({"scalars_q8": bytes([1]), "scale": 0.1}, "seed update"),  # two keys, one code
+])
+def test_bad_8_bit_updates_raise_wire_error(fields, message):
+    indices = pb.Indices(coding=pb.PACKED, count=2, universe=0, width=64, data=wire.pack_bits(np.array([2, 4]), 64))
+    payload = pb.SeedUpdate(version=wire.VERSION, round=1, lr=0.1, keys=indices, **fields).SerializeToString()
+    with pytest.raises(wire.WireError, match=message):
+        wire.decode_update(payload, max_key=None)
+
+
 def test_update_keys_must_ascend():
     indices = pb.Indices(coding=pb.PACKED, count=2, universe=0, width=64, data=wire.pack_bits(np.array([4, 2]), 64))
     payload = pb.SeedUpdate(version=wire.VERSION, round=1, lr=0.1, keys=indices,

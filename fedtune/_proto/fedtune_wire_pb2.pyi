@@ -104,18 +104,22 @@ class SeedSteps(_message.Message):
     def __init__(self, version: _Optional[int] = ..., keys: _Optional[_Union[Indices, _Mapping]] = ..., scalars: _Optional[bytes] = ...) -> None: ...
 
 class SeedUpdate(_message.Message):
-    __slots__ = ("version", "round", "lr", "keys", "scalars")
+    __slots__ = ("version", "round", "lr", "keys", "scalars", "scalars_q8", "scale")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     LR_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
     SCALARS_FIELD_NUMBER: _ClassVar[int]
+    SCALARS_Q8_FIELD_NUMBER: _ClassVar[int]
+    SCALE_FIELD_NUMBER: _ClassVar[int]
     version: int
     round: int
     lr: float
     keys: Indices
     scalars: bytes
-    def __init__(self, version: _Optional[int] = ..., round: _Optional[int] = ..., lr: _Optional[float] = ..., keys: _Optional[_Union[Indices, _Mapping]] = ..., scalars: _Optional[bytes] = ...) -> None: ...
+    scalars_q8: bytes
+    scale: float
+    def __init__(self, version: _Optional[int] = ..., round: _Optional[int] = ..., lr: _Optional[float] = ..., keys: _Optional[_Union[Indices, _Mapping]] = ..., scalars: _Optional[bytes] = ..., scalars_q8: _Optional[bytes] = ..., scale: _Optional[float] = ...) -> None: ...
 
 class SeedImportance(_message.Message):
     __slots__ = ("version", "levels")

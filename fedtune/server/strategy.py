@@ -187,12 +187,32 @@ class FedKSeed(RoundLoop):
         scalars = m[keys.astype(np.int64)].astype(np.float32)
         return SeedUpdate(update.round, keys, self.seed_of_key(keys), scalars, update.lr)
 
+    def compact(self, update: SeedUpdate) -> tuple[SeedUpdate, tuple[np.ndarray, np.float32] | None]:
+        """A DP run's entry on the 8-bit grid (``privacy.update_bits = 8``), else as it is.
+
+        Under DP the round's release is the noised vector over all K candidates (K float32 a
+        round, what a lagging client downloads per missed round). Rounding it is
+        post-processing, so the guarantee holds; the rounding error, at most max|G| / 254
+        per key, is small beside the noise it rounds (max|G| is a few noise standard
+        deviations). Keys whose code rounds to 0 leave the entry: the log keeps non-zero
+        scalars only. Returns the update every party replays and its codes (None: float32).
+        """
+        p = self.cfg.privacy
+        if p.dp == "none" or p.update_bits == 32 or not len(update.keys):
+            return update, None
+        q, scale = wire.quantize_scalars_q8(update.scalars)
+        keep = np.flatnonzero(q)
+        keys, q = update.keys[keep], q[keep]
+        scalars = wire.dequantize_scalars_q8(q, scale)
+        update = SeedUpdate(update.round, keys, self.seed_of_key(keys), scalars, update.lr)
+        return update, ((q, scale) if len(keys) else None)
+
     def apply(self, update: SeedUpdate) -> None:
         """Log ``update`` (with server momentum, if any) durably, then move the global weights to its state."""
         if update.round != self.state_round + 1:
             raise ValueError(f"update of round {update.round} does not follow state {self.state_round}")
-        update = self.with_momentum(update)
-        payload = wire.encode_update(update.round, update.keys, update.scalars, update.lr, self.universe)
+        update, q8 = self.compact(self.with_momentum(update))
+        payload = wire.encode_update(update.round, update.keys, update.scalars, update.lr, self.universe, q8=q8)
         if self.seedlog is not None:
             self.seedlog.append(payload)  # durable before any client hears of the round
         start = time.perf_counter()

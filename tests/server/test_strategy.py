@@ -8,6 +8,7 @@ import pytest
 from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 
 from fedtune import wire
+from fedtune._proto import fedtune_wire_pb2 as pb
 from fedtune.config import ConfigError, parse_config
 from fedtune.server.strategy import FedKSeed
 from fedtune.server.strategy import SeedRoundStats as RoundStats
@@ -87,11 +88,12 @@ def test_rejected_replies_leave_the_round_without_an_update(server):
     assert state_digest(server.params) == before
 
 
-def _dp(dp, noise_multiplier):
+def _dp(dp, noise_multiplier, update_bits=8):
     raw = {"model": {"config": "micro-llama"}, "data": {"num_examples": 100, "eval_examples": 8},
            "federation": {"num_clients": 4, "clients_per_round": 2, "min_replies": 1},
            "algorithm": {"num_candidates": 16, "local_steps": 4, "weighting": "uniform"},
-           "privacy": {"dp": dp, "dp_clip": 1.0, "noise_multiplier": noise_multiplier}}
+           "privacy": {"dp": dp, "dp_clip": 1.0, "noise_multiplier": noise_multiplier,
+                       "update_bits": update_bits}}
     return parse_config(raw)
 
 
@@ -102,7 +104,7 @@ def _dp_round(server, steps):
 
 
 def test_central_dp_in_clear_clips_each_client_at_the_server_then_averages(task_identity):
-    server = FedKSeed(_dp("central", 0.0))  # no noise: the clipped mean itself
+    server = FedKSeed(_dp("central", 0.0, update_bits=32))  # no noise, no rounding: the clipped mean itself
 
     update, stats = _dp_round(server, [_steps([1, 3], [3.0, 4.0]), _steps([3], [0.5])])  # norms 5 and 0.5
 
@@ -123,6 +125,28 @@ def test_central_dp_noises_every_seed_and_its_epsilon_survives_a_restart(task_id
     assert resumed.state_round == 2 and state_digest(resumed.params) == state_digest(server.params)
     assert resumed.ledger.releases == server.ledger.releases
     assert resumed.ledger.epsilon() == server.ledger.epsilon()
+
+
+def test_a_dp_entry_is_logged_on_the_8_bit_grid_and_replayed_from_its_codes(task_identity, tmp_path):
+    clear = FedKSeed(_dp("central", 0.0, update_bits=32))
+    server = FedKSeed(_dp("central", 0.0), tmp_path)
+    steps = [_steps([1, 3, 9], [3.0, 4.0, 0.001]), _steps([3, 5], [0.5, -0.2])]
+
+    exact, _ = _dp_round(clear, steps)
+    update, _ = _dp_round(server, steps)
+    resumed = FedKSeed(_dp("central", 0.0), tmp_path, resume=True)
+
+    msg = pb.SeedUpdate.FromString(server.encoded_log[-1])
+    assert msg.scalars == b"" and len(msg.scalars_q8) == len(update.keys)  # one byte a key
+    q, scale = wire.quantize_scalars_q8(exact.scalars)
+    assert scale == np.float32(exact.scalars.max() / 127)
+    # key 9 (0.0001 after clipping and averaging) rounds to code 0 and leaves the entry
+    assert exact.keys.tolist() == [1, 3, 5, 9] and update.keys.tolist() == [1, 3, 5]
+    np.testing.assert_array_equal(update.scalars, wire.dequantize_scalars_q8(q[:3], scale))
+    assert np.max(np.abs(update.scalars - exact.scalars[:3])) <= scale / 2
+    # the server replayed what it logged: a resumed server rebuilds the same weights from the codes
+    assert resumed.log[-1].scalars.tolist() == update.scalars.tolist()
+    assert state_digest(resumed.params) == state_digest(server.params) != state_digest(clear.params)
 
 
 def test_local_dp_takes_a_step_per_candidate_and_counts_every_client_seen(task_identity):
