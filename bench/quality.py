@@ -113,6 +113,9 @@ CONTENDERS: dict[str, list[str]] = {
     "fedit+sign": ["algorithm.name=fedit", "compress.method=ternary", "compress.topk=1.0"],
     # the real-text check: FedIT after 10 rounds (the other contenders run the bench's rounds)
     "fedit-10-rounds": ["algorithm.name=fedit", "rounds=10"],
+    # FedIT from the federation's class means (FedNCM's head, model.head_init = "centroids"): one
+    # set-up exchange of every client's class sums before round 1, then the bench's rounds
+    "fedit-centroids": ["algorithm.name=fedit", "model.head_init=centroids"],
     "fedprox": ["algorithm.name=fedprox"],
     "fedadam": ["algorithm.name=fedadam"],
     "hetlora": ["algorithm.name=hetlora", "hetlora.ranks=[2, 4, 8]"],  # a third of the clients each

@@ -80,6 +80,10 @@ class ModelConfig:
     # LabelNameClassifier for encoders, VerbalizerClassifier for causal LMs)
     head: Literal["default", "label-names"] = "default"
     head_scale: float = 20.0  # label-names head on an encoder: logits = head_scale * cosine at the start
+    # where an encoder's label-names head starts: "label-names" = the label names' embeddings (zero-shot);
+    # "centroids" = the clients' class means of the frozen features, summed in a set-up exchange before
+    # round 1 (FedNCM, Legate et al. 2023; LoRA algorithms, clear rounds only)
+    head_init: Literal["label-names", "centroids"] = "label-names"
 
 
 @dataclass(frozen=True)
@@ -483,6 +487,16 @@ def _check_values(cfg: RunConfig) -> list[str]:
     need(math.isfinite(m.head_scale) and m.head_scale > 0, f"`model.head_scale` must be > 0, got {m.head_scale}")
     need(m.head == "default" or m.task == "seq-cls",
          f"`model.head` = {m.head!r} applies to model.task = 'seq-cls', got {m.task!r}")
+    if m.head_init == "centroids":
+        need(m.head == "label-names", "`model.head_init` = 'centroids' sets the rows of the label-names head: "
+             f"it needs `model.head = \"label-names\"`, got {m.head!r}")
+        need(spec.family == "lora", "`model.head_init` = 'centroids' supports the first-order algorithms "
+             f"({', '.join(algorithms.names('lora'))}), got {a.name!r}: "
+             "a zeroth-order run's parties build its start state themselves, and the server-set head is not part "
+             "of it yet")
+        need(not cfg.privacy.secagg and cfg.privacy.dp == "none",
+             "`model.head_init` = 'centroids' sends each client's class sums of features in clear: it does not "
+             "run with `privacy.secagg` or `privacy.dp` yet")
     need(not d.label_names or len(set(d.label_names)) == len(d.label_names) >= 2
          and all(n.strip() for n in d.label_names),
          f"`data.label_names` must be >= 2 distinct non-empty names, got {list(d.label_names)}")

@@ -50,6 +50,7 @@ __all__ = [
     "PHASE",
     "PROJECTIONS",
     "Q8_LEVELS",
+    "QUERY",
     "RESIDUAL",
     "VERSION",
     "WEIGHTS",
@@ -110,6 +111,9 @@ DIGEST = "digest"  # str in STATE of a reply: SHA-256 of the client's synced wei
 PARTITION = "partition-id"  # int in STATE of a query reply: the node's data partition; in CONFIG
 # of a train message (a `fedtune run` simulation): the partition the server assigned the node
 NUM_PARTITIONS = "num-partitions"  # int in CONFIG next to PARTITION
+QUERY = "query"  # str in CONFIG of a query message: what the server asks (absent: the node's partition)
+CLASS_SUMS = "class-sums"  # QUERY's value for model.head_init = "centroids"; the reply's STATE holds BUNDLE:
+# {"sums": (classes, hidden) float32, its examples' normalised features summed per class, "counts": (classes,)}
 SEED_IMPORTANCE = "seed-importance"  # bytes in CONFIG (FedKSeed-Pro): encode_importance's payload
 RANK = "rank"  # int in CONFIG of a hetlora train message: the rank the client trains (its ADAPTER is cut
 # to it); in METRICS of the reply, with [hetlora] prune: the rank it kept after self-pruning

@@ -25,6 +25,12 @@ app = ClientApp(mods=[secagg_when_asked])  # SecAgg+ rounds (privacy.secagg) run
 
 @app.query()
 def query(msg: Message, context: Context) -> Message:
+    from fedtune.client.centroids import is_class_sums_query
+
+    if is_class_sums_query(msg):  # model.head_init = "centroids": the set-up exchange before round 1
+        from fedtune.client.centroids import answer_class_sums
+
+        return answer_class_sums(_config(context)[0], msg, context)
     return answer_query(msg, context)
 
 

@@ -82,7 +82,9 @@ class LoraClient:
         # encoded partitions of the clients this process played last: bounded, not one per client
         self._partitions: LRU[tuple[int, int], dict[str, torch.Tensor]] = LRU(PARTITION_CACHE)
 
-    def _data(self, partition_id: int, num_partitions: int) -> dict[str, torch.Tensor]:
+    def data(self, partition_id: int, num_partitions: int) -> dict[str, torch.Tensor]:
+        """The partition's training examples, encoded (``input_ids``, ``attention_mask``, ``labels``), cached."""
+
         def build() -> dict[str, torch.Tensor]:
             indices = self.workload.partition(partition_id, num_partitions)
             train = self.workload.examples[0]
@@ -109,7 +111,7 @@ class LoraClient:
         rank = self.rank(partition_id) if rank is None else rank
         if rank < self.cfg.lora.rank:  # a smaller client: the first `rank` slices, the rest held at zero
             zero_beyond(self.params, rank)
-        encoded = self._data(partition_id, num_partitions)
+        encoded = self.data(partition_id, num_partitions)
         num_examples = int(encoded["input_ids"].shape[0])
         batch_seed = derive_seed(self.cfg.seed, "batch", round, partition_id)
 

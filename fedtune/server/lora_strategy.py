@@ -42,6 +42,7 @@ from fedtune.privacy import update_vector
 from fedtune.privacy.accounting import ledger_for
 from fedtune.privacy.dp import private_mean
 from fedtune.robust import robust_mean
+from fedtune.server.centroids import centroid_head, head_names
 from fedtune.server.rounds import RoundLoop, RoundStats
 from fedtune.server.secagg import run_secure_lora_round
 from fedtune.workload import Workload
@@ -102,6 +103,8 @@ class FederatedLora(RoundLoop):
         self.partitions: dict[int, int] = {}  # node id -> partition id it reported
         self.state_round = 0  # no resume for the LoRA rules yet: every run starts fresh
         self.ledger = ledger_for(cfg, run_dir)
+        if cfg.model.head_init == "centroids":
+            head_names(list(self.uplink))  # the head must travel, or the clients never see it
 
     # --- Flower's Strategy interface -------------------------------------------------
 
@@ -319,6 +322,15 @@ class FederatedLora(RoundLoop):
 
     def evaluate(self) -> dict[str, float]:
         return self.workload.evaluate(self.model)
+
+    def prepare(self, grid: Grid) -> dict[str, Any]:
+        """``model.head_init = "centroids"``: the head from every client's class means."""
+        return centroid_head(self, grid) if self.cfg.model.head_init == "centroids" else {}
+
+    def set_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Make ``state`` (float32 CPU tensors, every global name) the global adapter and the server model's."""
+        self.state = {n: state[n].detach().float().cpu() for n in self.state}
+        write_state(self.params, self.state)
 
     def run_round(self, grid: Grid, server_round: int) -> dict[str, Any]:
         """One full round: sample, send the global adapter, collect, aggregate, apply."""

@@ -101,6 +101,11 @@ class RoundLoop(Strategy):
     def run_round(self, grid: Grid, server_round: int) -> dict[str, Any]:
         """Run one round; return its numbers for the round's record."""
 
+    def prepare(self, grid: Grid) -> dict[str, Any]:
+        """A fresh run's set-up exchange before round 0 is evaluated; its numbers go into round
+        0's record. None by default (``FederatedLora``: the head from the clients' class means)."""
+        return {}
+
     @abstractmethod
     def evaluate(self) -> dict[str, float]:
         """Evaluate the global model on the held-out set."""
@@ -374,8 +379,9 @@ class RoundLoop(Strategy):
         self.discover(grid, self.cfg.federation.round_timeout_s)  # start-up, not round 1's time
         t_start = time.monotonic()
         if self.state_round == 0:
-            on_round({"round": 0, **self.evaluate(), **self.evaluate_federated(grid, 0), "round_s": 0.0,
-                      "elapsed_s": 0.0})
+            setup = self.prepare(grid)
+            on_round({"round": 0, **setup, **self.evaluate(), **self.evaluate_federated(grid, 0), "round_s": 0.0,
+                      "elapsed_s": time.monotonic() - t_start})
         first, t_first = self.state_round + 1, time.monotonic()
         for server_round in range(first, num_rounds + 1):
             t_round = time.monotonic()

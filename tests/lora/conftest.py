@@ -60,12 +60,14 @@ class InProcessGrid:
 
     def _handle(self, msg):
         from fedtune.app.client_app import query
+        from fedtune.client.centroids import answer_class_sums, is_class_sums_query
         from fedtune.client.lora import evaluate_lora, train_lora
 
         context = self.contexts[msg.metadata.dst_node_id]
         try:
             if msg.metadata.message_type == MessageType.QUERY:
-                return query(msg, context)
+                # the app reads the run's config from Flower's run config; this grid has it at hand
+                return answer_class_sums(self.cfg, msg, context) if is_class_sums_query(msg) else query(msg, context)
             handler = self.handlers.get(msg.metadata.dst_node_id)
             if handler is not None:
                 return handler(msg, context)
