@@ -97,3 +97,24 @@ def test_a_client_that_fails_is_left_out_of_the_means(task_identity):
 def test_bad_combinations_are_refused_in_one_line(overrides, message):
     with pytest.raises(ConfigError, match=message):
         micro_config(*CENTROIDS, *overrides)
+
+
+@pytest.mark.slow
+def test_a_fedtune_run_simulation_starts_from_the_class_means(tmp_path):
+    # Flower's simulation engine: its pool of 3 nodes asks the 4 partitions in two turns; a config-built encoder
+    import json
+
+    from tests.conftest import SMALL_LORA_CONFIG, run_cli
+
+    path = tmp_path / "centroids.toml"
+    text = SMALL_LORA_CONFIG.format(name="centroids", output_dir=tmp_path / "runs", num_clients=4, rule="fedit",
+                                    two_phase="false", method="none")
+    text = text.replace('task = "seq-cls"\n', 'task = "seq-cls"\nhead = "label-names"\nhead_init = "centroids"\n')
+    path.write_text(text.replace("rounds = 2", "rounds = 1"))
+
+    result = run_cli("run", path, timeout=300)
+
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    records = [json.loads(line) for line in (tmp_path / "runs" / "centroids" / "metrics.jsonl").read_text().splitlines()]
+    assert (records[0]["head_init_clients"], records[0]["head_init_failed"], records[0]["head_init_classes"]) == (4, 0, 4)
+    assert records[1]["replies"] == 3 and records[1]["rejected"] == 0
