@@ -29,10 +29,8 @@ Run from the repository root (about 8 minutes on 2 cores with the defaults)::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -41,23 +39,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing the package
 
+from bench.secagg import _run as run_fedtune
+
 CONFIG = ROOT / "simulations" / "default.toml"
 
 
 def _run(out: Path, name: str, overrides: list[str]) -> list[dict[str, Any]]:
     """One `fedtune run` of CONFIG; returns its metrics records."""
-    command = [sys.executable, "-m", "fedtune.cli", "run", str(CONFIG)]
-    for item in [f"name={name}", f'output_dir="{out}"', *overrides]:
-        command += ["--set", item]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "FLWR_TELEMETRY_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
-    env.pop("FEDTUNE_CONFIG", None)
-    env.pop("FEDTUNE_RUN_DIR", None)
-    result = subprocess.run(command, check=False, cwd=ROOT, env=env, capture_output=True, text=True)
-    if result.returncode != 0:
-        sys.stderr.write(result.stdout[-4000:] + result.stderr[-4000:])
-        raise SystemExit(f"`fedtune run` for {name} failed with status {result.returncode}")
-    lines = (out / name / "metrics.jsonl").read_text().splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
+    return run_fedtune(CONFIG, out, name, overrides)
 
 
 def _label(sigma: float) -> str:

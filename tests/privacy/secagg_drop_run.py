@@ -26,24 +26,20 @@ from pathlib import Path
 sys.path.insert(0, os.getcwd())
 
 import numpy as np
-from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
 from flwr.simulation import run_simulation
 
-from fedtune import wire
-from fedtune._flwr_compat import RECORD_KEY_CONFIGS, fit_vector
+from fedtune._flwr_compat import RECORD_KEY_CONFIGS
 from fedtune._flwr_compat import SecAggKey as Key
-from tests.privacy.instrumented import open_run
+from tests.privacy.instrumented import open_run, recording_client
 
 config_path, out = sys.argv[1], Path(sys.argv[2])
 drops = {stage: {int(n) for n in nodes.split(",")} for stage, nodes in (arg.split("=") for arg in sys.argv[3:])}
 cfg, run_dir = open_run(config_path)
 
-import fedtune.app.client_app as real_client
 import fedtune.app.server_app as real_server
 import fedtune.server.secagg as server_secagg
 from fedtune.client.secagg import secagg_when_asked
-from fedtune.client.zo_protocol import partition_of
 
 
 def drop(msg, context, call_next):
@@ -55,22 +51,7 @@ def drop(msg, context, call_next):
     return call_next(msg, context)
 
 
-client = ClientApp(mods=[drop, secagg_when_asked])
-
-
-@client.query()
-def query(msg, context):
-    return real_client.query(msg, context)
-
-
-@client.train()
-def train(msg, context):
-    reply = real_client.train(msg, context)
-    if msg.has_content() and RECORD_KEY_CONFIGS in msg.content.config_records:
-        vector, weight = fit_vector(reply.content)
-        partition, round_ = partition_of(msg, context)[0], int(msg.content[wire.CONFIG][wire.ROUND])
-        np.savez(out / f"clear-r{round_}-p{partition}.npz", vector=vector, weight=weight)
-    return reply
+client = recording_client([drop, secagg_when_asked], out)
 
 
 real_secure_mean = server_secagg.secure_mean

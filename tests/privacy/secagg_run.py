@@ -25,19 +25,17 @@ sys.path.insert(0, os.getcwd())
 
 import numpy as np
 from flwr.app import ConfigRecord
-from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
 from flwr.simulation import run_simulation
 
 from fedtune import wire
-from fedtune._flwr_compat import RECORD_KEY_CONFIGS, Stage, bytes_to_ndarray, fit_vector, ndarray_to_bytes
+from fedtune._flwr_compat import RECORD_KEY_CONFIGS, Stage, bytes_to_ndarray, ndarray_to_bytes
 from fedtune._flwr_compat import SecAggKey as Key
-from tests.privacy.instrumented import ForwardingGrid, open_run
+from tests.privacy.instrumented import ForwardingGrid, open_run, recording_client
 
 config_path, out = sys.argv[1], Path(sys.argv[2])
 cfg, run_dir = open_run(config_path)
 
-import fedtune.app.client_app as real_client
 import fedtune.app.server_app as real_server
 from fedtune.client.secagg import secagg_when_asked
 from fedtune.client.zo_protocol import partition_of
@@ -74,22 +72,7 @@ def misbehave(msg, context, call_next):
     return call_next(msg, context)
 
 
-client = ClientApp(mods=[misbehave, secagg_when_asked])
-
-
-@client.query()
-def query(msg, context):
-    return real_client.query(msg, context)
-
-
-@client.train()
-def train(msg, context):
-    reply = real_client.train(msg, context)
-    if msg.has_content() and RECORD_KEY_CONFIGS in msg.content.config_records:
-        vector, weight = fit_vector(reply.content)
-        partition, round_ = partition_of(msg, context)[0], int(msg.content[wire.CONFIG][wire.ROUND])
-        np.savez(out / f"clear-r{round_}-p{partition}.npz", vector=vector, weight=weight)
-    return reply
+client = recording_client([misbehave, secagg_when_asked], out)
 
 
 class RecordingGrid(ForwardingGrid):
