@@ -266,6 +266,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if s.num_gpus_per_client:
         resources["num_gpus"] = s.num_gpus_per_client
     init_args: dict[str, Any] = {"logging_level": "ERROR", "log_to_driver": True, "include_dashboard": False}
+    if s.ray_address:  # a running cluster: its machines' CPUs and GPUs, the config refuses num_cpus/num_gpus
+        init_args["address"] = s.ray_address
+        log.info("joining the Ray cluster at %s", s.ray_address)
     if s.num_cpus:
         init_args["num_cpus"] = s.num_cpus
     if s.num_gpus:

@@ -236,6 +236,9 @@ class SimulationConfig:
     num_gpus_per_client: float = 0.0  # a fraction (e.g. 0.25) packs several clients on a GPU
     num_cpus: int = 0  # CPUs the simulation may use (Ray's pool); 0 = every core of the machine
     num_gpus: int = 0  # GPUs the simulation may use; 0 = every GPU present (none on a CPU box)
+    # join a running Ray cluster ("host:port" of its head, or "auto") instead of starting one on this
+    # machine: the simulation's clients then run on every machine of the cluster; "" = a local one
+    ray_address: str = ""
 
 
 @dataclass(frozen=True)
@@ -528,6 +531,12 @@ def _check_values(cfg: RunConfig) -> list[str]:
          f"`simulation.num_gpus_per_client` must be >= 0, got {s.num_gpus_per_client}")
     need(s.num_cpus >= 0, f"`simulation.num_cpus` must be >= 0 (0 = every core), got {s.num_cpus}")
     need(s.num_gpus >= 0, f"`simulation.num_gpus` must be >= 0 (0 = every GPU), got {s.num_gpus}")
+    need(not s.ray_address or (s.num_cpus == 0 and s.num_gpus == 0),
+         f"`simulation.ray_address` = {s.ray_address!r} joins a running Ray cluster, whose CPUs and GPUs are its "
+         "own: leave `simulation.num_cpus` and `simulation.num_gpus` at 0 (set them on `ray start` instead)")
+    need(s.ray_address == s.ray_address.strip() and (s.ray_address in ("", "auto") or ":" in s.ray_address),
+         f"`simulation.ray_address` must be \"host:port\" of the cluster's head (as `ray start --head` prints it), "
+         f"\"auto\" or \"\", got {s.ray_address!r}")
     need(s.num_cpus == 0 or s.num_cpus_per_client <= s.num_cpus,
          f"`simulation.num_cpus_per_client` ({s.num_cpus_per_client}) is more than the {s.num_cpus} "
          "CPUs of `simulation.num_cpus`: no client could ever run")
