@@ -110,6 +110,10 @@ def centroid_head(strategy: HeadServer, grid: Grid) -> dict[str, Any]:
         bytes_down += sum(wire.message_bytes(m, downlink=True) for m in messages)
         replies = sorted(grid.send_and_receive(messages, timeout=cfg.federation.round_timeout_s),
                          key=lambda r: r.metadata.src_node_id)  # a fixed order: the float64 sum's bits
+        missing = len(messages) - len(replies)  # no reply within federation.round_timeout_s
+        if missing:
+            failed += missing
+            log.warning("%d clients sent no class sums within %g s", missing, cfg.federation.round_timeout_s)
         for reply in replies:
             bytes_up += wire.message_bytes(reply, downlink=False)
             if reply.has_error():
