@@ -26,13 +26,12 @@ plain mean with 2 of 10 malicious; goal >= 5) and ``robust_minus_clean_accuracy_
     python bench/robust.py --zo                  # FedKSeed on the classifier bias as well
 
 On a shared 2-core machine run it with ``OMP_NUM_THREADS=1``: with torch's default threads
-competing with another process a cell took minutes instead of ~30 s. Measured once
-(2 rounds x 5 local steps, 1 seed, cells 0 and 2 malicious only, for time):
-``OMP_NUM_THREADS=1 python bench/robust.py --rounds 2 --local-steps 5 --malicious 0,2 --rules plain,median``
-gave plain 92.1 / 25.4 % with 0 / 2 malicious, median 92.6 / 92.7 %: robust_minus_clean 0.6,
-robust_minus_plain 67.3 points.
-With 2 malicious, ``--malicious 2 --rules trimmed-mean,krum`` (same settings): trimmed mean
-92.4 %, Krum 91.5 %. Cells with 1 and 3 malicious were not run.
+competing with another process a cell took minutes instead of ~30 s. Measured (2 rounds x 5
+local steps, 3 seeds, every cell; ~30 min on 2 shared cores):
+``OMP_NUM_THREADS=1 python bench/robust.py --rounds 2 --local-steps 5 --seeds 0,1,2`` gave plain
+92.3 / 26.9 / 24.9 / 24.4 % with 0 / 1 / 2 / 3 malicious, median 92.6 / 92.6 / 92.7 / 92.4, trimmed
+mean 92.5 / 92.6 / 92.5 / 92.6, Krum 91.4 / 91.4 / 91.4 / 91.6: robust_minus_clean 0.4,
+robust_minus_plain 67.8 points (docs/privacy.md has the table).
 """
 
 from __future__ import annotations
