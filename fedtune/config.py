@@ -678,6 +678,10 @@ def _check_privacy(cfg: RunConfig) -> list[str]:
         errors.append(f"`privacy.noise_multiplier` must be >= 0, got {p.noise_multiplier}")
     if not 0 < p.dp_delta < 1:
         errors.append(f"`privacy.dp_delta` must be in (0, 1), got {p.dp_delta}")
+    if p.client_level and p.noise_multiplier == 0:
+        errors.append(f"`privacy.noise_multiplier` = 0 with `privacy.dp` = {p.dp!r} adds no noise: the clipped "
+                      "updates would be released as they are (epsilon infinite); set noise_multiplier > 0, or "
+                      "privacy.dp = 'none' (and `privacy.secagg = true` to hide the updates without DP)")
     if p.update_bits not in (8, 32):
         errors.append(f"`privacy.update_bits` must be 8 or 32, got {p.update_bits}")
     if p.dp == "distributed" and not p.secagg:

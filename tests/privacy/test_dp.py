@@ -1,6 +1,7 @@
 """Differential privacy's mechanisms: clipping, noise that is really there at the stated scale,
 and the [privacy] checks (the accountant: test_accounting.py; simulations: test_dp_simulation.py)."""
 
+import dataclasses
 import math
 import os
 
@@ -26,7 +27,10 @@ STD_REL = 5 / math.sqrt(2 * DRAWS)
 
 
 def _cfg(dp, secagg=True, **privacy):
-    return parse_config({**BASE, "privacy": {"secagg": secagg, "dp": dp, **privacy}})
+    noise = privacy.pop("noise_multiplier", 1.0)
+    cfg = parse_config({**BASE, "privacy": {"secagg": secagg, "dp": dp, **privacy}})
+    # noise 0 is refused in a config (no privacy at all); the tests use it to see the clip alone
+    return dataclasses.replace(cfg, privacy=dataclasses.replace(cfg.privacy, noise_multiplier=noise))
 
 
 def test_clip_scales_large_updates_to_the_norm_and_leaves_small_ones():
@@ -113,6 +117,17 @@ def test_dp_without_secagg_is_central_or_local_and_needs_uniform_weights():
     assert len(info.value.errors) == 2
     for dp in ("central", "local"):
         assert parse_config({**BASE, "privacy": {"dp": dp}}).privacy.dp == dp
+
+
+@pytest.mark.parametrize("dp", ["central", "distributed", "local"])
+def test_dp_without_noise_is_refused_in_one_line(dp):
+    with pytest.raises(ConfigError) as info:
+        parse_config({**BASE, "privacy": {"dp": dp, "noise_multiplier": 0.0, "secagg": dp == "distributed"}})
+
+    assert info.value.errors == [
+        f"`privacy.noise_multiplier` = 0 with `privacy.dp` = {dp!r} adds no noise: the clipped updates would be "
+        "released as they are (epsilon infinite); set noise_multiplier > 0, or privacy.dp = 'none' (and "
+        "`privacy.secagg = true` to hide the updates without DP)"]
 
 
 def test_dp_refuses_what_has_no_dense_vector_to_clip_and_noise():

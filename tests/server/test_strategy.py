@@ -1,6 +1,7 @@
 """The FedKSeed strategy: bad replies are rejected and counted, never applied; DP rounds clip, noise and account."""
 
 
+import dataclasses
 import math
 
 import numpy as np
@@ -92,9 +93,10 @@ def _dp(dp, noise_multiplier, update_bits=8):
     raw = {"model": {"config": "micro-llama"}, "data": {"num_examples": 100, "eval_examples": 8},
            "federation": {"num_clients": 4, "clients_per_round": 2, "min_replies": 1},
            "algorithm": {"num_candidates": 16, "local_steps": 4, "weighting": "uniform"},
-           "privacy": {"dp": dp, "dp_clip": 1.0, "noise_multiplier": noise_multiplier,
-                       "update_bits": update_bits}}
-    return parse_config(raw)
+           "privacy": {"dp": dp, "dp_clip": 1.0, "update_bits": update_bits}}
+    cfg = parse_config(raw)
+    # noise 0 is refused in a config (no privacy at all); the tests use it to see the clip alone
+    return dataclasses.replace(cfg, privacy=dataclasses.replace(cfg.privacy, noise_multiplier=noise_multiplier))
 
 
 def _dp_round(server, steps):
