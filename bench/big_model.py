@@ -9,7 +9,8 @@ weights: what a user's machine must hold):
 * ``inference``: one forward under ``torch.inference_mode`` on a batch of random token ids
   (``--batch`` x ``--tokens``, causal-LM loss), after one warm-up forward;
 * ``zo``: the same forward, then one fedtune MeZO step over every weight
-  (:func:`fedtune.zo.mezo.zo_step`: +eps, -2 eps, restore-and-update; two forwards);
+  (:func:`fedtune.zo.mezo.zo_step`: +eps, -2 eps, restore-and-update; two forwards), then the
+  replay of one round's log entry of 10 distinct seeds (:func:`fedtune.zo.fedkseed.replay_`);
 * ``adam`` (float32 only): forward, backward and one ``torch.optim.AdamW`` step, the
   first-order client's memory; refused (and its estimate printed) when weights + gradients +
   AdamW's two moments alone exceed 80 % of the memory available;
@@ -55,6 +56,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 CONFIGS = {"1b": "tinyllama-1.1b", "7b": "llama2-7b"}
+REPLAY_SEEDS = 10  # distinct seeds of the round the zo phase replays (one client's 10 local steps)
 GOALS = {
     "round_bytes_up_1b_over_3m": "== 1 (--round)",
     "zo_peak_bf16_over_inference_peak_bf16": "<= 1.1",
@@ -124,11 +126,14 @@ def _available_bytes() -> int:
 
 def child(phase: str, size: str, dtype_name: str, batch: int, tokens: int, threads: int) -> dict[str, Any]:
     """One phase in this (fresh) process; returns its numbers."""
+    import numpy as np
     import torch
 
     from fedtune.dtypes import torch_dtype
     from fedtune.models import load_model
+    from fedtune.zo.fedkseed import replay_
     from fedtune.zo.mezo import zo_step
+    from fedtune.zo.seeds import SeedUpdate, candidate_seeds
 
     torch.set_num_threads(threads)
     dtype = torch_dtype(dtype_name)
@@ -172,6 +177,14 @@ def child(phase: str, size: str, dtype_name: str, batch: int, tokens: int, threa
             result = zo_step(params, forward, seed=1, eps=1e-2, lr=1e-6)
             out["step_s"] = time.perf_counter() - start
             out["projected_grad"] = result.projected_grad
+            # one round's replay: a log entry of REPLAY_SEEDS distinct seeds applied to every weight
+            keys = np.arange(REPLAY_SEEDS, dtype=np.uint64)
+            update = SeedUpdate(1, keys, candidate_seeds(0, 1024)[:REPLAY_SEEDS], np.full(REPLAY_SEEDS, 0.5, np.float32),
+                                lr=1e-6)
+            start = time.perf_counter()
+            replay_(params, update)
+            out["replay_s"] = time.perf_counter() - start
+            out["replay_seeds"] = REPLAY_SEEDS
     out["peak_rss_bytes"] = _peak_rss_bytes()
     return out
 
