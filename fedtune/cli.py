@@ -179,6 +179,10 @@ def _check_memory(cfg: RunConfig) -> Any:
     from fedtune.capacity import available_memory, estimate_memory, parameter_count
 
     memory = estimate_memory(cfg, parameter_count(cfg), os.cpu_count() or 1, available_memory())
+    if not memory.fits and cfg.simulation.ray_address:  # the cluster's machines hold the workers: unknown here
+        log.warning("this machine alone could not hold the simulation (%s); going on, as the Ray cluster at %s "
+                    "places the workers on its machines", memory.describe(), cfg.simulation.ray_address)
+        return memory
     if not memory.fits:
         raise UsageError(
             f"this simulation needs {memory.describe()}. Run fewer clients at once (lower "

@@ -1,5 +1,7 @@
 """The memory estimate: what it counts, and a run it refuses before anything starts."""
 
+import pytest
+
 from fedtune.capacity import GIB, PROCESS_BYTES, RAY_BYTES, estimate_memory, parameter_count
 from fedtune.config import parse_config
 from tests.conftest import run_cli
@@ -48,3 +50,17 @@ def test_a_run_the_machine_cannot_hold_is_refused_before_it_starts(small_config,
     assert "this simulation needs about" in result.stderr and "1000 worker(s)" in result.stderr
     assert "GiB available" in result.stderr and "simulation.num_cpus" in result.stderr
     assert not (tmp_path / "runs").exists()  # nothing written
+
+
+def test_with_a_ray_cluster_a_run_this_machine_cannot_hold_is_warned_not_refused(caplog):
+    from fedtune.cli import UsageError, _check_memory
+
+    raw = {"model": {"config": "llama2-7b"}, "federation": {"num_clients": 4, "clients_per_round": 4}}
+    alone = parse_config(raw)
+    cluster = parse_config({**raw, "simulation": {"ray_address": "10.0.0.1:6379"}})
+
+    with pytest.raises(UsageError, match="this simulation needs about"):
+        _check_memory(alone)
+    with caplog.at_level("WARNING", logger="fedtune"):
+        assert not _check_memory(cluster).fits
+    assert "the Ray cluster at 10.0.0.1:6379 places the workers" in caplog.text

@@ -125,9 +125,9 @@ def test_dp_without_noise_is_refused_in_one_line(dp):
         parse_config({**BASE, "privacy": {"dp": dp, "noise_multiplier": 0.0, "secagg": dp == "distributed"}})
 
     assert info.value.errors == [
-        f"`privacy.noise_multiplier` = 0 with `privacy.dp` = {dp!r} adds no noise: the clipped updates would be "
+        (f"`privacy.noise_multiplier` = 0 with `privacy.dp` = {dp!r} adds no noise: the clipped updates would be "
         "released as they are (epsilon infinite); set noise_multiplier > 0, or privacy.dp = 'none' (and "
-        "`privacy.secagg = true` to hide the updates without DP)"]
+        "`privacy.secagg = true` to hide the updates without DP)")]
 
 
 def test_dp_refuses_what_has_no_dense_vector_to_clip_and_noise():
