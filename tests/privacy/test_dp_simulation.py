@@ -143,18 +143,24 @@ def test_two_phase_lorafair_under_secagg_and_dp_accounts_two_sums_a_round(tmp_pa
 
 
 @pytest.mark.slow
-def test_dp_secagg_downlink_does_not_grow_with_the_log(small_config, tmp_path):
+@pytest.mark.parametrize("bits", [8, 32])
+def test_dp_secagg_downlink_does_not_grow_with_the_log(small_config, tmp_path, bits):
     # Every client is sampled every round: from round 2 on each gets the one entry (K noised
     # scalars) after the state it confirmed, not the whole log (which grew by K scalars a round).
     path = _uniform(small_config(name="downlink", rounds=4, num_clients=4, per_round=4),
-                    'secagg = true\ndp = "distributed"\nnoise_multiplier = 1.0\ndp_clip = 1.0\n')
+                    'secagg = true\ndp = "distributed"\nnoise_multiplier = 1.0\ndp_clip = 1.0\n'
+                    f"update_bits = {bits}\n")
 
     records, _, _ = _run(path, "downlink", tmp_path)
 
     down = [r["bytes_down_per_client"] for r in records[1:]]
     assert all(r["replies"] == 4 and r["sync_mismatches"] == 0 for r in records[1:])
-    assert down[1] > down[0]  # round 1's log is empty; round 2 sends its one entry
-    assert down[1] == down[2] == down[3]
+    entry = down[1] - down[0]  # round 1's log is empty; round 2 sends its one entry
+    assert entry > (64 if bits == 8 else 4 * 64)  # K = 64 codes (one byte each) or float32 scalars
+    if bits == 32:
+        assert down[1] == down[2] == down[3]
+    else:  # a key whose noised scalar rounds to code 0 leaves its entry: a byte less, not an entry more
+        assert all(abs(d - down[1]) < entry / 4 for d in down[2:])
 
 
 @pytest.mark.slow
