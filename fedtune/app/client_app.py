@@ -16,7 +16,13 @@ from fedtune import algorithms
 from fedtune.app import APP_DIR
 from fedtune.client.node_log import extend_sync, remember_sync
 from fedtune.client.secagg import secagg_when_asked
-from fedtune.client.zo_protocol import answer_evaluate, answer_query, answer_train, partition_of
+from fedtune.client.zo_protocol import (
+    answer_evaluate,
+    answer_query,
+    answer_train,
+    is_class_sums_query,
+    partition_of,
+)
 from fedtune.config import RunConfig
 from fedtune.runs import config_from_run_config
 
@@ -25,8 +31,6 @@ app = ClientApp(mods=[secagg_when_asked])  # SecAgg+ rounds (privacy.secagg) run
 
 @app.query()
 def query(msg: Message, context: Context) -> Message:
-    from fedtune.client.centroids import is_class_sums_query
-
     if is_class_sums_query(msg):  # model.head_init = "centroids": the set-up exchange before round 1
         from fedtune.client.centroids import answer_class_sums
 

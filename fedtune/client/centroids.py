@@ -15,19 +15,13 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from fedtune import wire
-from fedtune.client.zo_protocol import partition_of, train_config
+from fedtune.client.zo_protocol import is_class_sums_query, partition_of, train_config
 from fedtune.config import RunConfig
 from fedtune.lora.client import client_for
 from fedtune.models import LabelNameClassifier
 from fedtune.server.centroids import class_sums_bundle
 
-__all__ = ["answer_class_sums", "is_class_sums_query"]
-
-
-def is_class_sums_query(msg: Message) -> bool:
-    """Whether ``msg`` asks for the class sums (else it asks for the node's partition)."""
-    config = msg.content.get(wire.CONFIG) if msg.has_content() else None
-    return isinstance(config, ConfigRecord) and config.get(wire.QUERY) == wire.CLASS_SUMS
+__all__ = ["answer_class_sums", "is_class_sums_query"]  # the check is torch-free, in zo_protocol
 
 
 @torch.no_grad()  # not inference_mode: the partition's tensors it caches are trained on later

@@ -25,7 +25,7 @@ from fedtune.zo.pro import probabilities_from_bytes
 from fedtune.zo.seeds import SeedUpdate
 from fedtune.zo.sync import OutOfSync
 
-__all__ = ["answer_evaluate", "answer_query", "answer_train", "partition_of"]
+__all__ = ["answer_evaluate", "answer_query", "answer_train", "is_class_sums_query", "partition_of"]
 
 
 def partition_of(msg: Message, context: Context) -> tuple[int, int]:
@@ -39,6 +39,13 @@ def partition_of(msg: Message, context: Context) -> tuple[int, int]:
     if isinstance(config, ConfigRecord) and wire.PARTITION in config:
         return wire.read_int(config, wire.PARTITION), wire.read_int(config, wire.NUM_PARTITIONS)
     return int(context.node_config["partition-id"]), int(context.node_config["num-partitions"])
+
+
+def is_class_sums_query(msg: Message) -> bool:
+    """Whether a query asks for the class sums (``model.head_init = "centroids"``, answered by the
+    torch client in :mod:`fedtune.client.centroids`), else for the node's partition."""
+    config = msg.content.get(wire.CONFIG) if msg.has_content() else None
+    return isinstance(config, ConfigRecord) and config.get(wire.QUERY) == wire.CLASS_SUMS
 
 
 def answer_query(msg: Message, context: Context) -> Message:
