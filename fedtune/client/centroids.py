@@ -15,13 +15,13 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from fedtune import wire
-from fedtune.client.zo_protocol import is_class_sums_query, partition_of, train_config
+from fedtune.client.zo_protocol import partition_of, train_config
 from fedtune.config import RunConfig
 from fedtune.lora.client import client_for
 from fedtune.models import LabelNameClassifier
 from fedtune.server.centroids import class_sums_bundle
 
-__all__ = ["answer_class_sums", "is_class_sums_query"]  # the check is torch-free, in zo_protocol
+__all__ = ["answer_class_sums"]
 
 
 @torch.no_grad()  # not inference_mode: the partition's tensors it caches are trained on later

@@ -31,6 +31,13 @@ from fedtune import wire
 from fedtune.config import RunConfig
 from fedtune.server.rounds import error_reason
 
+__all__ = ["HEAD_WEIGHT", "HeadServer", "centroid_head", "class_sums_bundle", "head_names"]
+
+log = logging.getLogger(__name__)
+
+HEAD_WEIGHT = "classifier.weight"
+"""The suffix of the label-names head's weight among a LoRA run's global tensors."""
+
 
 class HeadServer(Protocol):
     """What the exchange needs of its strategy (:class:`fedtune.server.lora_strategy.FederatedLora`)."""
@@ -50,13 +57,6 @@ class HeadServer(Protocol):
 
     def set_state(self, state: dict[str, torch.Tensor]) -> None: ...
 
-__all__ = ["HEAD_WEIGHT", "HeadServer", "centroid_head", "class_sums_bundle", "head_names"]
-
-log = logging.getLogger(__name__)
-
-HEAD_WEIGHT = "classifier.weight"
-"""The suffix of the label-names head's weight among a LoRA run's global tensors."""
-
 
 def head_names(names: Sequence[str]) -> tuple[str, str]:
     """The global state's ``(weight, bias)`` names of the label-names head.
@@ -65,10 +65,11 @@ def head_names(names: Sequence[str]) -> tuple[str, str]:
         ValueError: if the clients do not send the head (it is not among ``names``).
     """
     found = [n for n in names if n.endswith(HEAD_WEIGHT)]
-    if len(found) != 1 or found[0][: -len("weight")] + "bias" not in names:
+    bias = found[0].removesuffix("weight") + "bias" if len(found) == 1 else ""
+    if bias not in names:
         raise ValueError("`model.head_init` = 'centroids' needs the label-names head among the tensors the "
                          f"clients train and send; found {found or 'none'}")
-    return found[0], found[0][: -len("weight")] + "bias"
+    return found[0], bias
 
 
 def class_sums_bundle(sums: np.ndarray, counts: np.ndarray) -> bytes:

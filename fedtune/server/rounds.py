@@ -103,7 +103,7 @@ class RoundLoop(Strategy):
 
     def prepare(self, grid: Grid) -> dict[str, Any]:
         """A fresh run's set-up exchange before round 0 is evaluated; its numbers go into round
-        0's record. None by default (``FederatedLora``: the head from the clients' class means)."""
+        0's record. Nothing by default (``FederatedLora``: the head from the clients' class means)."""
         return {}
 
     @abstractmethod

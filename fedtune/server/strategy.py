@@ -204,7 +204,7 @@ class FedKSeed(RoundLoop):
         keep = np.flatnonzero(q)
         keys, q = update.keys[keep], q[keep]
         scalars = wire.dequantize_scalars_q8(q, scale)
-        update = SeedUpdate(update.round, keys, self.seed_of_key(keys), scalars, update.lr)
+        update = SeedUpdate(update.round, keys, update.seeds[keep], scalars, update.lr)
         return update, ((q, scale) if len(keys) else None)
 
     def apply(self, update: SeedUpdate) -> None:

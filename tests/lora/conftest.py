@@ -60,8 +60,9 @@ class InProcessGrid:
 
     def _handle(self, msg):
         from fedtune.app.client_app import query
-        from fedtune.client.centroids import answer_class_sums, is_class_sums_query
+        from fedtune.client.centroids import answer_class_sums
         from fedtune.client.lora import evaluate_lora, train_lora
+        from fedtune.client.zo_protocol import is_class_sums_query
 
         context = self.contexts[msg.metadata.dst_node_id]
         try:
