@@ -221,6 +221,8 @@ def eval_parts(record: Mapping[str, Any]) -> list[str]:
     elif accuracy is not None:
         parts.append(f"eval acc {accuracy:.3f},")
     parts += [f"{label} {record[key]:.3f}," for key, label in _SCORE_LABELS if record.get(key) is not None]
+    if record.get("emulator_eval_accuracy") is not None:  # Offsite-Tuning: eval_* is the plugged-in full model
+        parts.append(f"emulator acc {record['emulator_eval_accuracy']:.3f},")
     if record.get("eval_generate_seconds") is not None:
         parts.append(f"generation {record['eval_generate_seconds']:.1f} s,")
     if "fed_eval_clients" in record:  # eval.federated: the clients' scores on their own data

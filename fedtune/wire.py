@@ -358,9 +358,10 @@ def _floats(data: bytes, count: int, what: str, dtype: np.dtype[Any] = _F32) -> 
 # --- seeds ---------------------------------------------------------------------------------
 
 
-def key_universe(algorithm: str, num_candidates: int) -> int:
-    """The range of an algorithm's keys: K candidate indices, or 0 (2**64 raw seeds) for MeZO."""
-    return 0 if algorithm == "mezo" else num_candidates
+def key_universe(pooled: bool, num_candidates: int) -> int:
+    """The range of an algorithm's keys: K candidate indices (``pooled``, FedKSeed), or 0
+    (2**64 raw seeds: MeZO)."""
+    return num_candidates if pooled else 0
 
 
 def encode_steps(keys: np.ndarray, scalars: np.ndarray, universe: int) -> bytes:

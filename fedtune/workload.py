@@ -19,8 +19,8 @@ from typing import Any, TypeVar
 
 import torch
 
+from fedtune import algorithms, models
 from fedtune import data as fdata
-from fedtune import models
 from fedtune.config import RunConfig
 from fedtune.data.batches import IGNORE_INDEX, encode_classification, encode_lm
 from fedtune.data.sources import holdout_rows, label_names, load_examples
@@ -189,14 +189,19 @@ class Workload:
         found = self._file_data.label_names if self.cfg.data.source == "file" else ()
         return label_names(self.cfg, self.num_labels, found)
 
-    def build_model(self) -> torch.nn.Module:
+    def build_model(self, *, client: bool = False) -> torch.nn.Module:
         """A fresh copy of the base model on this party's device, in eval mode.
 
         With ``model.head = "label-names"`` the seq-cls head starts as the zero-shot
         classifier (:mod:`fedtune.models`' heads); with ``algorithm.params = "lora"`` (a
         zeroth-order run over adapters) the model comes wrapped in PEFT LoRA adapters.
+        ``client``: the model a client runs, which an algorithm may make from the full one
+        (Offsite-Tuning: its emulator, :attr:`fedtune.algorithms.Algorithm.client_model`).
         """
         model = self.build_base_model()
+        spec = algorithms.get(self.cfg.algorithm.name)
+        if client and spec.client_model is not None:
+            model = spec.client_model(self.cfg, model)
         if self.cfg.algorithm.params == "lora":
             from fedtune.lora.adapters import inject_lora
 
@@ -262,8 +267,15 @@ class Workload:
 
         ``algorithm.params = "lora"``: the PEFT adapter's tensors (and a seq-cls head) under
         their PEFT file names; otherwise the model's parameters. ``model.trainable``'s
-        patterns, when given, select among them.
+        patterns, when given, select among them. An algorithm that names its tensors
+        (:attr:`fedtune.algorithms.Algorithm.tuned`) gets those, under the full model's names
+        (an emulator's renumbered blocks mapped back).
         """
+        spec = algorithms.get(self.cfg.algorithm.name)
+        if spec.tuned is not None:  # the algorithm names them (Offsite-Tuning: the adapter blocks), by full-model name
+            wanted = set(spec.tuned(self.cfg, model))
+            full = models.global_names(model)
+            return [(full[name], p) for name, p in model.named_parameters() if full[name] in wanted]
         if self.cfg.algorithm.params == "lora":
             from fedtune.lora.adapters import adapter_parameters
 

@@ -65,9 +65,9 @@ def test_mezo_keys_are_raw_64_bit_seeds():
 
 
 def test_key_universe():
-    assert wire.key_universe("fedkseed", 4096) == 4096
-    assert wire.key_universe("fedkseed-pro", 1024) == 1024
-    assert wire.key_universe("mezo", 4) == 0
+    assert wire.key_universe(True, 4096) == 4096
+    assert wire.key_universe(True, 1024) == 1024
+    assert wire.key_universe(False, 4) == 0
 
 
 def test_importance_round_trip():

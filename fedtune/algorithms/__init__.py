@@ -7,7 +7,18 @@ algorithm") and one import line below.
 
 from __future__ import annotations
 
-from . import fedit, fedkseed, fedkseed_pro, fedopt, fedprox, ffa_lora, hetlora, lorafair, mezo  # noqa: F401  (registration)
+from . import (  # noqa: F401  (registration)
+    fedit,
+    fedkseed,
+    fedkseed_pro,
+    fedopt,
+    fedprox,
+    ffa_lora,
+    hetlora,
+    lorafair,
+    mezo,
+    offsite,
+)
 from .registry import FEATURES, Algorithm, get, names, register, sections, supporting
 
 __all__ = ["FEATURES", "Algorithm", "get", "names", "register", "sections", "supporting"]

@@ -15,4 +15,5 @@ MEZO = register(Algorithm(
     family="zo",
     summary="zeroth-order steps on fresh seeds (MeZO); (seed, scalar) uploads",
     features=frozenset({"dp-sample", "device", "resume", "lora-params", "trainable"}),
+    pooled=False,
 ))

@@ -84,6 +84,13 @@ class Algorithm:
         rank_pruner: LoRA with ``client_rank``: builds, from the run config, the client's rank
             self-pruning (None: ranks stay as ``client_rank`` gives them). The server keeps each
             partition's rank across rounds and names it in the partition's train message.
+        pooled: ZO: directions are keyed by an index into the K candidate seeds (FedKSeed);
+            False: by a fresh raw 64-bit seed each step (MeZO).
+        client_model: turns the model a client builds into the one it runs (Offsite-Tuning:
+            the emulator, :func:`fedtune.models.make_emulator`); the server keeps the full model.
+        tuned: the full model's names of the tensors clients tune, given the run config and
+            the model (full or the client's); their updates travel under these names. None:
+            ``model.trainable``'s selection (or adapters, for LoRA).
     """
 
     name: str
@@ -98,6 +105,9 @@ class Algorithm:
     client_loss: Callable[[Any], ClientLoss | None] | None = field(default=None, compare=False)
     client_rank: Callable[[Any, int], int] | None = field(default=None, compare=False)
     rank_pruner: Callable[[Any], RankPruner | None] | None = field(default=None, compare=False)
+    pooled: bool = True
+    client_model: Callable[[Any, Any], Any] | None = field(default=None, compare=False)
+    tuned: Callable[[Any, Any], list[str]] | None = field(default=None, compare=False)
 
 
 _REGISTRY: dict[str, Algorithm] = {}

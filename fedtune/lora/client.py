@@ -74,7 +74,7 @@ class LoraClient:
         self.loss_term = spec.client_loss(cfg) if spec.client_loss is not None else None
         self._rank_of = spec.client_rank  # heterogeneous ranks (hetlora): the partition's own
         self.pruner = spec.rank_pruner(cfg) if spec.rank_pruner is not None else None  # rank self-pruning
-        self.model, self.params = trained_model(self.workload, cfg)  # adapters, or model.trainable's tensors
+        self.model, self.params = trained_model(self.workload, cfg, client=True)  # adapters, or model.trainable's tensors
         self.uplink = self.rule.uplink_names(self.params)
         self.shapes = shapes_of(self.params)
         self.uplink_shapes = {n: self.shapes[n] for n in self.uplink}

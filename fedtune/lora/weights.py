@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from fedtune import models
+from fedtune import algorithms
 
 from .adapters import adapter_parameters, inject_lora
 
@@ -23,23 +23,27 @@ __all__ = ["trained_model", "trains_model_tensors"]
 
 
 def trains_model_tensors(cfg: Any) -> bool:
-    """Whether a first-order run tunes the model's own tensors (``model.trainable`` given) rather than adapters."""
-    return bool(cfg.model.trainable)
+    """Whether a first-order run tunes the model's own tensors (``model.trainable`` given, or
+    an algorithm that names them: Offsite-Tuning's adapter blocks) rather than adapters."""
+    return bool(cfg.model.trainable) or algorithms.get(cfg.algorithm.name).tuned is not None
 
 
-def trained_model(workload: Any, cfg: Any) -> tuple[torch.nn.Module, dict[str, torch.nn.Parameter]]:
+def trained_model(
+    workload: Any, cfg: Any, *, client: bool = False
+) -> tuple[torch.nn.Module, dict[str, torch.nn.Parameter]]:
     """The run's model and the tensors its first-order clients train, by name.
 
     Adapters: the model wrapped by :func:`~fedtune.lora.adapters.inject_lora`, its adapter
     tensors under PEFT's names. Model tensors: the model as built, the tensors
-    ``model.trainable`` selects, the others frozen (``requires_grad = False``, so backward
-    computes no gradient for them).
+    ``model.trainable`` (or the algorithm, :attr:`fedtune.algorithms.Algorithm.tuned`) selects,
+    the others frozen (``requires_grad = False``, so backward computes no gradient for them).
+    ``client``: a client's model (Offsite-Tuning: the emulator); the server's is the full one.
     """
-    model = workload.build_model()
+    model = workload.build_model(client=client)
     if not trains_model_tensors(cfg):
         model = inject_lora(model, cfg.lora, cfg.model.task, cfg.seed)
         return model, adapter_parameters(model)
-    params = dict(models.trainable_parameters(model, cfg.model.trainable))
+    params = dict(workload.trainable(model))  # by the full model's names (an emulator's mapped back)
     chosen = {id(p) for p in params.values()}
     for p in model.parameters():
         p.requires_grad_(id(p) in chosen)

@@ -221,3 +221,19 @@ def _micro_bert(vocab_size: int | None) -> PretrainedConfig:
         tie_word_embeddings=True,
         **_vocab(vocab_size, 30522, _BERT_IDS),
     )
+
+
+@register_config("micro-bert-6")
+def _micro_bert_6(vocab_size: int | None) -> PretrainedConfig:
+    """micro-bert with 6 blocks: enough of a stack to drop some (Offsite-Tuning's emulator tests)."""
+    config = _micro_bert(vocab_size)
+    config.num_hidden_layers = 6
+    return config
+
+
+@register_config("micro-llama-6")
+def _micro_llama_6(vocab_size: int | None) -> PretrainedConfig:
+    """micro-llama with 6 blocks: enough of a stack to drop some (Offsite-Tuning's emulator tests)."""
+    config = _micro_llama(vocab_size)
+    config.num_hidden_layers = 6
+    return config

@@ -29,7 +29,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
-from fedtune import algorithms, wire
+from fedtune import algorithms, models, wire
 from fedtune.config import RunConfig
 from fedtune.lora import Aggregate, read_state, rule_class, write_state
 from fedtune.lora.client import lora_run_key
@@ -105,6 +105,8 @@ class FederatedLora(RoundLoop):
         self.ledger = ledger_for(cfg, run_dir)
         if cfg.model.head_init == "centroids":
             head_names(list(self.uplink))  # the head must travel, or the clients never see it
+        # the model clients run when it is not the full one (Offsite-Tuning's emulator): scored each round too
+        self.emulator = trained_model(self.workload, cfg, client=True) if spec.client_model is not None else None
 
     # --- Flower's Strategy interface -------------------------------------------------
 
@@ -113,6 +115,19 @@ class FederatedLora(RoundLoop):
         extra = ""
         if a.name == "lorafair":
             extra = f", lambda {lo.fair_lambda:g}, {lo.fair_steps or 'closed-form'} solve"
+        if self.emulator is not None:
+            emulator, full = self.emulator[0], self.model
+            log.info(
+                "%s: %s; the adapter's %d tensors (%d parameters) tuned first-order by clients on the "
+                "emulator (%d of the full model's %d parameters; %.1f MB shipped to each client once); "
+                "%d local %s steps x batch %d, lr %g; %d of %d clients per round",
+                a.name, models.describe(models.emulator_plan(emulator)), len(self.state),
+                sum(t.numel() for t in self.state.values()),
+                sum(p.numel() for p in emulator.parameters()), sum(p.numel() for p in full.parameters()),
+                models.emulator_bytes(emulator, set(self.state)) / 1e6,
+                a.local_steps, lo.optimizer, a.batch_size, a.lr, f.clients_per_round, f.num_clients,
+            )
+            return
         if trains_model_tensors(self.cfg):
             log.info(
                 "%s: first-order fine-tuning of %d model tensors (%d parameters, model.trainable); "
@@ -321,11 +336,23 @@ class FederatedLora(RoundLoop):
     # --- the round loop ----------------------------------------------------------------
 
     def evaluate(self) -> dict[str, float]:
-        return self.workload.evaluate(self.model)
+        """The global model on the held-out set; where clients run an emulator (Offsite-Tuning)
+        the global adapter scored on it too, as ``emulator_eval_*`` (``eval_*`` is the adapter
+        plugged into the full model)."""
+        scores = self.workload.evaluate(self.model)
+        if self.emulator is not None:
+            write_state(self.emulator[1], self.state)
+            scores.update({f"emulator_{k}": v for k, v in self.workload.evaluate(self.emulator[0]).items()})
+        return scores
 
     def prepare(self, grid: Grid) -> dict[str, Any]:
-        """``model.head_init = "centroids"``: the head from every client's class means."""
-        return centroid_head(self, grid) if self.cfg.model.head_init == "centroids" else {}
+        """``model.head_init = "centroids"``: the head from every client's class means. With an
+        emulator (Offsite-Tuning) ``emulator_bytes_down``: what the owner ships each client once
+        (its frozen tensors; in this version every client builds it from the same checkpoint)."""
+        setup = centroid_head(self, grid) if self.cfg.model.head_init == "centroids" else {}
+        if self.emulator is not None:
+            setup["emulator_bytes_down"] = models.emulator_bytes(self.emulator[0], set(self.state))
+        return setup
 
     def set_state(self, state: dict[str, torch.Tensor]) -> None:
         """Make ``state`` (float32 CPU tensors, every global name) the global adapter and the server model's."""

@@ -22,6 +22,7 @@ import math
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -30,7 +31,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
-from fedtune import wire
+from fedtune import algorithms, models, wire
 from fedtune.config import RunConfig
 from fedtune.dtypes import copy_bits_, itemsize, lost_fraction, to_numpy, wire_tensor
 from fedtune.privacy import dense_seed_vector
@@ -250,6 +251,12 @@ class FedKSeed(RoundLoop):
             a.batch_size, a.lr, a.eps, f.clients_per_round, f.num_clients, len(self.params),
             self.num_params,
         )
+        if self._emulator is not None:
+            emulator = self._emulator[0]
+            log.info("%s: clients run an emulator: %s (%d of the full model's %d parameters; %.1f MB shipped to "
+                     "each client once)", a.name, models.describe(models.emulator_plan(emulator)),
+                     sum(p.numel() for p in emulator.parameters()), sum(p.numel() for p in self.model.parameters()),
+                     models.emulator_bytes(emulator, {n for n, _ in self.params}) / 1e6)
         dtype = self.cfg.model.dtype
         lost = lost_fraction([p for _, p in self.params], a.eps) if dtype != "float32" else 0.0
         if lost > LOST_PERTURBATION_WARN:  # legal, but those weights never train (docs/architecture.md)
@@ -451,8 +458,37 @@ class FedKSeed(RoundLoop):
 
     # --- the round loop ----------------------------------------------------------------
 
+    def prepare(self, grid: Grid) -> dict[str, Any]:
+        """With an emulator (Offsite-Tuning) ``emulator_bytes_down``: what the owner ships each
+        client once (its frozen tensors; in this version every client builds it from the same
+        checkpoint)."""
+        if self._emulator is None:
+            return {}
+        return {"emulator_bytes_down": models.emulator_bytes(self._emulator[0], {n for n, _ in self.params})}
+
     def evaluate(self) -> dict[str, float]:
-        return self.workload.evaluate(self.model)
+        """The global model on the held-out set; where clients run an emulator (Offsite-Tuning)
+        the global tensors scored on it too, as ``emulator_eval_*`` (``eval_*``: plugged into
+        the full model)."""
+        scores = self.workload.evaluate(self.model)
+        if self._emulator is not None:
+            emulator, tuned = self._emulator
+            with torch.no_grad():
+                for (_, target), (_, source) in zip(tuned, self.params, strict=True):
+                    target.copy_(source)
+            scores.update({f"emulator_{k}": v for k, v in self.workload.evaluate(emulator).items()})
+        return scores
+
+    @cached_property
+    def _emulator(self) -> tuple[torch.nn.Module, list[tuple[str, torch.Tensor]]] | None:
+        """The model clients run when it is not the full one (Offsite-Tuning), with its tuned tensors."""
+        if algorithms.get(self.cfg.algorithm.name).client_model is None:
+            return None
+        model = self.workload.build_model(client=True)
+        tuned = self.workload.trainable(model)
+        if [n for n, _ in tuned] != [n for n, _ in self.params]:
+            raise RuntimeError("the emulator's tuned tensors differ from the full model's")  # a bug, not bad input
+        return model, tuned
 
     def run_round(self, grid: Grid, server_round: int) -> dict[str, Any]:
         """One full round: sample, send, catch up whoever fell behind, aggregate, apply."""

@@ -55,7 +55,7 @@ class ZOClient(SeedClient):
 
     def __init__(self, cfg: RunConfig) -> None:
         self.workload = Workload(cfg)
-        self.model = self.workload.build_model()
+        self.model = self.workload.build_model(client=True)
         self.params = self.workload.trainable(self.model)
         # The global weights at `synced_round`; the working model is a scratch copy.
         self.base = [(name, p.detach().clone()) for name, p in self.params]

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedtune import wire
+from fedtune import algorithms, wire
 from fedtune.config import RunConfig
 
 from .seeds import SeedUpdate, candidate_seeds
@@ -27,10 +27,10 @@ class SeedKeys:
 
     def __init__(self, cfg: RunConfig) -> None:
         a = cfg.algorithm
-        pooled = a.name in ("fedkseed", "fedkseed-pro")
+        pooled = algorithms.get(a.name).pooled
         self.pool = candidate_seeds(cfg.seed, a.num_candidates) if pooled else None
         self.max_key = a.num_candidates if pooled else None
-        self.universe = wire.key_universe(a.name, a.num_candidates)  # keys lie in [0, universe); 0: 2**64
+        self.universe = wire.key_universe(pooled, a.num_candidates)  # keys lie in [0, universe); 0: 2**64
 
     def seed_of_key(self, keys: np.ndarray) -> np.ndarray:
         """Vectorised key -> stream seed (pool look-up for FedKSeed, identity for MeZO)."""
