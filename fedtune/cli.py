@@ -127,14 +127,18 @@ def _check_model(cfg: RunConfig) -> None:
     from fedtune.workload import Workload
 
     m, a = cfg.model, cfg.algorithm
-    zo = algorithms.get(a.name).family == "zo"
-    if m.head == "default" and a.params == "model" and not (zo and m.trainable):
+    spec = algorithms.get(a.name)
+    zo = spec.family == "zo"
+    emulated = spec.client_model is not None  # Offsite-Tuning: the emulator's plan must fit the model
+    if m.head == "default" and a.params == "model" and not (zo and m.trainable) and not emulated:
         return
     try:
         workload = Workload(cfg)
         if m.head == "label-names":
             workload.label_names  # noqa: B018 (raises on names that do not fit the data)
-        if zo and (m.trainable or a.params == "lora" or m.head != "default"):
+        if emulated:
+            workload.trainable(workload.build_model(client=True))
+        elif zo and (m.trainable or a.params == "lora" or m.head != "default"):
             workload.trainable(workload.build_model())
     except ValueError as exc:
         raise UsageError(str(exc).replace("\n", " ")) from None

@@ -21,6 +21,7 @@ import torch
 
 from fedtune import algorithms, models
 from fedtune import data as fdata
+from fedtune import emulator as emu
 from fedtune.config import RunConfig
 from fedtune.data.batches import IGNORE_INDEX, encode_classification, encode_lm
 from fedtune.data.sources import holdout_rows, label_names, load_examples
@@ -274,7 +275,7 @@ class Workload:
         spec = algorithms.get(self.cfg.algorithm.name)
         if spec.tuned is not None:  # the algorithm names them (Offsite-Tuning: the adapter blocks), by full-model name
             wanted = set(spec.tuned(self.cfg, model))
-            full = models.global_names(model)
+            full = emu.global_names(model)
             return [(full[name], p) for name, p in model.named_parameters() if full[name] in wanted]
         if self.cfg.algorithm.params == "lora":
             from fedtune.lora.adapters import adapter_parameters

@@ -18,9 +18,9 @@ def _cfg(*overrides):
 
 
 def test_every_built_in_is_registered_once_with_its_family():
-    assert algorithms.names("zo") == ("fedkseed", "fedkseed-pro", "mezo")
+    assert algorithms.names("zo") == ("fedkseed", "fedkseed-pro", "mezo", "offsite-zo")
     assert set(algorithms.names("lora")) == {"fedit", "ffa-lora", "lorafair", "fedprox", "fedadam", "fedyogi",
-                                             "fedadagrad", "hetlora"}
+                                             "fedadagrad", "hetlora", "offsite"}
     assert len(set(algorithms.names())) == len(algorithms.names())
     assert algorithms.supporting("device") == ("fedkseed", "fedkseed-pro", "mezo")
     assert "mezo" not in algorithms.supporting("secagg")

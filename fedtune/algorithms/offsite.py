@@ -4,7 +4,7 @@ Xiao et al., "Offsite-Tuning: Transfer Learning without Full Model", 2023
 (https://arxiv.org/abs/2302.04870). The model's first ``offsite.bottom`` and last
 ``offsite.top`` transformer blocks (and a seq-cls head) form the *adapter*; the blocks
 between them are replaced, on every client, by an *emulator* that keeps ``keep_ratio`` of
-them (uniform layer-drop: :mod:`fedtune.models._emulator`). Clients never run the full
+them (uniform layer-drop: :mod:`fedtune.emulator`). Clients never run the full
 model: their forward and backward passes go through ``bottom + kept + top`` blocks. The
 server holds the full model, aggregates the adapter and evaluates the adapter *plugged into
 the full model* (``eval_*``) beside the emulator's own score (``emulator_eval_*``): the
@@ -40,30 +40,30 @@ class OffsiteConfig:
 
 
 def plan_for(cfg: Any, model: Any) -> Any:
-    """The emulator plan (:class:`fedtune.models.EmulatorPlan`) of ``model``'s block stack
+    """The emulator plan (:class:`fedtune.emulator.EmulatorPlan`) of ``model``'s block stack
     under the run's ``[offsite]`` (``model``: the full model).
 
     Raises:
         ValueError: on a model without a stack of identical blocks, or keys it cannot fit.
     """
-    from fedtune import models
+    from fedtune import emulator as emu
 
     c = cfg.section("offsite")
-    _, stack = models.block_stack(model)
-    return models.plan_emulator(len(stack), c.bottom, c.top, c.keep_ratio)
+    _, stack = emu.block_stack(model)
+    return emu.plan_emulator(len(stack), c.bottom, c.top, c.keep_ratio)
 
 
 def _client_model(cfg: Any, model: Any) -> Any:
-    from fedtune import models
+    from fedtune import emulator as emu
 
-    return models.make_emulator(model, plan_for(cfg, model))
+    return emu.make_emulator(model, plan_for(cfg, model))
 
 
 def _tuned(cfg: Any, model: Any) -> list[str]:
-    from fedtune import models
+    from fedtune import emulator as emu
 
-    plan = models.emulator_plan(model) or plan_for(cfg, model)  # an emulator keeps the plan it was made by
-    return models.adapter_names(model, plan)
+    plan = emu.emulator_plan(model) or plan_for(cfg, model)  # an emulator keeps the plan it was made by
+    return emu.adapter_names(model, plan)
 
 
 def uses_emulator(cfg: Any) -> bool:

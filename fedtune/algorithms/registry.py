@@ -87,7 +87,7 @@ class Algorithm:
         pooled: ZO: directions are keyed by an index into the K candidate seeds (FedKSeed);
             False: by a fresh raw 64-bit seed each step (MeZO).
         client_model: turns the model a client builds into the one it runs (Offsite-Tuning:
-            the emulator, :func:`fedtune.models.make_emulator`); the server keeps the full model.
+            the emulator, :func:`fedtune.emulator.make_emulator`); the server keeps the full model.
         tuned: the full model's names of the tensors clients tune, given the run config and
             the model (full or the client's); their updates travel under these names. None:
             ``model.trainable``'s selection (or adapters, for LoRA).

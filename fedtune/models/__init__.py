@@ -5,17 +5,6 @@ since importing it takes seconds.
 """
 
 from ._configs import build_config, config_names, register_config
-from ._emulator import (
-    EmulatorPlan,
-    adapter_names,
-    block_stack,
-    describe,
-    emulator_bytes,
-    emulator_plan,
-    global_names,
-    make_emulator,
-    plan_emulator,
-)
 from ._heads import HEAD_FILE, LabelNameClassifier, VerbalizerClassifier, is_causal_lm_config
 from ._loading import ModelTask, load_model, load_tokenizer
 from ._packaged import PACKAGE_PREFIX, resolve_model_path
@@ -26,24 +15,15 @@ __all__ = [
     "HEAD_FILE",
     "PACKAGE_PREFIX",
     "QUANTIZE",
-    "EmulatorPlan",
     "LabelNameClassifier",
     "ModelTask",
     "VerbalizerClassifier",
-    "adapter_names",
-    "block_stack",
     "build_config",
     "config_names",
-    "describe",
-    "emulator_bytes",
-    "emulator_plan",
     "fingerprint",
-    "global_names",
     "is_causal_lm_config",
     "load_model",
     "load_tokenizer",
-    "make_emulator",
-    "plan_emulator",
     "quantize_base",
     "register_config",
     "resolve_model_path",

@@ -29,7 +29,8 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
-from fedtune import algorithms, models, wire
+from fedtune import algorithms, wire
+from fedtune import emulator as emu
 from fedtune.config import RunConfig
 from fedtune.lora import Aggregate, read_state, rule_class, write_state
 from fedtune.lora.client import lora_run_key
@@ -121,10 +122,10 @@ class FederatedLora(RoundLoop):
                 "%s: %s; the adapter's %d tensors (%d parameters) tuned first-order by clients on the "
                 "emulator (%d of the full model's %d parameters; %.1f MB shipped to each client once); "
                 "%d local %s steps x batch %d, lr %g; %d of %d clients per round",
-                a.name, models.describe(models.emulator_plan(emulator)), len(self.state),
+                a.name, emu.describe(emu.emulator_plan(emulator)), len(self.state),
                 sum(t.numel() for t in self.state.values()),
                 sum(p.numel() for p in emulator.parameters()), sum(p.numel() for p in full.parameters()),
-                models.emulator_bytes(emulator, set(self.state)) / 1e6,
+                emu.emulator_bytes(emulator, set(self.state)) / 1e6,
                 a.local_steps, lo.optimizer, a.batch_size, a.lr, f.clients_per_round, f.num_clients,
             )
             return
@@ -351,7 +352,7 @@ class FederatedLora(RoundLoop):
         (its frozen tensors; in this version every client builds it from the same checkpoint)."""
         setup = centroid_head(self, grid) if self.cfg.model.head_init == "centroids" else {}
         if self.emulator is not None:
-            setup["emulator_bytes_down"] = models.emulator_bytes(self.emulator[0], set(self.state))
+            setup["emulator_bytes_down"] = emu.emulator_bytes(self.emulator[0], set(self.state))
         return setup
 
     def set_state(self, state: dict[str, torch.Tensor]) -> None:

@@ -31,7 +31,8 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
-from fedtune import algorithms, models, wire
+from fedtune import algorithms, wire
+from fedtune import emulator as emu
 from fedtune.config import RunConfig
 from fedtune.dtypes import copy_bits_, itemsize, lost_fraction, to_numpy, wire_tensor
 from fedtune.privacy import dense_seed_vector
@@ -254,9 +255,9 @@ class FedKSeed(RoundLoop):
         if self._emulator is not None:
             emulator = self._emulator[0]
             log.info("%s: clients run an emulator: %s (%d of the full model's %d parameters; %.1f MB shipped to "
-                     "each client once)", a.name, models.describe(models.emulator_plan(emulator)),
+                     "each client once)", a.name, emu.describe(emu.emulator_plan(emulator)),
                      sum(p.numel() for p in emulator.parameters()), sum(p.numel() for p in self.model.parameters()),
-                     models.emulator_bytes(emulator, {n for n, _ in self.params}) / 1e6)
+                     emu.emulator_bytes(emulator, {n for n, _ in self.params}) / 1e6)
         dtype = self.cfg.model.dtype
         lost = lost_fraction([p for _, p in self.params], a.eps) if dtype != "float32" else 0.0
         if lost > LOST_PERTURBATION_WARN:  # legal, but those weights never train (docs/architecture.md)
@@ -464,7 +465,7 @@ class FedKSeed(RoundLoop):
         checkpoint)."""
         if self._emulator is None:
             return {}
-        return {"emulator_bytes_down": models.emulator_bytes(self._emulator[0], {n for n, _ in self.params})}
+        return {"emulator_bytes_down": emu.emulator_bytes(self._emulator[0], {n for n, _ in self.params})}
 
     def evaluate(self) -> dict[str, float]:
         """The global model on the held-out set; where clients run an emulator (Offsite-Tuning)

@@ -3,7 +3,7 @@
 Xiao et al., "Offsite-Tuning: Transfer Learning without Full Model", 2023
 (https://arxiv.org/abs/2302.04870). A transformer is a stack of identical blocks; the model
 owner keeps the first ``bottom`` and the last ``top`` blocks whole as the *adapter*, and
-replaces the ``M`` blocks between them by an *emulator*: ``n = round(keep_ratio * M)`` of
+replaces the ``M`` blocks between them by an *emulator*: ``n = round(keep_ratio * M)`` (half up) of
 them, chosen evenly from the first to the last middle block (uniform layer-drop; the
 paper's distillation of the emulator is not done here). The data owner tunes the adapter
 with the emulator frozen in between, and the owner plugs the tuned adapter back into the
@@ -18,6 +18,7 @@ on the owner's full model and on a client's emulator.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,7 +95,7 @@ def plan_emulator(num_blocks: int, bottom: int, top: int, keep_ratio: float) -> 
     if middle < 2:
         raise ValueError(f"`offsite.bottom` + `offsite.top` must leave at least 2 of the model's {num_blocks} "
                          f"blocks to emulate (at most {num_blocks - 2} in the adapter), got {bottom} + {top}")
-    kept = round(keep_ratio * middle)
+    kept = math.floor(keep_ratio * middle + 0.5)  # half up (round() would take 0.5 to 0)
     if not 1 <= kept <= middle - 1:
         low, high = 0.5 / middle, (middle - 0.5) / middle
         raise ValueError(f"`offsite.keep_ratio` = {keep_ratio:g} keeps {kept} of the {middle} middle blocks; the "
