@@ -137,7 +137,7 @@ def make_emulator(model: torch.nn.Module, plan: EmulatorPlan) -> torch.nn.Module
     for new, block in enumerate(blocks):
         for module in block.modules():
             if isinstance(getattr(module, "layer_idx", None), int):
-                module.layer_idx = new
+                setattr(module, "layer_idx", new)  # noqa: B010 (an nn.Module attribute, typed as a submodule)
     parent_name, _, attr = prefix.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, attr, torch.nn.ModuleList(blocks))
@@ -176,8 +176,10 @@ def adapter_names(model: torch.nn.Module, plan: EmulatorPlan) -> list[str]:
     return out
 
 
-def describe(plan: EmulatorPlan) -> str:
-    """One line: which blocks are adapter and which emulate."""
+def describe(plan: EmulatorPlan | None) -> str:
+    """One line: which blocks are adapter and which emulate (None: not an emulator)."""
+    if plan is None:
+        return "the full model (no blocks dropped)"
     return (f"adapter blocks {list(plan.bottom)} + {list(plan.top)}, emulator keeps middle blocks "
             f"{list(plan.middle)} of {plan.num_blocks - len(plan.adapter)}")
 

@@ -14,6 +14,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedtune import algorithms
 from fedtune.app import APP_DIR
+from fedtune.lora.weights import trains_model_tensors
 from fedtune.onnx import onnx_path_for
 from fedtune.runs import RunWriter, config_from_run_config, configure_logging, create_run_dir, resuming
 from fedtune.server.lora_strategy import FederatedLora
@@ -49,7 +50,8 @@ def main(grid: Grid, context: Context) -> None:
         finally:
             writer.close()
         lora.workload.save(lora.model, writer.model_dir)
-        log.info("final adapter (PEFT format): %s", writer.model_dir)
+        what = "model" if trains_model_tensors(cfg) else "adapter (PEFT format)"  # model tensors: the whole model
+        log.info("final %s: %s", what, writer.model_dir)
         return
     strategy = FedKSeed(cfg, run_dir, resume=resume)
     strategy.assign_partitions = simulated

@@ -1,0 +1,217 @@
+"""Offsite-Tuning (``offsite``, ``offsite-zo``): the emulator, its names, a round, the refusals.
+
+The emulator is the full model with middle blocks dropped (uniform layer-drop); the tests
+check it block by block against the full model it was made from, that every party names
+the adapter's tensors as the full model does (so payloads, seed directions and digests
+agree between an emulator and the owner's model), that a first-order round is FedAvg of the
+clients' local SGD *on the emulator*, that a zeroth-order run's clients and server hold
+bit-identical adapters (the clients' digests checked every round), and that a plan the
+model cannot hold is one line, exit 2, nothing written.
+"""
+
+import json
+
+import pytest
+import torch
+
+from fedtune.data.batches import sample_batch
+from fedtune.emulator import (
+    EmulatorPlan,
+    adapter_names,
+    block_stack,
+    global_names,
+    plan_emulator,
+)
+from fedtune.lora.weights import trained_model
+from fedtune.rng import derive_seed
+from fedtune.rng.torch_backend import seeded_init
+from fedtune.workload import Workload, batch_loss
+from tests.conftest import run_cli
+from tests.lora.conftest import micro_config, run_rounds
+
+
+def offsite_config(*overrides, model="micro-bert-6"):
+    return micro_config("algorithm.name=offsite", "model.head=label-names", f"model.config={model}", *overrides)
+
+
+def test_the_plan_keeps_the_adapter_blocks_and_evenly_spaced_middle_blocks():
+    assert plan_emulator(6, 1, 1, 0.5) == EmulatorPlan(6, (0,), (1, 4), (5,))
+    plan = plan_emulator(24, 2, 2, 0.5)  # the paper's OPT-1.3B setting: 10 of the 20 middle blocks
+    assert plan.bottom == (0, 1) and plan.top == (22, 23)
+    assert len(plan.middle) == 10 and plan.middle[0] == 2 and plan.middle[-1] == 21
+    gaps = {b - a for a, b in zip(plan.middle, plan.middle[1:])}
+    assert gaps <= {2, 3}  # even spacing: stride 19/9
+    assert plan_emulator(6, 2, 1, 0.4).middle == (3,)  # one of three: the middle one
+    assert plan.kept == plan.bottom + plan.middle + plan.top
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    ((6, 1, 1, 0.1), "keeps 0 of the 4 middle blocks"),
+    ((6, 1, 1, 0.9), "keeps 4 of the 4 middle blocks"),
+    ((6, 3, 2, 0.5), "must leave at least 2 of the model's 6 blocks"),
+    ((6, 0, 0, 0.5), "at least one adapter block"),
+])
+def test_a_plan_the_stack_cannot_hold_names_the_key_and_the_range(args, message):
+    with pytest.raises(ValueError, match=message) as info:
+        plan_emulator(*args)
+    assert "`offsite." in str(info.value)
+    if "keeps" in message:
+        assert "use a value in [0.125, 0.875)" in str(info.value)
+
+
+def test_a_model_without_a_stack_of_identical_blocks_is_refused():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ModuleList([torch.nn.Linear(4, 4), torch.nn.ReLU()]))
+    with pytest.raises(ValueError, match="has none"):
+        block_stack(model)
+
+
+@pytest.mark.parametrize("model", ["micro-bert-6", "micro-llama-6"])
+def test_the_emulator_is_the_full_model_with_the_dropped_blocks_removed_block_by_block(model):
+    cfg = offsite_config(model=model)
+    workload = Workload(cfg)
+    full = workload.build_model()
+    emulator = workload.build_model(client=True)
+    plan = plan_emulator(6, 1, 1, 0.5)
+    full_prefix, full_stack = block_stack(full)
+    prefix, stack = block_stack(emulator)
+    assert prefix == full_prefix and len(stack) == len(plan.kept) == 4
+    for j, i in enumerate(plan.kept):  # block j of the emulator is block i of the full model, tensor for tensor
+        mine, theirs = stack[j].state_dict(), full_stack[i].state_dict()
+        assert mine.keys() == theirs.keys()
+        assert all(torch.equal(mine[k], theirs[k]) for k in mine)
+        for module in stack[j].modules():  # a KV cache's slot follows the new position
+            if isinstance(getattr(module, "layer_idx", None), int):
+                assert module.layer_idx == j
+    outside = {n: p for n, p in full.named_parameters() if not n.startswith(full_prefix + ".")}
+    names = global_names(emulator)
+    mine = {names[n]: p for n, p in emulator.named_parameters() if not n.startswith(prefix + ".")}
+    assert mine.keys() == outside.keys() and all(torch.equal(mine[n], outside[n]) for n in mine)
+    config = emulator.config if hasattr(emulator, "config") else emulator.lm.config
+    assert config.num_hidden_layers == 4
+    # every emulator tensor maps to a distinct full-model tensor of the same value
+    full_params = dict(full.named_parameters())
+    assert len(set(names.values())) == len(names)
+    assert all(torch.equal(p, full_params[names[n]]) for n, p in emulator.named_parameters())
+    batch = workload.encode(workload.examples[1][:4])
+    with torch.no_grad():
+        logits = emulator(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    assert logits.shape == (4, len(workload.label_names)) and torch.isfinite(logits).all()
+
+
+def test_server_and_client_name_the_adapter_as_the_full_model_does():
+    cfg = offsite_config()
+    workload = Workload(cfg)
+    full, server_params = trained_model(workload, cfg)
+    emulator, client_params = trained_model(workload, cfg, client=True)
+    prefix, _ = block_stack(full)
+    assert server_params.keys() == client_params.keys()
+    blocks = {n.removeprefix(prefix + ".").split(".")[0] for n in server_params if n.startswith(prefix + ".")}
+    assert blocks == {"0", "5"}  # the adapter: the first and the last block (the emulator's block 3)
+    assert {n for n in server_params if not n.startswith(prefix + ".")} == {"classifier.weight", "classifier.bias"}
+    assert set(adapter_names(emulator, plan_emulator(6, 1, 1, 0.5))) == set(server_params)
+    assert all(torch.equal(server_params[n], client_params[n]) for n in server_params)
+    frozen = [n for n, p in emulator.named_parameters() if not p.requires_grad]
+    assert frozen and all(p.requires_grad for p in client_params.values())
+
+
+def test_a_round_is_fedavg_of_the_clients_local_sgd_on_the_emulator(task_identity):
+    cfg = offsite_config("algorithm.local_steps=2", "lora.optimizer=sgd", "algorithm.lr=0.5",
+                         "federation.clients_per_round=4", "federation.min_replies=4")
+    start, strategy, records = run_rounds(cfg, 1)
+
+    workload = Workload(cfg)
+    trained, weights = [], []
+    for partition in range(4):  # each client: 2 SGD steps from the global adapter, on its emulator
+        model, params = trained_model(workload, cfg, client=True)
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(start[name])
+        encoded = workload.encode([workload.examples[0][i] for i in workload.partition(partition, 4)])
+        rows = int(encoded["input_ids"].shape[0])
+        seed = derive_seed(cfg.seed, "batch", 1, partition)
+        model.train()
+        with seeded_init(cfg.seed, "lora-dropout", 1, partition):
+            for step in range(2):
+                loss = batch_loss(model, sample_batch(encoded, min(8, rows), seed=seed, step=step), torch.device("cpu"))
+                grads = torch.autograd.grad(loss, list(params.values()))
+                with torch.no_grad():
+                    for p, g in zip(params.values(), grads):
+                        p -= 0.5 * g
+        trained.append({n: p.detach().clone() for n, p in params.items()})
+        weights.append(rows)
+    total = sum(weights)
+    for name, value in strategy.state.items():
+        expected = sum(w / total * t[name] for w, t in zip(weights, trained))
+        torch.testing.assert_close(value, expected, rtol=1e-5, atol=1e-6)  # float32 sums in another order
+    assert not torch.equal(strategy.state["classifier.weight"], start["classifier.weight"])
+    # the server's full model holds the aggregated adapter (plugged in); both scores are reported
+    assert {"eval_accuracy", "emulator_eval_accuracy", "emulator_bytes_down"} <= records[0].keys()
+    assert 0 < records[0]["emulator_bytes_down"] < sum(p.numel() * 4 for p in strategy.model.parameters())
+    full = dict(strategy.model.named_parameters())
+    assert all(torch.equal(full[n], strategy.state[n]) for n in strategy.state)
+
+
+def _toml(tmp_path, algorithm, model="micro-bert-6", extra=""):
+    path = tmp_path / "offsite.toml"
+    path.write_text(f"""
+name = "offsite"
+seed = 1
+rounds = 2
+output_dir = "{tmp_path / 'runs'}"
+[model]
+config = "{model}"
+task = "seq-cls"
+head = "label-names"
+[data]
+source = "topics"
+num_examples = 240
+eval_examples = 32
+max_length = 24
+[federation]
+num_clients = 4
+clients_per_round = 2
+min_replies = 2
+[algorithm]
+name = "{algorithm}"
+num_candidates = 64
+local_steps = 3
+batch_size = 8
+lr = 1e-3
+eps = 1e-3
+[eval]
+check_sync = true
+[simulation]
+num_cpus_per_client = 1
+{extra}
+""")
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("algorithm", "model"), [("offsite-zo", "micro-bert-6"), ("offsite", "micro-llama-6")])
+def test_a_run_through_flowers_engine_scores_the_plugged_in_model_and_the_emulator(tmp_path, algorithm, model):
+    result = run_cli("run", _toml(tmp_path, algorithm, model), timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(line) for line in (tmp_path / "runs" / "offsite" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in records] == [0, 1, 2]
+    assert records[0]["emulator_bytes_down"] > 0
+    assert all("emulator_eval_accuracy" in r and "eval_accuracy" in r for r in records)
+    assert all(r["replies"] == 2 and r["rejected"] == 0 for r in records[1:])
+    if algorithm == "offsite-zo":  # every client's replayed adapter is bit for bit the server's (digests checked)
+        assert all(r["sync_mismatches"] == 0 for r in records[1:])
+        assert all(r["bytes_up_per_client"] < 4096 for r in records[1:])  # (key, scalar) pairs, not tensors
+    assert "emulator acc" in result.stdout + result.stderr  # the progress line names both scores
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("offsite.keep_ratio=0.1", "`offsite.keep_ratio` = 0.1 keeps 0 of the 4 middle blocks"),
+    ("offsite.bottom=4", "`offsite.bottom` + `offsite.top` must leave at least 2"),
+    ("offsite.keep_ratio=1.0", "`offsite.keep_ratio` must be in (0, 1)"),
+    ('model.trainable=["classifier.*"]', "`model.trainable` is not used with Offsite-Tuning"),
+    ("model.config=micro-bert", "must leave at least 2 of the model's 2 blocks"),
+])
+def test_bad_offsite_input_is_one_line_exit_2_nothing_written(tmp_path, override, message):
+    result = run_cli("run", _toml(tmp_path, "offsite"), "--set", override)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert message in result.stderr
+    assert not (tmp_path / "runs").exists()
