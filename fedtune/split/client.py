@@ -45,9 +45,12 @@ def initial_prompt(cfg: RunConfig, workload: Workload, split: SplitModel) -> tor
 
     ``split.prompt_init = "vocab"``: the input embeddings of ``P`` tokens drawn (seeded by
     ``(seed, "split-prompt-init")``) from the non-special tokens of the first training
-    examples, as Lester et al. 2021 (https://arxiv.org/abs/2104.08691, sec. 3.2) initialise
-    from real vocabulary: the frozen model sees in-distribution vectors, so round 0 scores
-    the model about as it scores text. ``"zeros"``: zero vectors.
+    examples, as Lester et al. 2021 (https://arxiv.org/abs/2104.08691, sec. 3.2 and fig. 3)
+    initialise from real vocabulary, which trained better than random vectors there: the
+    frozen model starts from inputs of the scale and kind it was trained on. ``"zeros"``:
+    zero vectors. Either way the prompt's positions are attended, so round 0 scores the
+    frozen model *with* the initial prompt, not the model without one (MiniLM on the topic
+    task, measured: accuracy 0.85 with either init, 0.93 without a prompt).
     """
     c = cfg.section("split")
     if c.prompt_init == "zeros":
