@@ -120,9 +120,10 @@ def _check_dtype(cfg: RunConfig) -> None:
 def _check_model(cfg: RunConfig) -> None:
     """Build what a config's head and trainable subset need, once, before anything is written.
 
-    Label names that do not fit the data, a ``model.trainable`` pattern that matches nothing
-    and LoRA target modules the model lacks all surface here as one line (exit 2) rather
-    than inside the ServerApp. Only configs that use these features pay the model build.
+    Label names that do not fit the data, a ``model.trainable`` pattern that matches nothing,
+    LoRA target modules the model lacks and an algorithm's own model checks
+    (:attr:`fedtune.algorithms.Algorithm.check_model`: a split layer outside the model) all
+    surface here as one line (exit 2) rather than inside the ServerApp. Only configs that use these features pay the model build.
     """
     from fedtune.workload import Workload
 
@@ -130,12 +131,17 @@ def _check_model(cfg: RunConfig) -> None:
     spec = algorithms.get(a.name)
     zo = spec.family == "zo"
     emulated = spec.client_model is not None  # Offsite-Tuning: the emulator's plan must fit the model
-    if m.head == "default" and a.params == "model" and not (zo and m.trainable) and not emulated:
+    checked = spec.check_model is not None  # the algorithm's own checks of the built model (split-prompt)
+    if m.head == "default" and a.params == "model" and not (zo and m.trainable) and not emulated and not checked:
         return
     try:
         workload = Workload(cfg)
         if m.head == "label-names":
             workload.label_names  # noqa: B018 (raises on names that do not fit the data)
+        if spec.check_model is not None:
+            errors = spec.check_model(cfg, workload.build_model())
+            if errors:
+                raise ValueError("; ".join(errors))
         if emulated:
             workload.trainable(workload.build_model(client=True))
         elif zo and (m.trainable or a.params == "lora" or m.head != "default"):

@@ -39,19 +39,25 @@ from fedtune._proto import fedtune_wire_pb2 as pb
 from fedtune.compress import BITS, Compressed, Quantized, Ternary
 
 __all__ = [
+    "ACTIVATIONS",
     "ADAPTER",
     "A_MEAN",
     "BUNDLE",
     "CONFIG",
+    "GRADIENT",
+    "LABELS",
+    "MASK",
     "MAX_PAYLOAD_BYTES",
     "METRICS",
     "PENDING",
     "PENDING_BASE",
     "PHASE",
     "PROJECTIONS",
+    "PROMPT",
     "Q8_LEVELS",
     "QUERY",
     "RESIDUAL",
+    "STEP",
     "VERSION",
     "WEIGHTS",
     "WireError",
@@ -99,8 +105,19 @@ PENDING_ROUND = "fedtune.pending-round"  # ConfigRecord in context.state: {"roun
 RESIDUAL = "fedtune.residual"  # ArrayRecord in context.state: the error-feedback residual
 PHASE = "phase"  # int in CONFIG (LoRA): 1 = train and send the adapter, 2 = send projections
 
+# Split prompt tuning (fedtune.split): one exchange per local step, tensors as TensorBundles
+# in {"bundle": bytes} records. Step s's message brings the prompt the client steps from and
+# the gradient of its step s - 1; its reply brings the prompt after that step and the
+# activations of step s (the last step's reply: the prompt alone, with METRICS).
+PROMPT = "fedtune.prompt"  # BUNDLE {"prompt": (P, H) float32}: the client's soft prompt (down and up)
+ACTIVATIONS = "fedtune.activations"  # reply: BUNDLE {"activations": (B, P+T, H) float32} at the cut, LABELS, MASK
+GRADIENT = "fedtune.gradient"  # down: BUNDLE {"gradient": (B, P+T, H) float32}, d loss / d activations of step s-1
+LABELS = "labels"  # list[int] in ACTIVATIONS: the batch's classes, (B,)
+MASK = "attention-mask"  # list[int] in ACTIVATIONS: the tokens' attention mask (B x T, row-major; prompt not in it)
+
 # Keys inside CONFIG.
 ROUND = "round"  # int, the round being trained
+STEP = "step"  # int (split-prompt): the local split step, 0 .. algorithm.local_steps
 STATE_ROUND = "state-round"  # int, the global state the client must train from
 RUN_KEY = "run-key"  # str, identifies the run (model + seed) the client's cache must match
 UPDATES = "updates"  # list[bytes] in CONFIG: the seed-log entries to replay, oldest first
@@ -122,6 +139,8 @@ RANK = "rank"  # int in CONFIG of a hetlora train message: the rank the client t
 NUM_EXAMPLES = "num-examples"  # int, size of the client's partition (the aggregation weight)
 TRAIN_LOSS = "train-loss"  # float, mean loss over the client's local steps
 SKIPPED_STEPS = "skipped-steps"  # int, local steps skipped for a non-finite loss
+LOCAL_LOSS = "local-loss"  # float (split-prompt, step 0's reply): mean loss of the client's local-loss steps
+KEPT_EXAMPLES = "kept-examples"  # int (split-prompt, step 0's reply): the examples EL2N pruning kept
 REPLAY_RATE = "replay-elements-per-s"  # float, the client's measured replay speed (0: none measured)
 # Keys of METRICS in an evaluate reply (eval.federated), beside NUM_EXAMPLES (the client's
 # held-out examples; 0: it holds none): float scores of the global model on them, named as

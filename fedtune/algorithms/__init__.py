@@ -18,6 +18,7 @@ from . import (  # noqa: F401  (registration)
     lorafair,
     mezo,
     offsite,
+    split_prompt,
 )
 from .registry import FEATURES, Algorithm, get, names, register, sections, supporting
 

@@ -1,10 +1,12 @@
 """The algorithm registry: every ``algorithm.name`` is one :class:`Algorithm`, declared once.
 
-An algorithm declares what it is (its family: zeroth-order seeds or LoRA adapters), which of
+An algorithm declares what it is (its family: zeroth-order seeds, LoRA adapters, or a model
+split between client and server), which of
 fedtune's optional machinery it supports (:data:`FEATURES`), its own config section (a frozen
 dataclass read from a TOML table of the same name), the checks that only it needs, and its
 hooks: for LoRA the server rule (:mod:`fedtune.lora.rules`) that aggregates, an optional
-server optimizer applied to the aggregate, an optional extra term of the clients' loss.
+server optimizer applied to the aggregate, an optional extra term of the clients' loss; for
+any family the checks that need the built model (``check_model``).
 
 The config's name check and every "which algorithms support X" question are answered here,
 so a new algorithm is one module under :mod:`fedtune.algorithms` plus its tests. Nothing
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 __all__ = [
+    "FAMILIES",
     "FEATURES",
     "Algorithm",
     "ClientLoss",
@@ -69,8 +72,10 @@ class Algorithm:
 
     Attributes:
         name: the config name (``algorithm.name``).
-        family: ``"zo"`` (seed-and-scalar updates, :class:`fedtune.server.strategy.FedKSeed`) or
-            ``"lora"`` (PEFT adapters, :class:`fedtune.server.lora_strategy.FederatedLora`).
+        family: ``"zo"`` (seed-and-scalar updates, :class:`fedtune.server.strategy.FedKSeed`),
+            ``"lora"`` (PEFT adapters, :class:`fedtune.server.lora_strategy.FederatedLora`) or
+            ``"split"`` (the model cut between client and server, activations and their
+            gradients exchanged every local step: :class:`fedtune.server.split_strategy.SplitPrompt`).
         summary: one line for docs and ``--help``.
         features: the subset of :data:`FEATURES` it supports; asking for another is a config error.
         rule: LoRA: the registered :mod:`fedtune.lora.rules` rule that aggregates.
@@ -91,10 +96,13 @@ class Algorithm:
         tuned: the full model's names of the tensors clients tune, given the run config and
             the model (full or the client's); their updates travel under these names. None:
             ``model.trainable``'s selection (or adapters, for LoRA).
+        check_model: validation that needs the built model, given the run config and the full
+            model; returns one line per problem (``fedtune run`` exits 2 on any, before
+            anything is written).
     """
 
     name: str
-    family: Literal["zo", "lora"]
+    family: Literal["zo", "lora", "split"]
     summary: str
     features: frozenset[str] = frozenset()
     rule: str = ""
@@ -108,7 +116,10 @@ class Algorithm:
     pooled: bool = True
     client_model: Callable[[Any, Any], Any] | None = field(default=None, compare=False)
     tuned: Callable[[Any, Any], list[str]] | None = field(default=None, compare=False)
+    check_model: Callable[[Any, Any], list[str]] | None = field(default=None, compare=False)
 
+
+FAMILIES = ("zo", "lora", "split")  # in the order names() lists them
 
 _REGISTRY: dict[str, Algorithm] = {}
 _SECTIONS: dict[str, type] = {}
@@ -126,8 +137,9 @@ def register(algorithm: Algorithm) -> Algorithm:
         raise ValueError(f"an algorithm needs a non-empty name without spaces, got {algorithm.name!r}")
     if algorithm.name in _REGISTRY:
         raise ValueError(f"an algorithm named {algorithm.name!r} is already registered")
-    if algorithm.family not in ("zo", "lora"):
-        raise ValueError(f"algorithm {algorithm.name!r}: family must be 'zo' or 'lora', got {algorithm.family!r}")
+    if algorithm.family not in FAMILIES:
+        raise ValueError(f"algorithm {algorithm.name!r}: family must be one of {', '.join(map(repr, FAMILIES))}, "
+                         f"got {algorithm.family!r}")
     unknown = set(algorithm.features) - FEATURES
     if unknown:
         raise ValueError(f"algorithm {algorithm.name!r}: unknown features {sorted(unknown)}; "
@@ -161,12 +173,12 @@ def get(name: str) -> Algorithm:
 
 
 def _ordered() -> list[Algorithm]:
-    """Zeroth-order first, then LoRA; by name within a family (stable, whatever the import order)."""
-    return sorted(_REGISTRY.values(), key=lambda a: (a.family != "zo", a.name))
+    """Zeroth-order first, then LoRA, then split; by name within a family (stable, whatever the import order)."""
+    return sorted(_REGISTRY.values(), key=lambda a: (FAMILIES.index(a.family), a.name))
 
 
 def names(family: str | None = None) -> tuple[str, ...]:
-    """The registered names (of one family): zeroth-order first, then LoRA, by name."""
+    """The registered names (of one family): zeroth-order first, then LoRA, then split, by name."""
     return tuple(a.name for a in _ordered() if family is None or a.family == family)
 
 

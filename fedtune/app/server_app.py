@@ -1,19 +1,21 @@
-"""The ServerApp: one FedKSeed / federated-MeZO / federated-LoRA run, from config to saved weights.
+"""The ServerApp: one FedKSeed / federated-MeZO / federated-LoRA / split-prompt run, from config to saved weights.
 
 Thin on purpose: it resolves the config, opens the run directory and hands the rounds to
 :class:`fedtune.server.strategy.FedKSeed` (or :class:`fedtune.server.lora_strategy.FederatedLora` for the
-LoRA rules).
+LoRA rules, :class:`fedtune.server.split_strategy.SplitPrompt` for split-prompt).
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedtune import algorithms
 from fedtune.app import APP_DIR
+from fedtune.config import RunConfig
 from fedtune.lora.weights import trains_model_tensors
 from fedtune.onnx import onnx_path_for
 from fedtune.runs import RunWriter, config_from_run_config, configure_logging, create_run_dir, resuming
@@ -39,7 +41,11 @@ def main(grid: Grid, context: Context) -> None:
     log.info("run directory: %s", run_dir)
     writer = RunWriter(run_dir, cfg.rounds, diverge_after=cfg.eval.diverge_after)
     resume = resuming(context.run_config)
-    if algorithms.get(cfg.algorithm.name).family == "lora":  # federated LoRA: its own strategy; saves a PEFT adapter
+    family = algorithms.get(cfg.algorithm.name).family
+    if family == "split":  # split-prompt: its own strategy; saves the global prompt
+        _run_split(cfg, grid, run_dir, writer, simulated, resume)
+        return
+    if family == "lora":  # federated LoRA: its own strategy; saves a PEFT adapter
         if resume:
             raise ValueError(f"--resume is not supported for {cfg.algorithm.name!r} yet: start a new run")
         lora = FederatedLora(cfg, run_dir)
@@ -73,3 +79,20 @@ def main(grid: Grid, context: Context) -> None:
         writer.close()
     strategy.workload.save(strategy.model, writer.model_dir)
     log.info("final weights: %s", writer.model_dir)
+
+
+def _run_split(cfg: RunConfig, grid: Grid, run_dir: Path, writer: RunWriter, simulated: bool, resume: bool) -> None:
+    from fedtune.server.split_strategy import SplitPrompt
+    from fedtune.split.model import save_prompt
+
+    if resume:
+        raise ValueError(f"--resume is not supported for {cfg.algorithm.name!r}: start a new run")
+    split = SplitPrompt(cfg, run_dir)
+    split.assign_partitions = simulated
+    writer.track(cfg, first_round=0)
+    try:
+        split.start_rounds(grid, cfg.rounds, writer.write_round)
+    finally:
+        writer.close()
+    path = save_prompt(split.prompt, writer.model_dir)
+    log.info("final prompt: %s", path)
