@@ -59,11 +59,12 @@ from fedtune.config import RunConfig, load_config
 # AdamW: 1e-4, the upper end of the usual rates for fine-tuning BERT-sized blocks (2e-5..1e-4),
 # since the head is in the adapter and must move in few steps. Offsite-ZO tunes ~3.6M weights by
 # FedKSeed: lr 1e-5, eps 1e-3, the largest of MeZO's full-parameter grid (1e-7..1e-5 at eps 1e-3).
+# Split-prompt steps its soft prompt by SGD at 0.3, prompt tuning's usual rate (Lester et al. 2021).
 CONTENDERS: dict[str, list[str]] = {
     "fedit": ["algorithm.name=fedit"],
     "offsite": ["algorithm.name=offsite", "algorithm.lr=1e-4"],
     "offsite-zo": ["algorithm.name=offsite-zo", "algorithm.lr=1e-5", "algorithm.eps=1e-3"],
-    "split-prompt": ["algorithm.name=split-prompt"],
+    "split-prompt": ["algorithm.name=split-prompt", "algorithm.lr=0.3"],
 }
 MEMORY_KINDS = {"fedit": "fedit", "offsite": "offsite"}  # client kind -> the contender whose client it is
 MEMORY_STEPS = 5

@@ -370,6 +370,26 @@ def test_a_lora_run_completes_two_rounds(federation, tmp_path):
     assert (tmp_path / "runs" / "lora" / "model" / "adapter_model.safetensors").is_file()
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("algorithm", ["offsite", "split-prompt"])
+def test_a_run_for_devices_smaller_than_the_model_completes_two_rounds(federation, tmp_path, algorithm):
+    # Offsite: each node's ClientApp process builds the emulator; split-prompt: a fresh
+    # ClientApp process per split step, nothing kept between them but the message
+    config = tmp_path / f"{algorithm}.toml"
+    config.write_text(SMALL_LORA_CONFIG.format(name=algorithm, output_dir=tmp_path / "runs", num_clients=3,
+                                               rule=algorithm, two_phase="false", method="none")
+                      .replace('config = "micro-bert"', 'config = "micro-bert-6"\nhead = "label-names"')
+                      .replace("min_replies = 2", "min_replies = 2\nround_timeout_s = 120"))
+
+    result = federation.submit(config, timeout=400)
+
+    records = _records(tmp_path / "runs" / algorithm / "metrics.jsonl")
+    assert [r["round"] for r in records] == [0, 1, 2], result.stdout[-3000:] + result.stderr[-3000:]
+    assert all(r["replies"] == r["sampled"] == 3 and r["failed"] == 0 for r in records[1:])
+    if algorithm == "offsite":
+        assert all("emulator_eval_accuracy" in r for r in records)
+
+
 def test_deploy_scripts_are_where_the_docs_say(tmp_path):
     doc = (REPO / "docs" / "deployment.md").read_text()
     modules = sorted(p.stem for p in (REPO / "deploy").glob("*.py") if p.stem != "__init__")
