@@ -22,7 +22,8 @@ def test_every_built_in_is_registered_once_with_its_family():
     assert set(algorithms.names("lora")) == {"fedit", "ffa-lora", "lorafair", "fedprox", "fedadam", "fedyogi",
                                              "fedadagrad", "hetlora", "offsite"}
     assert len(set(algorithms.names())) == len(algorithms.names())
-    assert algorithms.supporting("device") == ("fedkseed", "fedkseed-pro", "mezo")
+    assert algorithms.names("split") == ("split-prompt",)
+    assert algorithms.supporting("device") == ("fedkseed", "fedkseed-pro", "mezo", "offsite-zo")
     assert "mezo" not in algorithms.supporting("secagg")
 
 

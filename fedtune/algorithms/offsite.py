@@ -102,7 +102,8 @@ OFFSITE_ZO = register(Algorithm(
     name="offsite-zo",
     family="zo",
     summary="Offsite-Tuning with FedKSeed clients: ZO steps on the adapter blocks through the emulator",
-    features=frozenset({"secagg", "resume"}),
+    # device: a torch-free ONNX client runs the emulator's loss graph, the adapter's tensors as its inputs
+    features=frozenset({"secagg", "resume", "device"}),
     section=OffsiteConfig,
     section_name="offsite",
     check=_check,

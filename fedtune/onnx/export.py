@@ -39,6 +39,7 @@ from torch.func import functional_call
 
 from fedtune.config import RunConfig, device_mode, load_config
 from fedtune.data.arrays import pad_id
+from fedtune.emulator import global_names
 from fedtune.models import LabelNameClassifier
 from fedtune.zo.client import frozen_head
 
@@ -88,7 +89,8 @@ def export_loss(
 
     Args:
         model: a causal-LM from :mod:`fedtune.models`, on the CPU, in eval mode.
-        params: the trainable ``(name, tensor)`` pairs; each becomes a graph input.
+        params: the trainable ``(name, tensor)`` pairs; each becomes a graph input of that name
+            (an emulator's tensors under the full model's names, :func:`fedtune.emulator.global_names`).
         example: a batch to trace with (int64 ``(B, T)``, ``B, T >= 2``); batch and sequence
             length are dynamic in the graph (``batch``, ``seq``).
         path: the ``.onnx`` file to write.
@@ -98,8 +100,9 @@ def export_loss(
         ``path``.
     """
     names = [name for name, _ in params]
+    own = {full: mine for mine, full in global_names(model).items()}  # an emulator's own names of the full model's
     args = tuple(example[name] for name in BATCH_INPUTS) + ([p.detach() for _, p in params],)
-    return _export(_LossGraph(model, names), args, [*BATCH_INPUTS, *names], LOSS_OUTPUT, path,
+    return _export(_LossGraph(model, [own[n] for n in names]), args, [*BATCH_INPUTS, *names], LOSS_OUTPUT, path,
                    weights=len(names), metadata=metadata)
 
 
@@ -178,7 +181,8 @@ def _export(
 
 
 def export_run(cfg: RunConfig, path: str | os.PathLike[str]) -> Path:
-    """Export ``cfg``'s base model to ``path`` and its initial weights to :func:`weights_path`.
+    """Export ``cfg``'s base model (the model its clients run: an Offsite-Tuning run's emulator)
+    to ``path`` and its initial weights to :func:`weights_path`.
 
     Builds its own CPU copy of the model (seeded: the same state 0 every party builds). A
     run whose device clients train a label-name head (:func:`fedtune.config.device_mode`
@@ -196,8 +200,8 @@ def export_run(cfg: RunConfig, path: str | os.PathLike[str]) -> Path:
     from fedtune.workload import Workload
 
     workload = Workload(cfg)
-    model = workload.build_model().cpu()
-    params = workload.trainable(model)
+    model = workload.build_model(client=True).cpu()  # what a client runs (Offsite-Tuning: the emulator)
+    params = workload.trainable(model)  # named as the full model names them
     example = workload.encode(workload.examples[0][:4])
     metadata = {MODEL_KEY: model_key(cfg)}
     if device_mode(cfg) == "head":

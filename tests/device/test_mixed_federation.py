@@ -35,6 +35,32 @@ def test_torch_clients_and_onnx_devices_hold_the_servers_weights_bit_for_bit(sma
         assert record["sync_mismatches"] == 0 and record["rejected"] == 0 and record["failed"] == 0
 
 
+@pytest.mark.slow
+@pytest.mark.onnx
+def test_onnx_devices_run_an_offsite_emulator_bit_for_bit_with_torch_clients(small_config, tmp_path):
+    pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    # offsite-zo: every client (device or torch) runs the 6-block model's emulator (4 blocks);
+    # the devices' graph takes the adapter's tensors under the full model's names
+    path = small_config(name="offsite-mixed", rounds=2, num_clients=4, per_round=4, algorithm="offsite-zo",
+                        extra="[ondevice]\nclients = 2\n")
+    path.write_text(path.read_text().replace('config = "micro-llama"', 'config = "micro-llama-6"'))
+
+    result = run_cli("run", path, timeout=600)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    run_dir = tmp_path / "runs" / "offsite-mixed"
+    graph = onnx.load(str(run_dir / "model.onnx"))
+    inputs = [i.name for i in graph.graph.input]
+    blocks = {name.split(".")[2] for name in inputs if name.startswith("model.layers.")}
+    assert blocks == {"0", "5"}  # the adapter: the first and the last of the full model's 6 blocks
+    records = _records(run_dir)
+    assert [r["round"] for r in records] == [0, 1, 2]
+    for record in records[1:]:
+        assert record["replies"] == record["sampled"] == 4
+        assert record["sync_mismatches"] == 0 and record["rejected"] == 0 and record["failed"] == 0
+
+
 class _TorchPath(Exception):
     """Raised by the stand-in for the torch client: the torch path was taken."""
 
