@@ -35,12 +35,13 @@ def _tokens(batch: int, length: int, vocab_size: int) -> torch.Tensor:
 # ---- named configs ------------------------------------------------------------------
 
 
-def test_registry_holds_the_seven_named_configs() -> None:
+def test_registry_holds_the_nine_named_configs() -> None:
     # Execute
     names = config_names()
 
     # Assert
-    assert names == ["llama2-7b", "micro-bert", "micro-llama", "micro-opt", "opt-125m", "tiny-llama", "tinyllama-1.1b"]
+    assert names == ["llama2-7b", "micro-bert", "micro-bert-6", "micro-llama", "micro-llama-6", "micro-opt", "opt-125m",
+                     "tiny-llama", "tinyllama-1.1b"]
 
 
 @pytest.mark.parametrize(
