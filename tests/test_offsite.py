@@ -14,7 +14,6 @@ import json
 import pytest
 import torch
 
-from fedtune.data.batches import sample_batch
 from fedtune.emulator import (
     EmulatorPlan,
     adapter_names,
@@ -23,11 +22,9 @@ from fedtune.emulator import (
     plan_emulator,
 )
 from fedtune.lora.weights import trained_model
-from fedtune.rng import derive_seed
-from fedtune.rng.torch_backend import seeded_init
-from fedtune.workload import Workload, batch_loss
+from fedtune.workload import Workload
 from tests.conftest import run_cli
-from tests.lora.conftest import micro_config, run_rounds
+from tests.lora.conftest import fedavg_by_hand, micro_config, run_rounds
 
 
 def offsite_config(*overrides, model="micro-bert-6"):
@@ -119,26 +116,8 @@ def test_a_round_is_fedavg_of_the_clients_local_sgd_on_the_emulator(task_identit
                          "federation.clients_per_round=4", "federation.min_replies=4")
     start, strategy, records = run_rounds(cfg, 1)
 
-    workload = Workload(cfg)
-    trained, weights = [], []
-    for partition in range(4):  # each client: 2 SGD steps from the global adapter, on its emulator
-        model, params = trained_model(workload, cfg, client=True)
-        with torch.no_grad():
-            for name, p in params.items():
-                p.copy_(start[name])
-        encoded = workload.encode([workload.examples[0][i] for i in workload.partition(partition, 4)])
-        rows = int(encoded["input_ids"].shape[0])
-        seed = derive_seed(cfg.seed, "batch", 1, partition)
-        model.train()
-        with seeded_init(cfg.seed, "lora-dropout", 1, partition):
-            for step in range(2):
-                loss = batch_loss(model, sample_batch(encoded, min(8, rows), seed=seed, step=step), torch.device("cpu"))
-                grads = torch.autograd.grad(loss, list(params.values()))
-                with torch.no_grad():
-                    for p, g in zip(params.values(), grads):
-                        p -= 0.5 * g
-        trained.append({n: p.detach().clone() for n, p in params.items()})
-        weights.append(rows)
+    # each client: 2 SGD steps from the global adapter, on its emulator
+    trained, weights = fedavg_by_hand(cfg, start, lr=0.5, steps=2, client=True)
     total = sum(weights)
     for name, value in strategy.state.items():
         expected = sum(w / total * t[name] for w, t in zip(weights, trained))

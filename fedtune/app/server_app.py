@@ -8,7 +8,7 @@ LoRA rules, :class:`fedtune.server.split_strategy.SplitPrompt` for split-prompt)
 from __future__ import annotations
 
 import logging
-from pathlib import Path
+from typing import TypeVar
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
@@ -21,6 +21,7 @@ from fedtune.onnx import onnx_path_for
 from fedtune.runs import RunWriter, config_from_run_config, configure_logging, create_run_dir, resuming
 from fedtune.server.lora_strategy import FederatedLora
 from fedtune.server.polling import prompt
+from fedtune.server.rounds import RoundLoop
 from fedtune.server.strategy import FedKSeed
 
 log = logging.getLogger(__name__)
@@ -42,19 +43,17 @@ def main(grid: Grid, context: Context) -> None:
     writer = RunWriter(run_dir, cfg.rounds, diverge_after=cfg.eval.diverge_after)
     resume = resuming(context.run_config)
     family = algorithms.get(cfg.algorithm.name).family
+    if family in ("lora", "split") and resume:
+        raise ValueError(f"--resume is not supported for {cfg.algorithm.name!r} yet: start a new run")
     if family == "split":  # split-prompt: its own strategy; saves the global prompt
-        _run_split(cfg, grid, run_dir, writer, simulated, resume)
+        from fedtune.server.split_strategy import SplitPrompt
+        from fedtune.split.model import save_prompt
+
+        split = _run_fresh(SplitPrompt(cfg, run_dir), cfg, grid, writer, simulated)
+        log.info("final prompt: %s", save_prompt(split.prompt, writer.model_dir))
         return
-    if family == "lora":  # federated LoRA: its own strategy; saves a PEFT adapter
-        if resume:
-            raise ValueError(f"--resume is not supported for {cfg.algorithm.name!r} yet: start a new run")
-        lora = FederatedLora(cfg, run_dir)
-        lora.assign_partitions = simulated
-        writer.track(cfg, first_round=0)
-        try:
-            lora.start_rounds(grid, cfg.rounds, writer.write_round)
-        finally:
-            writer.close()
+    if family == "lora":  # federated LoRA: its own strategy; saves a PEFT adapter (or the model it tuned)
+        lora = _run_fresh(FederatedLora(cfg, run_dir), cfg, grid, writer, simulated)
         lora.workload.save(lora.model, writer.model_dir)
         what = "model" if trains_model_tensors(cfg) else "adapter (PEFT format)"  # model tensors: the whole model
         log.info("final %s: %s", what, writer.model_dir)
@@ -81,18 +80,15 @@ def main(grid: Grid, context: Context) -> None:
     log.info("final weights: %s", writer.model_dir)
 
 
-def _run_split(cfg: RunConfig, grid: Grid, run_dir: Path, writer: RunWriter, simulated: bool, resume: bool) -> None:
-    from fedtune.server.split_strategy import SplitPrompt
-    from fedtune.split.model import save_prompt
+S = TypeVar("S", bound=RoundLoop)
 
-    if resume:
-        raise ValueError(f"--resume is not supported for {cfg.algorithm.name!r}: start a new run")
-    split = SplitPrompt(cfg, run_dir)
-    split.assign_partitions = simulated
+
+def _run_fresh(strategy: S, cfg: RunConfig, grid: Grid, writer: RunWriter, simulated: bool) -> S:
+    """Every round of a run that cannot resume (LoRA, split), round 0 first; returns the strategy."""
+    strategy.assign_partitions = simulated
     writer.track(cfg, first_round=0)
     try:
-        split.start_rounds(grid, cfg.rounds, writer.write_round)
+        strategy.start_rounds(grid, cfg.rounds, writer.write_round)
     finally:
         writer.close()
-    path = save_prompt(split.prompt, writer.model_dir)
-    log.info("final prompt: %s", path)
+    return strategy

@@ -101,3 +101,41 @@ def run_rounds(cfg, rounds):
 def distance(a, b):
     """The Frobenius distance between two adapters (same names)."""
     return math.sqrt(sum(float(((a[n] - b[n]) ** 2).sum()) for n in a))
+
+
+def fedavg_by_hand(cfg, start, *, lr, steps, client=False):
+    """One round of ``cfg`` computed by hand: every partition's client takes ``steps`` SGD steps
+    at ``lr`` from the global tensors ``start`` (the client's dropout masks and batches, as
+    :class:`fedtune.lora.client.LoraClient` seeds them); ``client``: on the model a client runs
+    (Offsite-Tuning: the emulator). Returns the clients' trained tensors and their example counts."""
+    import torch
+
+    from fedtune.data.batches import sample_batch
+    from fedtune.lora.weights import trained_model
+    from fedtune.rng import derive_seed
+    from fedtune.rng.torch_backend import seeded_init
+    from fedtune.workload import Workload, batch_loss
+
+    workload = Workload(cfg)
+    num = cfg.federation.num_clients
+    trained, weights = [], []
+    for partition in range(num):
+        model, params = trained_model(workload, cfg, client=client)
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(start[name])
+        encoded = workload.encode([workload.examples[0][i] for i in workload.partition(partition, num)])
+        rows = int(encoded["input_ids"].shape[0])
+        seed = derive_seed(cfg.seed, "batch", 1, partition)
+        model.train()
+        with seeded_init(cfg.seed, "lora-dropout", 1, partition):  # the client's dropout masks
+            for step in range(steps):
+                batch = sample_batch(encoded, min(cfg.algorithm.batch_size, rows), seed=seed, step=step)
+                grads = torch.autograd.grad(batch_loss(model, batch, torch.device("cpu")), list(params.values()))
+                with torch.no_grad():
+                    for p, g in zip(params.values(), grads):
+                        p -= lr * g
+        trained.append({n: p.detach().clone() for n, p in params.items()})
+        weights.append(rows)
+    return trained, weights
+

@@ -11,13 +11,10 @@ import pytest
 import torch
 
 from fedtune.config import ConfigError, load_config
-from fedtune.data.batches import sample_batch
 from fedtune.lora.weights import trained_model
-from fedtune.rng import derive_seed
-from fedtune.rng.torch_backend import seeded_init
-from fedtune.workload import Workload, batch_loss
+from fedtune.workload import Workload
 from tests.conftest import run_cli
-from tests.lora.conftest import distance, micro_config, run_rounds
+from tests.lora.conftest import distance, fedavg_by_hand, micro_config, run_rounds
 
 HEAD_AND_TOP = 'model.trainable=["classifier.*", "bert.encoder.layer.1.*"]'
 
@@ -40,26 +37,7 @@ def test_a_fedavg_round_is_the_example_weighted_mean_of_the_clients_local_sgd(ta
     start, strategy, records = run_rounds(cfg, 1)
 
     # the same round by hand: each of the 4 clients takes 2 SGD steps from the global tensors
-    workload = Workload(cfg)
-    trained, weights = [], []
-    for partition in range(4):
-        model, params = trained_model(workload, cfg)
-        with torch.no_grad():
-            for name, p in params.items():
-                p.copy_(start[name])
-        encoded = workload.encode([workload.examples[0][i] for i in workload.partition(partition, 4)])
-        rows = int(encoded["input_ids"].shape[0])
-        seed = derive_seed(cfg.seed, "batch", 1, partition)
-        model.train()
-        with seeded_init(cfg.seed, "lora-dropout", 1, partition):  # the client's dropout masks
-            for step in range(2):
-                loss = batch_loss(model, sample_batch(encoded, min(8, rows), seed=seed, step=step), torch.device("cpu"))
-                grads = torch.autograd.grad(loss, list(params.values()))
-                with torch.no_grad():
-                    for p, g in zip(params.values(), grads):
-                        p -= 0.5 * g
-        trained.append({n: p.detach().clone() for n, p in params.items()})
-        weights.append(rows)
+    trained, weights = fedavg_by_hand(cfg, start, lr=0.5, steps=2)
     total = sum(weights)
     expected = {n: sum(w / total * t[n].double() for w, t in zip(weights, trained)) for n in start}
 
