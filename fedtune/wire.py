@@ -67,6 +67,7 @@ __all__ = [
     "decode_update",
     "dequantize_scalars_q8",
     "encode_bundle",
+    "encode_class_sums",
     "encode_importance",
     "encode_steps",
     "encode_update",
@@ -545,6 +546,12 @@ def encode_bundle(tensors: Mapping[str, Compressed | np.ndarray]) -> bytes:
         _encode_tensor(msg.tensors.add(), name, tensor)
     return msg.SerializeToString()
 
+
+
+def encode_class_sums(sums: np.ndarray, counts: np.ndarray) -> bytes:
+    """A client's reply payload to a :data:`CLASS_SUMS` query: ``sums (classes, hidden)`` and
+    ``counts (classes,)``, float32 (:func:`fedtune.server.centroids.centroid_head` decodes it)."""
+    return encode_bundle({"sums": np.asarray(sums, np.float32), "counts": np.asarray(counts, np.float32)})
 
 def _decode_tensor(msg: pb.Tensor, shape: tuple[int, ...], what: str) -> Compressed:
     numel = math.prod(shape)

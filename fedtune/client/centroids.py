@@ -19,7 +19,6 @@ from fedtune.client.zo_protocol import partition_of, train_config
 from fedtune.config import RunConfig
 from fedtune.lora.client import client_for
 from fedtune.models import LabelNameClassifier
-from fedtune.server.centroids import class_sums_bundle
 
 __all__ = ["answer_class_sums"]
 
@@ -53,5 +52,5 @@ def answer_class_sums(cfg: RunConfig, msg: Message, context: Context) -> Message
             mask = encoded["attention_mask"][first : first + step].to(device)
             sums.index_add_(0, labels[first : first + step], base.features(ids, mask).double().cpu())
     counts = torch.bincount(labels, minlength=classes)
-    payload = class_sums_bundle(sums.numpy(), counts.numpy())
+    payload = wire.encode_class_sums(sums.numpy(), counts.numpy())
     return Message(RecordDict({wire.STATE: ConfigRecord({wire.BUNDLE: payload})}), reply_to=msg)

@@ -31,7 +31,7 @@ from fedtune import wire
 from fedtune.config import RunConfig
 from fedtune.server.rounds import error_reason
 
-__all__ = ["HEAD_WEIGHT", "HeadServer", "centroid_head", "class_sums_bundle", "head_names"]
+__all__ = ["HEAD_WEIGHT", "HeadServer", "centroid_head", "head_names"]
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +70,6 @@ def head_names(names: Sequence[str]) -> tuple[str, str]:
         raise ValueError("`model.head_init` = 'centroids' needs the label-names head among the tensors the "
                          f"clients train and send; found {found or 'none'}")
     return found[0], bias
-
-
-def class_sums_bundle(sums: np.ndarray, counts: np.ndarray) -> bytes:
-    """A client's reply payload: ``sums (classes, hidden)`` and ``counts (classes,)``, float32."""
-    return wire.encode_bundle({"sums": np.asarray(sums, np.float32), "counts": np.asarray(counts, np.float32)})
 
 
 def _messages(strategy: HeadServer, grid: Grid) -> Iterator[list[Message]]:
