@@ -150,10 +150,6 @@ def _run(config: Path, out: Path, name: str, overrides: list[str]) -> dict[str, 
     return result
 
 
-def _stats(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", default=str(ROOT / "simulations" / "quality.toml"))
@@ -177,7 +173,7 @@ def main() -> None:
         print(json.dumps(measure_client(Path(args.measure_client), cfg.algorithm.lr)))
         return
 
-    from quality import frozen_baselines, task_sets
+    from quality import _mean_std, frozen_baselines, task_sets
 
     seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
     base = [f"rounds={1 if args.quick else args.rounds}", *task_sets(args.task)]
@@ -221,7 +217,7 @@ def main() -> None:
                       + f", {time.perf_counter() - start:.0f} s", flush=True)
 
     for name, runs in results.items():
-        mean, std = _stats([r["accuracy"] for r in runs])
+        mean, std = _mean_std([r["accuracy"] for r in runs])
         print(f"{name}_accuracy={100 * mean:.2f}")
         print(f"{name}_accuracy_std={100 * std:.2f}")
         if "bytes_up" in runs[0]:

@@ -19,6 +19,7 @@ on the owner's full model and on a client's emulator.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,8 @@ __all__ = [
     "global_names",
     "make_emulator",
     "plan_emulator",
+    "scores_on",
+    "summary",
 ]
 
 _NAMES_ATTR = "_fedtune_global_names"  # on an emulator: its parameter name -> the full model's
@@ -188,3 +191,28 @@ def emulator_bytes(model: Any, adapter: set[str]) -> int:
     """Bytes of the tensors an emulator model holds besides the adapter's: what the owner ships once."""
     names = global_names(model)
     return sum(p.numel() * p.element_size() for n, p in model.named_parameters() if names[n] not in adapter)
+
+
+def summary(emulator: torch.nn.Module, full: torch.nn.Module, adapter: set[str]) -> str:
+    """One line for a run's start: the plan, the emulator's size against the full model's, and
+    what it costs each client once (:func:`emulator_bytes`)."""
+    return (f"{describe(emulator_plan(emulator))} ({sum(p.numel() for p in emulator.parameters())} of the full "
+            f"model's {sum(p.numel() for p in full.parameters())} parameters; "
+            f"{emulator_bytes(emulator, adapter) / 1e6:.1f} MB shipped to each client once)")
+
+
+@torch.no_grad()
+def scores_on(emulator: torch.nn.Module, tuned: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor],
+              evaluate: Any) -> dict[str, float]:
+    """``evaluate(emulator)``'s scores as ``emulator_<name>``, with the global ``state`` (the
+    full model's names) copied into the emulator's ``tuned`` tensors first.
+
+    Raises:
+        RuntimeError: if ``state`` does not name exactly the tuned tensors (a bug, not bad input).
+    """
+    if tuned.keys() != state.keys():
+        raise RuntimeError("the emulator's tuned tensors differ from the full model's")
+    for name, target in tuned.items():
+        target.copy_(state[name])
+    return {f"emulator_{k}": v for k, v in evaluate(emulator).items()}
+

@@ -547,11 +547,11 @@ def encode_bundle(tensors: Mapping[str, Compressed | np.ndarray]) -> bytes:
     return msg.SerializeToString()
 
 
-
 def encode_class_sums(sums: np.ndarray, counts: np.ndarray) -> bytes:
     """A client's reply payload to a :data:`CLASS_SUMS` query: ``sums (classes, hidden)`` and
     ``counts (classes,)``, float32 (:func:`fedtune.server.centroids.centroid_head` decodes it)."""
     return encode_bundle({"sums": np.asarray(sums, np.float32), "counts": np.asarray(counts, np.float32)})
+
 
 def _decode_tensor(msg: pb.Tensor, shape: tuple[int, ...], what: str) -> Compressed:
     numel = math.prod(shape)

@@ -27,7 +27,7 @@ from typing import Any
 
 from .registry import Algorithm, register
 
-__all__ = ["OFFSITE", "OFFSITE_ZO", "OffsiteConfig", "plan_for", "uses_emulator"]
+__all__ = ["OFFSITE", "OFFSITE_ZO", "OffsiteConfig", "plan_for"]
 
 
 @dataclass(frozen=True)
@@ -64,11 +64,6 @@ def _tuned(cfg: Any, model: Any) -> list[str]:
 
     plan = emu.emulator_plan(model) or plan_for(cfg, model)  # an emulator keeps the plan it was made by
     return emu.adapter_names(model, plan)
-
-
-def uses_emulator(cfg: Any) -> bool:
-    """Whether the run's clients run an Offsite-Tuning emulator."""
-    return cfg.algorithm.name in (OFFSITE.name, OFFSITE_ZO.name)
 
 
 def _check(cfg: Any) -> list[str]:

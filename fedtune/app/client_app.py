@@ -49,11 +49,12 @@ def _config(context: Context) -> tuple[RunConfig, Path | None]:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     cfg, run_dir = _config(context)
-    if algorithms.get(cfg.algorithm.name).family == "split":  # split-prompt: one message per local step
+    family = algorithms.get(cfg.algorithm.name).family
+    if family == "split":  # split-prompt: one message per local step
         from fedtune.client.split import train_split
 
         return train_split(cfg, msg, context)
-    if algorithms.get(cfg.algorithm.name).family == "lora":  # federated LoRA: its own handler
+    if family == "lora":  # federated LoRA: its own handler
         from fedtune.client.lora import train_lora
 
         return train_lora(cfg, msg, context, run_dir)
@@ -76,9 +77,10 @@ def evaluate(msg: Message, context: Context) -> Message:
     """Federated evaluation (``eval.federated``): the global model scored on this client's own
     held-out share. ONNX device clients are refused by the config (no logits to score)."""
     cfg, _ = _config(context)
-    if algorithms.get(cfg.algorithm.name).family == "split":
+    family = algorithms.get(cfg.algorithm.name).family
+    if family == "split":
         raise ValueError("split-prompt has no federated evaluation (the config refuses eval.federated)")
-    if algorithms.get(cfg.algorithm.name).family == "lora":
+    if family == "lora":
         from fedtune.client.lora import evaluate_lora
 
         return evaluate_lora(cfg, msg, context)

@@ -117,15 +117,11 @@ class FederatedLora(RoundLoop):
         if a.name == "lorafair":
             extra = f", lambda {lo.fair_lambda:g}, {lo.fair_steps or 'closed-form'} solve"
         if self.emulator is not None:
-            emulator, full = self.emulator[0], self.model
             log.info(
                 "%s: %s; the adapter's %d tensors (%d parameters) tuned first-order by clients on the "
-                "emulator (%d of the full model's %d parameters; %.1f MB shipped to each client once); "
-                "%d local %s steps x batch %d, lr %g; %d of %d clients per round",
-                a.name, emu.describe(emu.emulator_plan(emulator)), len(self.state),
+                "emulator; %d local %s steps x batch %d, lr %g; %d of %d clients per round",
+                a.name, emu.summary(self.emulator[0], self.model, set(self.state)), len(self.state),
                 sum(t.numel() for t in self.state.values()),
-                sum(p.numel() for p in emulator.parameters()), sum(p.numel() for p in full.parameters()),
-                emu.emulator_bytes(emulator, set(self.state)) / 1e6,
                 a.local_steps, lo.optimizer, a.batch_size, a.lr, f.clients_per_round, f.num_clients,
             )
             return
@@ -278,11 +274,7 @@ class FederatedLora(RoundLoop):
 
     def _enough(self, server_round: int, accepted: list[Accepted], stats: LoraRoundStats) -> bool:
         stats.replies = len(accepted)
-        if len(accepted) >= self.cfg.federation.min_replies:
-            return True
-        log.warning("round %d: %d usable replies (min_replies=%d): the global adapter stays as it is",
-                    server_round, len(accepted), self.cfg.federation.min_replies)
-        return False
+        return self.enough(server_round, len(accepted), "adapter")
 
     def apply(self, aggregate: Aggregate, stats: LoraRoundStats) -> None:
         """Make ``aggregate.state`` the global adapter (and the server model's); with a server
@@ -342,8 +334,7 @@ class FederatedLora(RoundLoop):
         plugged into the full model)."""
         scores = self.workload.evaluate(self.model)
         if self.emulator is not None:
-            write_state(self.emulator[1], self.state)
-            scores.update({f"emulator_{k}": v for k, v in self.workload.evaluate(self.emulator[0]).items()})
+            scores.update(emu.scores_on(*self.emulator, self.state, self.workload.evaluate))
         return scores
 
     def prepare(self, grid: Grid) -> dict[str, Any]:

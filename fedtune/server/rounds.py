@@ -115,6 +115,15 @@ class RoundLoop(Strategy):
         """One message per node that brings it the global model of ``server_round``'s state
         (what a train message carries), of ``message_type`` (train or evaluate)."""
 
+    def enough(self, server_round: int, replies: int, kept: str) -> bool:
+        """Whether ``replies`` usable replies reach ``federation.min_replies``; if not, says that
+        the global ``kept`` (model, adapter, prompt) stays as it is this round."""
+        if replies >= self.cfg.federation.min_replies:
+            return True
+        log.warning("round %d: %d usable replies (min_replies=%d): the global %s stays as it is",
+                    server_round, replies, self.cfg.federation.min_replies, kept)
+        return False
+
     def exchange(self, grid: Grid, server_round: int, messages: list[Message], stats: RoundStats) -> list[Message]:
         """Send ``messages`` and collect the replies (``federation.round_timeout_s``); the bytes
         sent and the replies that never came are counted in ``stats``."""

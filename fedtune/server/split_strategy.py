@@ -31,6 +31,7 @@ from flwr.serverapp import Grid
 
 from fedtune import wire
 from fedtune.config import RunConfig
+from fedtune.lora.factors import weighted_mean
 from fedtune.lora.payload import pack, unpack
 from fedtune.server.rounds import RoundLoop, RoundStats
 from fedtune.split import ACTIVATIONS_NAME, GRADIENT_NAME, PROMPT_NAME
@@ -239,13 +240,8 @@ class SplitPrompt(RoundLoop):
         finite = [v for v in losses if math.isfinite(v)]
         if finite:  # the split steps' losses, as the server computed them (one weight per step)
             stats.train_losses.append((1.0, sum(finite) / len(finite)))
-        if len(finals) >= self.cfg.federation.min_replies:
-            weights = torch.tensor([c.weight for c in finals], dtype=torch.float64)
-            stacked = torch.stack([c.prompt.double() for c in finals])  # (clients, P, H)
-            self.prompt = torch.einsum("k,kph->ph", weights / weights.sum(), stacked).float()
-        else:
-            log.warning("round %d: %d usable replies (min_replies=%d): the global prompt stays as it is",
-                        server_round, len(finals), self.cfg.federation.min_replies)
+        if self.enough(server_round, len(finals), "prompt"):  # FedAvg, summed in float64 in partition order
+            self.prompt = weighted_mean([(c.weight, {PROMPT_NAME: c.prompt}) for c in finals], [PROMPT_NAME])[PROMPT_NAME]
         return stats.as_metrics()
 
 

@@ -253,11 +253,8 @@ class FedKSeed(RoundLoop):
             self.num_params,
         )
         if self._emulator is not None:
-            emulator = self._emulator[0]
-            log.info("%s: clients run an emulator: %s (%d of the full model's %d parameters; %.1f MB shipped to "
-                     "each client once)", a.name, emu.describe(emu.emulator_plan(emulator)),
-                     sum(p.numel() for p in emulator.parameters()), sum(p.numel() for p in self.model.parameters()),
-                     emu.emulator_bytes(emulator, {n for n, _ in self.params}) / 1e6)
+            log.info("%s: clients run an emulator: %s", a.name,
+                     emu.summary(self._emulator[0], self.model, {n for n, _ in self.params}))
         dtype = self.cfg.model.dtype
         lost = lost_fraction([p for _, p in self.params], a.eps) if dtype != "float32" else 0.0
         if lost > LOST_PERTURBATION_WARN:  # legal, but those weights never train (docs/architecture.md)
@@ -473,23 +470,16 @@ class FedKSeed(RoundLoop):
         the full model)."""
         scores = self.workload.evaluate(self.model)
         if self._emulator is not None:
-            emulator, tuned = self._emulator
-            with torch.no_grad():
-                for (_, target), (_, source) in zip(tuned, self.params, strict=True):
-                    target.copy_(source)
-            scores.update({f"emulator_{k}": v for k, v in self.workload.evaluate(emulator).items()})
+            scores.update(emu.scores_on(*self._emulator, dict(self.params), self.workload.evaluate))
         return scores
 
     @cached_property
-    def _emulator(self) -> tuple[torch.nn.Module, list[tuple[str, torch.Tensor]]] | None:
+    def _emulator(self) -> tuple[torch.nn.Module, dict[str, torch.Tensor]] | None:
         """The model clients run when it is not the full one (Offsite-Tuning), with its tuned tensors."""
         if algorithms.get(self.cfg.algorithm.name).client_model is None:
             return None
         model = self.workload.build_model(client=True)
-        tuned = self.workload.trainable(model)
-        if [n for n, _ in tuned] != [n for n, _ in self.params]:
-            raise RuntimeError("the emulator's tuned tensors differ from the full model's")  # a bug, not bad input
-        return model, tuned
+        return model, dict(self.workload.trainable(model))
 
     def run_round(self, grid: Grid, server_round: int) -> dict[str, Any]:
         """One full round: sample, send, catch up whoever fell behind, aggregate, apply."""
