@@ -347,6 +347,32 @@ def cmd_write_dolly(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_emulator(args: argparse.Namespace) -> int:
+    from fedtune.algorithms.offsite import build_emulator
+    from fedtune.emulator import EMULATOR_META
+
+    config_path = Path(args.config) if args.config else _find_app_dir(None) / DEFAULT_CONFIG
+    out = Path(args.out)
+    if (out / EMULATOR_META).exists():
+        raise UsageError(f"--out {out} already holds an emulator: give a new directory")
+    try:  # the emulator is built, not read: a config's own offsite.emulator is ignored
+        cfg = load_config(config_path, [*(args.set or []), 'offsite.emulator=""'])
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from None
+    except ConfigError as exc:
+        raise UsageError(f"{config_path}: {exc}") from None
+    configure_logging(False)
+    try:
+        done = build_emulator(cfg, out, steps=args.steps, lr=args.lr, batch_size=args.batch_size, data=args.data)
+    except ValueError as exc:
+        raise UsageError(str(exc).replace("\n", " ")) from None
+    if done["steps"]:
+        log.info("distilled %d steps on %d examples: loss %.5f -> %.5f", done["steps"], done["examples"],
+                 done["first_loss"], done["last_loss"])
+    print(out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedtune", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -363,6 +389,21 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("run_dir", help="a run directory, e.g. runs/default")
     plot.add_argument("--out", help="where to write the PNGs (default: the run directory)")
     plot.set_defaults(func=cmd_plot)
+    emulator = sub.add_parser(
+        "emulator",
+        help="build (and distill) the Offsite-Tuning emulator a config's [offsite] plans, for offsite.emulator",
+    )
+    emulator.add_argument("config", nargs="?", help=f"experiment TOML (default: {DEFAULT_CONFIG})")
+    emulator.add_argument("--out", required=True, help="a new directory for emulator.safetensors and emulator.json")
+    emulator.add_argument("--steps", type=int, default=300,
+                          help="distillation steps (default: 300; 0 writes the layer-dropped emulator undistilled)")
+    emulator.add_argument("--lr", type=float, default=1e-4, help="distillation AdamW learning rate (default: 1e-4)")
+    emulator.add_argument("--batch-size", type=int, default=32, help="distillation batch size (default: 32)")
+    emulator.add_argument("--data", default="",
+                          help="the owner's own text for a file source, in the run's [data] format "
+                               "(a generated source is drawn again with another seed)")
+    emulator.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)")
+    emulator.set_defaults(func=cmd_emulator)
     data = sub.add_parser("data", help="write datasets for experiments")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     dolly = data_sub.add_parser(

@@ -4,10 +4,12 @@ Xiao et al., "Offsite-Tuning: Transfer Learning without Full Model", 2023
 (https://arxiv.org/abs/2302.04870). A transformer is a stack of identical blocks; the model
 owner keeps the first ``bottom`` and the last ``top`` blocks whole as the *adapter*, and
 replaces the ``M`` blocks between them by an *emulator*: ``n = round(keep_ratio * M)`` (half up) of
-them, chosen evenly from the first to the last middle block (uniform layer-drop; the
-paper's distillation of the emulator is not done here). The data owner tunes the adapter
-with the emulator frozen in between, and the owner plugs the tuned adapter back into the
-full model.
+them, chosen evenly from the first to the last middle block (uniform layer-drop). The
+owner may then **distill** the kept blocks (:func:`distill`: the paper's step, which narrows
+the gap between the adapter's score on the emulator and plugged into the full model) and
+publish the emulator as files (:func:`save_emulator`; ``offsite.emulator`` points every
+party at them, :func:`load_emulator`). The data owner tunes the adapter with the emulator
+frozen in between, and the owner plugs the tuned adapter back into the full model.
 
 :func:`make_emulator` drops the blocks in place. The emulator's blocks are renumbered
 (a ``ModuleList`` is contiguous), so its parameter names differ from the full model's
@@ -18,9 +20,12 @@ on the owner's full model and on a client's emulator.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,11 +35,14 @@ __all__ = [
     "adapter_names",
     "block_stack",
     "describe",
+    "distill",
     "emulator_bytes",
     "emulator_plan",
     "global_names",
+    "load_emulator",
     "make_emulator",
     "plan_emulator",
+    "save_emulator",
     "scores_on",
     "summary",
 ]
@@ -216,3 +224,174 @@ def scores_on(emulator: torch.nn.Module, tuned: Mapping[str, torch.Tensor], stat
         target.copy_(state[name])
     return {f"emulator_{k}": v for k, v in evaluate(emulator).items()}
 
+
+
+# --- distillation, and the emulator as files --------------------------------------------------
+
+EMULATOR_FILE = "emulator.safetensors"  # every tensor of the emulator, by the full model's names
+EMULATOR_META = "emulator.json"  # the plan, the digest of the tensors, how they were made
+
+
+def _block_output(block: torch.nn.Module, into: list[torch.Tensor]) -> Any:
+    """A forward hook on ``block`` that appends its hidden-state output to ``into``."""
+
+    def hook(_module: torch.nn.Module, _args: Any, output: Any) -> None:
+        into.append(output[0] if isinstance(output, tuple) else output)
+
+    return block.register_forward_hook(hook)
+
+
+def distill(
+    emulator: torch.nn.Module,
+    full: torch.nn.Module,
+    batch_for_step: Callable[[int], Mapping[str, torch.Tensor]],
+    steps: int,
+    *,
+    lr: float,
+    progress: Callable[[int, float], None] | None = None,
+) -> list[float]:
+    """Train the emulator's kept middle blocks, in place, to reproduce the full model's middle.
+
+    For each step's batch both models run forward; the loss is the mean squared difference,
+    over the batch's non-padding tokens and the hidden size, between the hidden state leaving
+    the emulator's last middle block and the one leaving the full model's last middle block
+    (both enter from the same, shared bottom adapter blocks). AdamW at ``lr``, no weight decay,
+    both models in eval mode (no dropout: the same emulator from the same batches, every time).
+    Only the middle blocks move: the adapter, the embeddings and the head keep their weights.
+
+    Args:
+        emulator: :func:`make_emulator`'s model; ``full``: the model it was made from.
+        batch_for_step: ``input_ids`` and ``attention_mask`` of step ``i`` (the owner's own
+            text: never a client's data).
+        steps: optimizer steps, >= 1.
+        progress: called as ``progress(step, loss)`` after every step.
+
+    Returns:
+        Each step's loss.
+
+    Raises:
+        ValueError: if ``emulator`` is not an emulator of ``full``, or ``steps`` < 1.
+    """
+    plan = emulator_plan(emulator)
+    if plan is None or emulator_plan(full) is not None:
+        raise ValueError("distill() takes an emulator (make_emulator) and the full model it was made from")
+    if steps < 1:
+        raise ValueError(f"distillation steps must be >= 1, got {steps}")
+    _, full_stack = block_stack(full)
+    _, emu_stack = block_stack(emulator)
+    if len(full_stack) != plan.num_blocks:
+        raise ValueError(f"the emulator's plan is for {plan.num_blocks} blocks; the full model has {len(full_stack)}")
+    first_middle = len(plan.bottom)
+    middle = [emu_stack[i] for i in range(first_middle, first_middle + len(plan.middle))]
+    params = [p for block in middle for p in block.parameters()]
+    frozen = {p: p.requires_grad for p in emulator.parameters()}
+    for p in emulator.parameters():
+        p.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    teacher: list[torch.Tensor] = []
+    student: list[torch.Tensor] = []
+    hooks = [_block_output(full_stack[plan.num_blocks - len(plan.top) - 1], teacher), _block_output(middle[-1], student)]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    losses: list[float] = []
+    try:
+        for step in range(steps):
+            batch = batch_for_step(step)
+            ids, mask = batch["input_ids"], batch["attention_mask"]
+            teacher.clear()
+            student.clear()
+            with torch.no_grad():
+                full(input_ids=ids, attention_mask=mask)
+            emulator(input_ids=ids, attention_mask=mask)
+            weight = mask.unsqueeze(-1).to(student[0].dtype)
+            loss = ((student[0] - teacher[0].detach()) ** 2 * weight).sum() / (weight.sum() * student[0].shape[-1])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+            if progress is not None:
+                progress(step, losses[-1])
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for p, requires in frozen.items():
+            p.requires_grad_(requires)
+    return losses
+
+
+def _digest(tensors: Mapping[str, torch.Tensor]) -> str:
+    """sha256 over the tensors' names, dtypes, shapes and bytes, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def save_emulator(emulator: torch.nn.Module, directory: str | Path, **record: Any) -> Path:
+    """Write ``emulator`` (every tensor, by the full model's names) and its plan to ``directory``:
+    what the model owner publishes, and what ``offsite.emulator`` names. ``record``: how it was
+    made (distillation steps, loss, data), kept in the metadata file.
+
+    Raises:
+        ValueError: if ``emulator`` is not an emulator.
+    """
+    from safetensors.torch import save_file
+
+    plan = emulator_plan(emulator)
+    if plan is None:
+        raise ValueError("save_emulator() takes an emulator (make_emulator)")
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    names = global_names(emulator)
+    tensors = {names[n]: p.detach().cpu().contiguous() for n, p in emulator.named_parameters()}
+    save_file(tensors, str(out / EMULATOR_FILE))
+    meta = {"plan": asdict(plan), "sha256": _digest(tensors), **record}
+    (out / EMULATOR_META).write_text(json.dumps(meta, indent=2) + "\n")
+    return out
+
+
+def load_emulator(emulator: torch.nn.Module, directory: str | Path, key: str = "offsite.emulator") -> None:
+    """Overwrite, in place, every tensor of ``emulator`` with the one :func:`save_emulator` wrote.
+
+    Raises:
+        ValueError: naming ``key`` when the directory lacks the files, their digest does not
+            match (a corrupted copy), or they were made by another plan or for another model
+            (a name or a shape differs).
+    """
+    from safetensors.torch import load_file
+
+    plan = emulator_plan(emulator)
+    if plan is None:
+        raise ValueError("load_emulator() takes an emulator (make_emulator)")
+    where = Path(directory)
+    if not (where / EMULATOR_FILE).is_file() or not (where / EMULATOR_META).is_file():
+        raise ValueError(f"`{key}` = {str(directory)!r} holds no emulator ({EMULATOR_FILE} and {EMULATOR_META}, "
+                         "as `fedtune emulator` writes them)")
+    try:
+        meta = json.loads((where / EMULATOR_META).read_text())
+        saved = EmulatorPlan(**{k: v if k == "num_blocks" else tuple(v) for k, v in meta["plan"].items()})
+        digest = str(meta["sha256"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"`{key}` = {str(directory)!r}: {EMULATOR_META} is not what `fedtune emulator` "
+                         f"writes ({type(exc).__name__}: {exc})") from None
+    if saved != plan:
+        raise ValueError(f"`{key}` = {str(directory)!r} was made for {describe(saved)} of a {saved.num_blocks}-block "
+                         f"model; this run's [offsite] asks for {describe(plan)} of {plan.num_blocks}")
+    tensors = load_file(str(where / EMULATOR_FILE))
+    if _digest(tensors) != digest:
+        raise ValueError(f"`{key}` = {str(directory)!r}: {EMULATOR_FILE} does not match the digest in "
+                         f"{EMULATOR_META} (a corrupted or altered copy)")
+    names = global_names(emulator)
+    own = {names[n]: p for n, p in emulator.named_parameters()}
+    if own.keys() != tensors.keys():
+        missing, extra = sorted(own.keys() - tensors.keys()), sorted(tensors.keys() - own.keys())
+        raise ValueError(f"`{key}` = {str(directory)!r} is an emulator of another model: "
+                         f"missing {missing[:3]}, unexpected {extra[:3]}")
+    with torch.no_grad():
+        for name, target in own.items():
+            if tuple(tensors[name].shape) != tuple(target.shape):
+                raise ValueError(f"`{key}` = {str(directory)!r} is an emulator of another model: {name} has shape "
+                                 f"{tuple(tensors[name].shape)}, this model's {tuple(target.shape)}")
+            target.copy_(tensors[name])

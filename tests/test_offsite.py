@@ -14,6 +14,7 @@ import json
 import pytest
 import torch
 
+from fedtune.algorithms.offsite import build_emulator
 from fedtune.emulator import (
     EmulatorPlan,
     adapter_names,
@@ -167,9 +168,17 @@ num_cpus_per_client = 1
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("algorithm", "model"), [("offsite-zo", "micro-bert-6"), ("offsite", "micro-llama-6")])
-def test_a_run_through_flowers_engine_scores_the_plugged_in_model_and_the_emulator(tmp_path, algorithm, model):
-    result = run_cli("run", _toml(tmp_path, algorithm, model), timeout=600)
+@pytest.mark.parametrize(("algorithm", "model", "distilled"),
+                         [("offsite-zo", "micro-bert-6", True), ("offsite", "micro-llama-6", False)])
+def test_a_run_through_flowers_engine_scores_the_plugged_in_model_and_the_emulator(
+    tmp_path, algorithm, model, distilled
+):
+    toml, sets = _toml(tmp_path, algorithm, model), []
+    if distilled:  # the owner distills and publishes the emulator; every party of the run loads it
+        made = run_cli("emulator", toml, "--out", tmp_path / "emulator", "--steps", "5", "--batch-size", "8")
+        assert made.returncode == 0, made.stderr[-3000:]
+        sets = ["--set", f'offsite.emulator="{tmp_path / "emulator"}"']
+    result = run_cli("run", toml, *sets, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     records = [json.loads(line) for line in (tmp_path / "runs" / "offsite" / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in records] == [0, 1, 2]
@@ -188,9 +197,70 @@ def test_a_run_through_flowers_engine_scores_the_plugged_in_model_and_the_emulat
     ("offsite.keep_ratio=1.0", "`offsite.keep_ratio` must be in (0, 1)"),
     ('model.trainable=["classifier.*"]', "`model.trainable` is not used with Offsite-Tuning"),
     ("model.config=micro-bert", "must leave at least 2 of the model's 2 blocks"),
+    ('offsite.emulator="no/such/dir"', "`offsite.emulator` = 'no/such/dir' holds no emulator"),
 ])
 def test_bad_offsite_input_is_one_line_exit_2_nothing_written(tmp_path, override, message):
     result = run_cli("run", _toml(tmp_path, "offsite"), "--set", override)
     assert result.returncode == 2, result.stderr[-2000:]
     assert message in result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+# --- the distilled emulator, published as files ------------------------------------------------
+
+
+@pytest.mark.parametrize("model", ["micro-bert-6", "micro-llama-6"])
+def test_distillation_moves_only_the_middle_blocks_toward_the_full_models_middle(tmp_path, model):
+    cfg = offsite_config(model=model)
+    done = build_emulator(cfg, tmp_path / "emu", steps=25, lr=1e-3, batch_size=8)
+    assert done["last_loss"] < 0.5 * done["first_loss"]  # the middle's output approaches the full model's
+    layer_drop = Workload(cfg).build_model(client=True)
+    published = Workload(offsite_config(f'offsite.emulator="{tmp_path / "emu"}"', model=model)).build_model(client=True)
+    prefix, _ = block_stack(layer_drop)
+    middle = tuple(f"{prefix}.{i}." for i in (1, 2))  # the emulator's kept middle blocks
+    before, after = dict(layer_drop.named_parameters()), dict(published.named_parameters())
+    assert before.keys() == after.keys()
+    moved = {n for n in before if not torch.equal(before[n], after[n])}
+    assert moved and all(n.startswith(middle) for n in moved)  # adapter, embeddings, head: as the checkpoint
+    assert all(any(n.startswith(m) for n in moved) for m in middle)  # both middle blocks were distilled
+    meta = json.loads((tmp_path / "emu" / "emulator.json").read_text())
+    assert meta["plan"] == {"num_blocks": 6, "bottom": [0], "middle": [1, 4], "top": [5]} and meta["steps"] == 25
+    again = build_emulator(cfg, tmp_path / "again", steps=25, lr=1e-3, batch_size=8)  # one command, one emulator
+    assert again["last_loss"] == done["last_loss"]
+    assert json.loads((tmp_path / "again" / "emulator.json").read_text())["sha256"] == meta["sha256"]
+
+
+def test_a_published_emulator_that_does_not_fit_the_run_is_refused(tmp_path):
+    cfg = offsite_config()
+    build_emulator(cfg, tmp_path / "emu", steps=0, lr=1e-3, batch_size=8)  # layer-drop alone, as files
+    with pytest.raises(ValueError, match="was made for .* this run's \\[offsite\\] asks for"):
+        Workload(offsite_config(f'offsite.emulator="{tmp_path / "emu"}"', "offsite.keep_ratio=0.25")).build_model(
+            client=True)
+    with pytest.raises(ValueError, match="an emulator of another model"):
+        Workload(offsite_config(f'offsite.emulator="{tmp_path / "emu"}"', "model.head=default")).build_model(
+            client=True)
+    meta = (tmp_path / "emu" / "emulator.json").read_text()
+    (tmp_path / "emu" / "emulator.json").write_text("{}")
+    with pytest.raises(ValueError, match="emulator.json is not what `fedtune emulator` writes"):
+        Workload(offsite_config(f'offsite.emulator="{tmp_path / "emu"}"')).build_model(client=True)
+    (tmp_path / "emu" / "emulator.json").write_text(meta)
+    data = bytearray((tmp_path / "emu" / "emulator.safetensors").read_bytes())
+    data[-1] ^= 0xFF  # one flipped bit in the last tensor
+    (tmp_path / "emu" / "emulator.safetensors").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="does not match the digest"):
+        Workload(offsite_config(f'offsite.emulator="{tmp_path / "emu"}"')).build_model(client=True)
+
+
+def test_fedtune_emulator_refuses_bad_input_in_one_line(tmp_path):
+    toml = _toml(tmp_path, "offsite")
+    (tmp_path / "emu").mkdir()
+    (tmp_path / "emu" / "emulator.json").write_text("{}")
+    taken = run_cli("emulator", toml, "--out", tmp_path / "emu", "--steps", "1")
+    assert taken.returncode == 2 and "already holds an emulator" in taken.stderr
+    for args, message in ((["--steps", "-1"], "distillation steps must be >= 0"),
+                          (["--lr", "0"], "learning rate must be > 0"),
+                          (["--set", "offsite.keep_ratio=0.1"], "keeps 0 of the 4 middle blocks")):
+        result = run_cli("emulator", toml, "--out", tmp_path / "new", *args)
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+        assert not (tmp_path / "new").exists()
