@@ -371,7 +371,9 @@ def load_emulator(emulator: torch.nn.Module, directory: str | Path, key: str = "
                          "as `fedtune emulator` writes them)")
     try:
         meta = json.loads((where / EMULATOR_META).read_text())
-        saved = EmulatorPlan(**{k: v if k == "num_blocks" else tuple(v) for k, v in meta["plan"].items()})
+        plan_of = meta["plan"]
+        saved = EmulatorPlan(int(plan_of["num_blocks"]), tuple(plan_of["bottom"]), tuple(plan_of["middle"]),
+                             tuple(plan_of["top"]))
         digest = str(meta["sha256"])
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"`{key}` = {str(directory)!r}: {EMULATOR_META} is not what `fedtune emulator` "
