@@ -217,7 +217,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         emulator = args.emulator
         if emulator is None and any(DISTILLED in CONTENDERS[n] for n in names):
-            from fedtune.algorithms.offsite import build_emulator
+            from fedtune.emulator_build import build_emulator
 
             start = time.perf_counter()
             emulator = str(Path(tmp) / "emulator")

@@ -348,8 +348,8 @@ def cmd_write_dolly(args: argparse.Namespace) -> int:
 
 
 def cmd_emulator(args: argparse.Namespace) -> int:
-    from fedtune.algorithms.offsite import build_emulator
     from fedtune.emulator import EMULATOR_META
+    from fedtune.emulator_build import build_emulator
 
     config_path = Path(args.config) if args.config else _find_app_dir(None) / DEFAULT_CONFIG
     out = Path(args.out)

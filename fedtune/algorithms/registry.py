@@ -93,6 +93,10 @@ class Algorithm:
             False: by a fresh raw 64-bit seed each step (MeZO).
         client_model: turns the model a client builds into the one it runs (Offsite-Tuning:
             the emulator, :func:`fedtune.emulator.make_emulator`); the server keeps the full model.
+        client_tensors_given: with ``client_model``, whether (given the run config) the client's
+            model gets every tensor from the algorithm's own files (Offsite-Tuning's published
+            emulator): the client then builds the model from the checkpoint's ``config.json``
+            and never reads the checkpoint's weights.
         tuned: the full model's names of the tensors clients tune, given the run config and
             the model (full or the client's); their updates travel under these names. None:
             ``model.trainable``'s selection (or adapters, for LoRA).
@@ -115,6 +119,7 @@ class Algorithm:
     rank_pruner: Callable[[Any], RankPruner | None] | None = field(default=None, compare=False)
     pooled: bool = True
     client_model: Callable[[Any, Any], Any] | None = field(default=None, compare=False)
+    client_tensors_given: Callable[[Any], bool] | None = field(default=None, compare=False)
     tuned: Callable[[Any, Any], list[str]] | None = field(default=None, compare=False)
     check_model: Callable[[Any, Any], list[str]] | None = field(default=None, compare=False)
 

@@ -42,7 +42,7 @@ _TOKENIZER_FILES = (
 _MODEL_DIR_HELP = "a local Hugging Face model directory (config.json plus *.safetensors or pytorch_model.bin)"
 
 
-def _check_model_dir(path: str | os.PathLike[str]) -> Path:
+def _check_model_dir(path: str | os.PathLike[str], *, weights: bool = True) -> Path:
     directory = Path(path)
     if not directory.is_dir():
         raise FileNotFoundError(
@@ -50,7 +50,7 @@ def _check_model_dir(path: str | os.PathLike[str]) -> Path:
         )
     if not (directory / "config.json").is_file():
         raise FileNotFoundError(f"{str(directory)!r} has no config.json; expected {_MODEL_DIR_HELP}")
-    if not any(any(directory.glob(pattern)) for pattern in _WEIGHT_PATTERNS):
+    if weights and not any(any(directory.glob(pattern)) for pattern in _WEIGHT_PATTERNS):
         raise FileNotFoundError(
             f"{str(directory)!r} has no weights (*.safetensors or pytorch_model*.bin); "
             f"expected {_MODEL_DIR_HELP}"
@@ -110,6 +110,7 @@ def load_model(
     num_labels: int | None = None,
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
+    weights: bool = True,
 ) -> PreTrainedModel:
     """Load a model from a local directory or build one from a named config.
 
@@ -124,13 +125,16 @@ def load_model(
         seed: initialisation seed (weights of a named config; new heads with ``path``).
         dtype: parameter dtype. A named config is initialised in it directly (seeded, the same
             bits on every party), never through a float32 copy.
+        weights: False builds a ``path`` model from its ``config.json`` alone, seeded, without
+            reading (or needing) its weights: for a caller that overwrites every tensor.
 
     Returns:
         The model on CPU, in ``eval()`` mode.
 
     Raises:
         ValueError: on bad arguments (all reported together) or an unknown config name.
-        FileNotFoundError: if ``path`` is not a directory with config.json and weights.
+        FileNotFoundError: if ``path`` is not a directory with config.json and (unless
+            ``weights=False``) weights.
     """
     _check_arguments(path, config, task, vocab_size, num_labels, dtype)
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
@@ -139,15 +143,18 @@ def load_model(
         "seq-cls": AutoModelForSequenceClassification, "causal-lm": AutoModelForCausalLM, "encoder": AutoModel,
     }[task]
     if path is not None:
-        directory = _check_model_dir(path)
+        directory = _check_model_dir(path, weights=weights)
         model_config = AutoConfig.from_pretrained(directory, local_files_only=True)
         _prepare_config(model_config, task, num_labels)
         # On CPU, with seeded RNG: a head the checkpoint lacks is initialised identically everywhere.
         with torch.device("cpu"), seeded_init(seed, "model-init"):
-            model = auto_class.from_pretrained(
-                directory, config=model_config, local_files_only=True, dtype=dtype
-            )
-        source = str(directory)
+            if weights:
+                model = auto_class.from_pretrained(
+                    directory, config=model_config, local_files_only=True, dtype=dtype
+                )
+            else:
+                model = auto_class.from_config(model_config, dtype=dtype)
+        source = str(directory) if weights else f"{directory}/config.json (its weights not read)"
     else:
         model_config = build_config(cast(str, config), vocab_size=vocab_size)
         _prepare_config(model_config, task, num_labels)
