@@ -225,7 +225,6 @@ def scores_on(emulator: torch.nn.Module, tuned: Mapping[str, torch.Tensor], stat
     return {f"emulator_{k}": v for k, v in evaluate(emulator).items()}
 
 
-
 # --- distillation, and the emulator as files --------------------------------------------------
 
 EMULATOR_FILE = "emulator.safetensors"  # every tensor of the emulator, by the full model's names

@@ -7,6 +7,7 @@ must not import.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import math
@@ -55,7 +56,7 @@ def build_emulator(
         raise ValueError(f"the distillation batch size must be >= 1, got {batch_size}")
     workload = Workload(cfg)
     full = workload.build_model()
-    emulator = emu.make_emulator(workload.build_model(), plan_for(cfg, full))
+    emulator = emu.make_emulator(copy.deepcopy(full), plan_for(cfg, full))  # one read of the checkpoint
     record: dict[str, Any] = {"model": cfg.model.path or cfg.model.config, "steps": steps}
     if steps:
         if cfg.data.source == "file":

@@ -63,8 +63,9 @@ def _client_model(cfg: Any, model: Any) -> Any:
     from fedtune import emulator as emu
 
     emulator = emu.make_emulator(model, plan_for(cfg, model))
-    if cfg.section("offsite").emulator:  # the owner's published (distilled) emulator replaces the layer-drop's weights
-        emu.load_emulator(emulator, cfg.section("offsite").emulator)
+    published = cfg.section("offsite").emulator
+    if published:  # the owner's published (distilled) emulator replaces the layer-drop's weights
+        emu.load_emulator(emulator, published)
     return emulator
 
 
@@ -124,4 +125,3 @@ OFFSITE_ZO = register(Algorithm(
     client_tensors_given=_published,
     tuned=_tuned,
 ))
-
