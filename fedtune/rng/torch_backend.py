@@ -13,6 +13,7 @@ extension, which turns torch's arithmetic shift into the logical one splitmix64 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -38,10 +39,22 @@ from . import words as _numpy_words
 
 __all__ = ["add_scaled_", "add_scaled_many_", "add_scaled_multi_", "rademacher", "seeded_init", "words"]
 
-# torch dtypes the compiled kernel takes, by the numpy name it knows them by.
+# torch dtypes the compiled kernel takes, by the numpy name it knows them by; bfloat16 too where
+# ml_dtypes is installed (its bfloat16 carries the coefficients), looked up at the first
+# bfloat16 tensor: importing ml_dtypes takes ~1 s, which every process would otherwise pay
 _KERNEL_DTYPES = {torch.float32: "float32", torch.float64: "float64", torch.float16: "float16"}
-if kernel_numpy_dtype("bfloat16") is not None:  # the coefficients are handed over as ml_dtypes' bfloat16
-    _KERNEL_DTYPES[torch.bfloat16] = "bfloat16"
+
+
+@functools.cache
+def _kernel_takes_bfloat16() -> bool:
+    return kernel_numpy_dtype("bfloat16") is not None
+
+
+def _kernel_dtype(dtype: torch.dtype) -> str | None:
+    """The kernel's name of ``dtype``; None where the kernel does not take it."""
+    if dtype == torch.bfloat16:
+        return "bfloat16" if _kernel_takes_bfloat16() else None
+    return _KERNEL_DTYPES.get(dtype)
 
 
 def _as_int64(value: int) -> int:
@@ -225,14 +238,16 @@ def add_scaled_multi_(
         groups: dict[torch.dtype, list[tuple[str, torch.Tensor]]] = {}
         rest = []
         for name, tensor in tensors:
-            ok = tensor.device.type == "cpu" and tensor.dtype in _KERNEL_DTYPES
+            ok = tensor.device.type == "cpu" and _kernel_dtype(tensor.dtype) is not None
             (groups.setdefault(tensor.dtype, []) if ok else rest).append((name, tensor))
         for dtype, group in groups.items():
-            cs = np.array([_round_coef(c, dtype) for c in coefs], dtype=kernel_numpy_dtype(_KERNEL_DTYPES[dtype]))
+            kernel_dtype = _kernel_dtype(dtype)
+            assert kernel_dtype is not None
+            cs = np.array([_round_coef(c, dtype) for c in coefs], dtype=kernel_numpy_dtype(kernel_dtype))
             if np.isnan(cs).any():  # NaN payloads: left to torch's own arithmetic
                 rest.extend(group)
                 continue
-            run_kernel(kernel, _KERNEL_DTYPES[dtype], [t.data_ptr() for _, t in group],
+            run_kernel(kernel, kernel_dtype, [t.data_ptr() for _, t in group],
                        [t.numel() for _, t in group], [n for n, _ in group], seeds, cs,
                        threads or torch.get_num_threads())
     for name, tensor in rest:
