@@ -15,6 +15,9 @@ task, where the frozen probe sits far below what fine-tuning reaches), the same 
   model (``eval_accuracy``), the emulator's own score beside it;
 * ``offsite-layerdrop``: the same on the layer-dropped emulator, undistilled;
 * ``offsite-zo``: the same adapter tuned by FedKSeed through the distilled emulator;
+* ``offsite-top``: ``offsite`` with the adapter's top block alone (``offsite.bottom=0``; the
+  emulator keeps 3 of the 5 blocks below it, distilled for that plan): no gradient flows
+  into the emulator, so the device stores none of its activations;
 * ``split-prompt`` when the algorithm is registered (SFPrompt).
 
 For each: the accuracy of the model the owner ends with (mean ± std over seeds), bytes per
@@ -29,7 +32,9 @@ never holds the full model.
 
 Prints ``name=value`` lines, the headline last: ``offsite_plugin_minus_fedit_accuracy``
 (accuracy points, distilled emulator; goal >= -2), after
-``offsite_device_peak_over_full_client_peak`` (goal <= 0.35).
+``offsite_device_peak_over_full_client_peak`` (goal <= 0.35; the full client is FedIT's) and
+the same ratio for ``offsite-top``; beside them, each Offsite client's peak over a client that
+fine-tunes all the full model's weights (``full_ft``: the paper's baseline for its 5.6x).
 
     python bench/small_devices.py                        # news, 3 seeds, 4 rounds: ~40 min on 2 cores
     python bench/small_devices.py --quick                # a smoke test: 1 seed, 1 round, small data
@@ -72,10 +77,18 @@ CONTENDERS: dict[str, list[str]] = {
     "offsite": ["algorithm.name=offsite", "algorithm.lr=1e-4", DISTILLED],
     "offsite-layerdrop": ["algorithm.name=offsite", "algorithm.lr=1e-4"],
     "offsite-zo": ["algorithm.name=offsite-zo", "algorithm.lr=1e-5", "algorithm.eps=1e-3", DISTILLED],
+    # the adapter is the top block alone: no gradient crosses the emulator, so the device keeps
+    # none of its activations (its own distilled emulator: the plan has other middle blocks)
+    "offsite-top": ["algorithm.name=offsite", "algorithm.lr=1e-4", "offsite.bottom=0", DISTILLED],
     "split-prompt": ["algorithm.name=split-prompt", "algorithm.lr=0.3"],
 }
-# client kind -> the contender whose client it is (a distilled emulator has the layer-drop's shapes)
-MEMORY_KINDS = {"fedit": "fedit", "offsite": "offsite-layerdrop"}
+# the client kinds whose memory is measured, by their overrides: the contenders' clients (a
+# distilled emulator has the layer-drop's shapes), and the paper's own baseline beside them, a
+# client that fine-tunes every weight of the full model (AdamW, Offsite's rate)
+MEMORY_KINDS: dict[str, list[str]] = {
+    **{kind: [s for s in CONTENDERS[kind] if s != DISTILLED] for kind in ("fedit", "offsite", "offsite-top")},
+    "full-ft": ["algorithm.name=fedit", 'model.trainable=["*"]', "algorithm.lr=1e-4"],
+}
 MEMORY_STEPS = 5
 
 
@@ -145,6 +158,18 @@ def client_memory(config: Path, overrides: list[str], kind: str) -> dict[str, fl
         return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def distil(cfg: RunConfig, out: Path, *, quick: bool, plan: tuple[str, ...]) -> str:
+    """``fedtune emulator``'s defaults for ``cfg``'s plan, written to ``out``; its directory."""
+    from fedtune.emulator_build import build_emulator
+
+    start = time.perf_counter()
+    done = build_emulator(cfg, str(out), steps=20 if quick else 300, lr=1e-4, batch_size=32)
+    print(f"# distilled the emulator{' (' + ', '.join(plan) + ')' if plan else ''}: {done['steps']} steps on "
+          f"{done['examples']} examples, loss {done['first_loss']:.5f} -> {done['last_loss']:.5f}, "
+          f"{time.perf_counter() - start:.0f} s", flush=True)
+    return str(out)
+
+
 def _run(config: Path, out: Path, name: str, overrides: list[str]) -> dict[str, Any]:
     """One ``fedtune run`` (bench/quality.py's), plus the bytes down and the emulator's scores."""
     from quality import federated
@@ -202,32 +227,35 @@ def main() -> None:
           f"threads={torch.get_num_threads()}" + (f" (not registered, skipped: {skipped})" if skipped else ""),
           flush=True)
 
-    memory = {kind: client_memory(config, [*base, *CONTENDERS[c]], kind) for kind, c in MEMORY_KINDS.items()}
+    memory = {kind: client_memory(config, [*base, *sets], kind) for kind, sets in MEMORY_KINDS.items()}
     for kind, m in memory.items():
-        print(f"{kind}_client_peak_mb={m['peak_mb']:.1f}")
-        print(f"{kind}_client_weights_mb={m['weights_mb']:.1f}")
-        print(f"{kind}_client_parameters={m['parameters']}")
-        print(f"{kind}_client_trained_parameters={m['trained_parameters']}")
+        key = kind.replace("-", "_")
+        print(f"{key}_client_peak_mb={m['peak_mb']:.1f}")
+        print(f"{key}_client_weights_mb={m['weights_mb']:.1f}")
+        print(f"{key}_client_parameters={m['parameters']}")
+        print(f"{key}_client_trained_parameters={m['trained_parameters']}")
     ratio = memory["offsite"]["peak_mb"] / memory["fedit"]["peak_mb"]
+    top_ratio = memory["offsite-top"]["peak_mb"] / memory["fedit"]["peak_mb"]
+    for kind in ("offsite", "offsite-top"):  # the paper's comparison: against full fine-tuning
+        print(f"{kind.replace('-', '_')}_device_peak_over_full_ft_client_peak="
+              f"{memory[kind]['peak_mb'] / memory['full-ft']['peak_mb']:.3f}")
     if args.memory_only:
+        print(f"offsite_top_device_peak_over_full_client_peak={top_ratio:.3f}")
         print(f"offsite_device_peak_over_full_client_peak={ratio:.3f}")
         return
 
     results: dict[str, list[dict[str, Any]]] = {n: [] for n in ["zero-shot", "probe", *names]}
     with tempfile.TemporaryDirectory() as tmp:
-        emulator = args.emulator
-        if emulator is None and any(DISTILLED in CONTENDERS[n] for n in names):
-            from fedtune.emulator_build import build_emulator
-
-            start = time.perf_counter()
-            emulator = str(Path(tmp) / "emulator")
-            done = build_emulator(load_config(config, [*base, "algorithm.name=offsite"]), emulator,
-                                  steps=20 if args.quick else 300, lr=1e-4, batch_size=32)
-            print(f"# distilled the emulator: {done['steps']} steps on {done['examples']} examples, loss "
-                  f"{done['first_loss']:.5f} -> {done['last_loss']:.5f}, {time.perf_counter() - start:.0f} s",
-                  flush=True)
-        filled = {n: [s.format(emulator=f'"{emulator}"') if s == DISTILLED else s for s in CONTENDERS[n]]
-                  for n in names}
+        # one distilled emulator per plan (a contender's other `offsite.*` keys), distilled once,
+        # before any contender runs; --emulator gives the default plan's
+        emulators: dict[tuple[str, ...], str] = {(): args.emulator} if args.emulator else {}
+        filled = {}
+        for n in names:
+            plan = tuple(s for s in CONTENDERS[n] if s.startswith("offsite.") and s != DISTILLED)
+            if DISTILLED in CONTENDERS[n] and plan not in emulators:
+                cfg = load_config(config, [*base, "algorithm.name=offsite", *plan])
+                emulators[plan] = distil(cfg, Path(tmp) / f"emulator-{len(emulators)}", quick=args.quick, plan=plan)
+            filled[n] = [s.format(emulator=f'"{emulators[plan]}"') if s == DISTILLED else s for s in CONTENDERS[n]]
         for seed in seeds:
             frozen = frozen_baselines(load_config(config, [*base, f"seed={seed}"]))
             for key in ("zero-shot", "probe"):
@@ -257,6 +285,7 @@ def main() -> None:
         if name != "fedit":
             print(f"{name.replace('-', '_')}_minus_fedit_accuracy={100 * (statistics.fmean(r['accuracy'] for r in results[name]) - fedit):.2f}")
             print(f"{name.replace('-', '_')}_minus_probe_accuracy={100 * (statistics.fmean(r['accuracy'] for r in results[name]) - probe):.2f}")
+    print(f"offsite_top_device_peak_over_full_client_peak={top_ratio:.3f}")
     print(f"offsite_device_peak_over_full_client_peak={ratio:.3f}")
     offsite = statistics.fmean(r["accuracy"] for r in results["offsite"])
     print(f"offsite_plugin_minus_fedit_accuracy={100 * (offsite - fedit):.2f}")
