@@ -17,7 +17,7 @@ import math
 import os
 import shlex
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -271,13 +271,26 @@ class RunWriter:
         self._eval_losses: list[float] = []
         self.tracker: TensorBoardTracker | None = None
 
-    def track(self, cfg: RunConfig, first_round: int, *, resumed: bool = False) -> None:
+    def track(self, cfg: RunConfig, *, resumed: bool = False) -> None:
         """With ``log.tensorboard``, also write every record to TensorBoard (see
-        :class:`TensorBoardTracker`); ``first_round`` is the first round this process
-        writes (0 on a fresh run; on a ``resumed`` one the round after the restored state,
-        or 0 if it restored none)."""
+        :class:`TensorBoardTracker`). On a ``resumed`` run (call :meth:`truncate_after`
+        first) the rounds after round 0 are written again from metrics.jsonl as it stands:
+        a kill between a record's line and its TensorBoard flush then loses nothing."""
         if cfg.log.tensorboard:
-            self.tracker = TensorBoardTracker(self.run_dir / TENSORBOARD_DIR, cfg, first_round, resumed=resumed)
+            history = self.records() if resumed else []
+            self.tracker = TensorBoardTracker(self.run_dir / TENSORBOARD_DIR, cfg, history=history, resumed=resumed)
+
+    def records(self) -> list[dict[str, Any]]:
+        """The records of metrics.jsonl, in order (a torn line skipped)."""
+        if not self.metrics_path.is_file():
+            return []
+        out = []
+        for line in self.metrics_path.read_text(encoding="utf-8").splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return out
 
     def close(self) -> None:
         """Flush and close the tracker, if any (metrics.jsonl is closed after every line)."""
@@ -322,7 +335,8 @@ class RunWriter:
         dropping a torn last line; rewritten atomically. Returns the last round kept."""
         if not self.metrics_path.is_file():
             return -1
-        kept, last = [], -1
+        kept: list[str] = []
+        last = -1
         for line in self.metrics_path.read_text(encoding="utf-8").splitlines():
             try:
                 record = json.loads(line)
@@ -363,33 +377,45 @@ class TensorBoardTracker:
     """TensorBoard event files of a run, written from the records of metrics.jsonl.
 
     Every finite number of a round's record becomes a scalar under its own name at
-    ``step = round``, flushed as the round ends (a crash loses at most what metrics.jsonl
-    loses); with round 0 the resolved config is written as text at step 0. A resumed
-    run opens a new event file with ``purge_step = first_round``: TensorBoard's reader
-    then drops what the interrupted run had logged from that round on, so no step shows
-    twice. Uses ``torch.utils.tensorboard.SummaryWriter``.
+    ``step = round``, flushed as the round ends; with round 0 the resolved config is
+    written as text at step 0. A ``resumed`` run opens a new event file with a
+    ``purge_step`` (TensorBoard's reader then drops what the interrupted run logged from
+    that step on, so no step shows twice) and writes the ``history`` it keeps again:
+    with round 0 in it, from step 1 on (round 0 was flushed before round 1 began, the
+    config with it); without, from step 0, config included (the run starts over). So the
+    event files hold what metrics.jsonl holds whatever moment a crash came at.
+    Uses ``torch.utils.tensorboard.SummaryWriter``.
 
     Raises:
         RuntimeError: if the tensorboard package is missing.
     """
 
-    def __init__(self, directory: Path, cfg: RunConfig, first_round: int, *, resumed: bool = False) -> None:
+    def __init__(self, directory: Path, cfg: RunConfig, *, history: Iterable[Mapping[str, Any]] = (),
+                 resumed: bool = False) -> None:
         if not tensorboard_available():
             raise RuntimeError(TENSORBOARD_MISSING)
         from torch.utils.tensorboard import SummaryWriter
 
+        history = list(history)
+        first = 1 if any(int(r.get("round", 0)) == 0 for r in history) else 0
         self.directory = Path(directory)
-        self.writer = SummaryWriter(str(self.directory), purge_step=first_round if resumed else None)
-        if first_round == 0:
+        self.writer = SummaryWriter(str(self.directory), purge_step=first if resumed else None)
+        if first == 0:
             # Markdown: a fenced block keeps the TOML's lines as they are.
             self.writer.add_text("config", "```toml\n" + dump_toml(cfg) + "```", global_step=0)
-            self.writer.flush()
+        for record in history:
+            if int(record.get("round", 0)) >= first:
+                self._add(record)
+        self.writer.flush()
 
-    def write(self, record: Mapping[str, Any]) -> None:
-        """Add the record's numbers at step ``record["round"]`` and flush them to disk."""
+    def _add(self, record: Mapping[str, Any]) -> None:
         step = int(record["round"])
         for key, value in numeric_metrics(record).items():
             self.writer.add_scalar(key, value, global_step=step)
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        """Add the record's numbers at step ``record["round"]`` and flush them to disk."""
+        self._add(record)
         self.writer.flush()
 
     def close(self) -> None:

@@ -32,7 +32,7 @@ def _scalars(acc, tag):
 
 def test_every_number_of_a_round_is_a_scalar_at_its_round_and_the_config_is_text(tmp_path):
     writer = RunWriter(tmp_path, 3)
-    writer.track(CFG, first_round=0)
+    writer.track(CFG)
     for n, loss in enumerate([2.0, 1.5, float("nan"), 1.25]):
         writer.write_round(_record(n, loss))
     # no close(): every round was flushed, as a crash would leave it
@@ -54,19 +54,42 @@ def test_every_number_of_a_round_is_a_scalar_at_its_round_and_the_config_is_text
 
 def test_a_resumed_run_replaces_the_rounds_it_redoes_instead_of_duplicating_them(tmp_path):
     first = RunWriter(tmp_path, 5)
-    first.track(CFG, first_round=0)
+    first.track(CFG)
     for n in range(4):  # rounds 0..3 logged, then a crash; the state restored is round 2
         first.write_round(_record(n, 2.0 - 0.1 * n))
 
     resumed = RunWriter(tmp_path, 5)
-    resumed.track(CFG, first_round=3, resumed=True)
+    assert resumed.truncate_after(2) == 2
+    resumed.track(CFG, resumed=True)
     for n in range(3, 6):
+        resumed.write_round(_record(n, 9.0 + n))
+    resumed.close()
+
+    acc = _events(tmp_path)
+    losses = _scalars(acc, "eval_loss")
+    assert [step for step, _ in losses] == [0, 1, 2, 3, 4, 5]
+    assert [v for _, v in losses] == pytest.approx([2.0, 1.9, 1.8, 12.0, 13.0, 14.0])
+    assert [e.step for e in acc.Tensors("config/text_summary")] == [0]
+
+
+def test_a_kill_between_a_metrics_line_and_its_tensorboard_flush_loses_no_round(tmp_path):
+    first = RunWriter(tmp_path, 5)
+    first.track(CFG)
+    for n in range(3):
+        first.write_round(_record(n, 2.0 - 0.1 * n))
+    first.tracker = None  # round 3 reaches metrics.jsonl, then the process dies before TensorBoard has it
+    first.write_round(_record(3, 1.7))
+
+    resumed = RunWriter(tmp_path, 5)
+    assert resumed.truncate_after(3) == 3  # the state restored is round 3: the run goes on at 4
+    resumed.track(CFG, resumed=True)
+    for n in range(4, 6):
         resumed.write_round(_record(n, 9.0 + n))
     resumed.close()
 
     losses = _scalars(_events(tmp_path), "eval_loss")
     assert [step for step, _ in losses] == [0, 1, 2, 3, 4, 5]
-    assert [v for _, v in losses] == pytest.approx([2.0, 1.9, 1.8, 12.0, 13.0, 14.0])
+    assert [v for _, v in losses] == pytest.approx([2.0, 1.9, 1.8, 1.7, 13.0, 14.0])
 
 
 def test_the_progress_line_shows_the_scores_and_the_generation_time():

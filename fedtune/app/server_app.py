@@ -60,7 +60,9 @@ def main(grid: Grid, context: Context) -> None:
         return
     strategy = FedKSeed(cfg, run_dir, resume=resume)
     strategy.assign_partitions = simulated
-    if resume and writer.truncate_after(strategy.state_round) < strategy.state_round:
+    # round 0 is written again when no round had finished (start_rounds), so nothing is kept then
+    kept = writer.truncate_after(strategy.state_round or -1) if resume else 0
+    if strategy.state_round and kept < strategy.state_round:
         log.warning(
             "the crash came between logging round %d and writing its metrics line: the round's "
             "update is on the seed log and applied, its line in metrics.jsonl is missing",
@@ -70,8 +72,7 @@ def main(grid: Grid, context: Context) -> None:
         from fedtune.onnx.export import export_run
 
         export_run(cfg, onnx_path_for(cfg, run_dir))
-    # start_rounds writes round 0 again if no round had finished, else from the round after the state
-    writer.track(cfg, first_round=strategy.state_round + 1 if strategy.state_round else 0, resumed=resume)
+    writer.track(cfg, resumed=resume)
     try:
         strategy.start_rounds(grid, cfg.rounds, writer.write_round)
     finally:
@@ -86,7 +87,7 @@ S = TypeVar("S", bound=RoundLoop)
 def _run_fresh(strategy: S, cfg: RunConfig, grid: Grid, writer: RunWriter, simulated: bool) -> S:
     """Every round of a run that cannot resume (LoRA, split), round 0 first; returns the strategy."""
     strategy.assign_partitions = simulated
-    writer.track(cfg, first_round=0)
+    writer.track(cfg)
     try:
         strategy.start_rounds(grid, cfg.rounds, writer.write_round)
     finally:
