@@ -9,6 +9,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# `simulation.num_cpus = 1`: one Ray worker per simulation. The clients of a round then run one
+# after another, which these micro models do in a fraction of a second, and the suite saves the
+# second worker's imports (torch and transformers: ~10 s of CPU each), which on a 2-core machine
+# under `pytest -n 2` are what the simulations wait for (tests/test_simulation.py +
+# tests/test_outputs.py: 276 s -> 202 s).
 SMALL_CONFIG = """
 name = "{name}"
 rounds = {rounds}
@@ -23,6 +28,8 @@ max_length = 24
 num_clients = {num_clients}
 clients_per_round = {per_round}
 min_replies = 2
+[simulation]
+num_cpus = 1
 [algorithm]
 name = "{algorithm}"
 local_steps = 4
@@ -48,6 +55,8 @@ max_length = 24
 num_clients = {num_clients}
 clients_per_round = 3
 min_replies = 2
+[simulation]
+num_cpus = 1
 [algorithm]
 name = "{rule}"
 local_steps = 3

@@ -158,6 +158,7 @@ prompt_length = 4
 local_loss_steps = 2
 keep_fraction = 0.5
 [simulation]
+num_cpus = 1  # one Ray worker: a second one only imports torch again on a 2-core CI machine
 num_cpus_per_client = 1
 """
 

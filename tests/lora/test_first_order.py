@@ -100,6 +100,8 @@ max_length = 24
 num_clients = 3
 clients_per_round = 3
 min_replies = 3
+[simulation]
+num_cpus = 1
 [algorithm]
 name = "fedit"
 local_steps = 2

@@ -88,6 +88,8 @@ max_length = 24
 num_clients = 4
 clients_per_round = 2
 min_replies = 2
+[simulation]
+num_cpus = 1
 [algorithm]
 name = "fedit"
 local_steps = 3

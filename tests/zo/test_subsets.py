@@ -27,6 +27,8 @@ max_length = 24
 num_clients = 4
 clients_per_round = 3
 min_replies = 3
+[simulation]
+num_cpus = 1
 [algorithm]
 name = "{algorithm}"
 local_steps = 4
