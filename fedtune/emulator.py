@@ -38,6 +38,7 @@ __all__ = [
     "distill",
     "emulator_bytes",
     "emulator_plan",
+    "full_name",
     "global_names",
     "load_emulator",
     "make_emulator",
@@ -195,18 +196,38 @@ def describe(plan: EmulatorPlan | None) -> str:
             f"{list(plan.middle)} of {plan.num_blocks - len(plan.adapter)}")
 
 
-def emulator_bytes(model: Any, adapter: set[str]) -> int:
-    """Bytes of the tensors an emulator model holds besides the adapter's: what the owner ships once."""
-    names = global_names(model)
-    return sum(p.numel() * p.element_size() for n, p in model.named_parameters() if names[n] not in adapter)
+def full_name(model: torch.nn.Module, name: str) -> str:
+    """The full model's name of ``name``, a parameter or state-dict name of ``model``: an
+    emulator, a PEFT model over one (adapter names included), or a full model (the identity).
+    The block index after the block stack's prefix is mapped back through the emulator's plan."""
+    plan = emulator_plan(model)
+    if plan is None:
+        return name
+    prefix, _ = block_stack(model)
+    if not name.startswith(prefix + "."):
+        return name
+    index, dot, rest = name[len(prefix) + 1:].partition(".")
+    return f"{prefix}.{plan.kept[int(index)]}{dot}{rest}"
 
 
-def summary(emulator: torch.nn.Module, full: torch.nn.Module, adapter: set[str]) -> str:
+def emulator_bytes(model: Any, tuned: Mapping[str, torch.Tensor]) -> int:
+    """Bytes of the tensors an emulator model holds besides the ``tuned`` ones (the adapter's,
+    or its LoRA factors and head): what the owner ships once."""
+    trained = {id(t) for t in tuned.values()}
+    return sum(p.numel() * p.element_size() for p in model.parameters() if id(p) not in trained)
+
+
+def summary(emulator: torch.nn.Module, full: torch.nn.Module, tuned: Mapping[str, torch.Tensor]) -> str:
     """One line for a run's start: the plan, the emulator's size against the full model's, and
     what it costs each client once (:func:`emulator_bytes`)."""
-    return (f"{describe(emulator_plan(emulator))} ({sum(p.numel() for p in emulator.parameters())} of the full "
-            f"model's {sum(p.numel() for p in full.parameters())} parameters; "
-            f"{emulator_bytes(emulator, adapter) / 1e6:.1f} MB shipped to each client once)")
+    base = (lambda m: sum(p.numel() for n, p in m.named_parameters() if not _is_lora(n)))
+    return (f"{describe(emulator_plan(emulator))} ({base(emulator)} of the full "
+            f"model's {base(full)} parameters; "
+            f"{emulator_bytes(emulator, tuned) / 1e6:.1f} MB shipped to each client once)")
+
+
+def _is_lora(name: str) -> bool:
+    return ".lora_" in name
 
 
 @torch.no_grad()

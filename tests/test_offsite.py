@@ -112,9 +112,34 @@ def test_server_and_client_name_the_adapter_as_the_full_model_does():
     assert frozen and all(p.requires_grad for p in client_params.values())
 
 
-def test_a_round_is_fedavg_of_the_clients_local_sgd_on_the_emulator(task_identity):
+@pytest.mark.parametrize("model", ["micro-bert-6", "micro-llama-6"])
+def test_with_offsite_lora_the_adapter_blocks_carry_lora_named_as_the_full_model_does(model):
+    cfg = offsite_config("offsite.lora=true", model=model)
+    workload = Workload(cfg)
+    full, server_params = trained_model(workload, cfg)
+    emulator, client_params = trained_model(workload, cfg, client=True)
+    prefix, _ = block_stack(full)  # the PEFT model's stack: base_model.model.<...>
+
+    assert server_params.keys() == client_params.keys()
+    blocks = {n.removeprefix(prefix + ".").split(".")[0] for n in server_params if n.startswith(prefix + ".")}
+    assert blocks == {"0", "5"}  # LoRA on the adapter blocks alone; the emulator's block 3 is named 5
+    in_blocks = [n for n in server_params if n.startswith(prefix + ".")]
+    assert in_blocks and all(".lora_A." in n or ".lora_B." in n for n in in_blocks)
+    assert all(torch.equal(server_params[n], client_params[n]) for n in server_params)  # one seeded init
+    whole = offsite_config(model=model)  # the adapter blocks tuned in full
+    tensors, dense_params = trained_model(Workload(whole), whole, client=True)
+    heads = {n.removeprefix("base_model.model.") for n in server_params if not n.startswith(prefix + ".")}
+    assert heads == {n for n in dense_params if not n.startswith(block_stack(tensors)[0] + ".")}  # a head in full
+    dense = sum(p.numel() for p in dense_params.values())
+    assert sum(p.numel() for p in client_params.values()) < dense / 4  # the adapter blocks' weights stay frozen
+    trained = {id(p) for p in client_params.values()}
+    assert all(not p.requires_grad for p in emulator.parameters() if id(p) not in trained)
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_a_round_is_fedavg_of_the_clients_local_sgd_on_the_emulator(task_identity, lora):
     cfg = offsite_config("algorithm.local_steps=2", "lora.optimizer=sgd", "algorithm.lr=0.5",
-                         "federation.clients_per_round=4", "federation.min_replies=4")
+                         "federation.clients_per_round=4", "federation.min_replies=4", f"offsite.lora={str(lora).lower()}")
     start, strategy, records = run_rounds(cfg, 1)
 
     # each client: 2 SGD steps from the global adapter, on its emulator
@@ -123,12 +148,35 @@ def test_a_round_is_fedavg_of_the_clients_local_sgd_on_the_emulator(task_identit
     for name, value in strategy.state.items():
         expected = sum(w / total * t[name] for w, t in zip(weights, trained))
         torch.testing.assert_close(value, expected, rtol=1e-5, atol=1e-6)  # float32 sums in another order
-    assert not torch.equal(strategy.state["classifier.weight"], start["classifier.weight"])
+    head = "base_model.model.classifier.weight" if lora else "classifier.weight"
+    assert not torch.equal(strategy.state[head], start[head])
     # the server's full model holds the aggregated adapter (plugged in); both scores are reported
     assert {"eval_accuracy", "emulator_eval_accuracy", "emulator_bytes_down"} <= records[0].keys()
     assert 0 < records[0]["emulator_bytes_down"] < sum(p.numel() * 4 for p in strategy.model.parameters())
-    full = dict(strategy.model.named_parameters())
-    assert all(torch.equal(full[n], strategy.state[n]) for n in strategy.state)
+    assert all(torch.equal(strategy.params[n], strategy.state[n]) for n in strategy.state)
+    if lora:  # the LoRA factors moved (B off its zero init), the adapter blocks' own weights did not
+        assert any("lora_B" in n and torch.count_nonzero(t) > 0 for n, t in strategy.state.items())
+        untouched = Workload(cfg).build_model()
+        base = {n.removeprefix("base_model.model.").replace(".base_layer", ""): p
+                for n, p in strategy.model.named_parameters() if "lora_" not in n and "modules_to_save" not in n
+                and "original_module" not in n}
+        assert all(torch.equal(base[n], p) for n, p in untouched.named_parameters() if not n.startswith("classifier."))
+
+
+def test_an_offsite_lora_adapter_loads_in_peft_onto_the_full_model_with_the_same_logits(tmp_path, task_identity):
+    from peft import PeftModel
+
+    cfg = offsite_config("offsite.lora=true", "algorithm.local_steps=2", "algorithm.lr=0.05")
+    _, strategy, _ = run_rounds(cfg, 1)
+    strategy.workload.save(strategy.model, tmp_path / "out")
+    batch = strategy.workload.eval_set
+    with torch.inference_mode():
+        expected = strategy.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        reloaded = PeftModel.from_pretrained(Workload(cfg).build_base_model(), tmp_path / "out").eval()
+        logits = reloaded(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    config = json.loads((tmp_path / "out" / "adapter_config.json").read_text())
+    assert config["layers_to_transform"] == [0, 5]
+    torch.testing.assert_close(logits, expected, rtol=0, atol=0)
 
 
 def _toml(tmp_path, algorithm, model="micro-bert-6", extra=""):
@@ -161,6 +209,7 @@ eps = 1e-3
 [eval]
 check_sync = true
 [simulation]
+num_cpus = 1  # one Ray worker: a second one only imports torch again on a 2-core CI machine
 num_cpus_per_client = 1
 {extra}
 """)
@@ -198,9 +247,11 @@ def test_a_run_through_flowers_engine_scores_the_plugged_in_model_and_the_emulat
     ('model.trainable=["classifier.*"]', "`model.trainable` is not used with Offsite-Tuning"),
     ("model.config=micro-bert", "must leave at least 2 of the model's 2 blocks"),
     ('offsite.emulator="no/such/dir"', "`offsite.emulator` = 'no/such/dir' holds no emulator"),
+    ("offsite.lora=true algorithm.name=offsite-zo", "`offsite.lora = true` is for `algorithm.name = \"offsite\"`"),
 ])
 def test_bad_offsite_input_is_one_line_exit_2_nothing_written(tmp_path, override, message):
-    result = run_cli("run", _toml(tmp_path, "offsite"), "--set", override)
+    sets = [a for one in override.split() for a in ("--set", one)]
+    result = run_cli("run", _toml(tmp_path, "offsite"), *sets)
     assert result.returncode == 2, result.stderr[-2000:]
     assert message in result.stderr
     assert not (tmp_path / "runs").exists()

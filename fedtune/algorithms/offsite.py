@@ -15,7 +15,9 @@ every party loads it instead of the bare layer-drop.
 Two algorithms share ``[offsite]``:
 
 - ``offsite``: first-order local steps on the adapter (the ``[lora]`` optimizer settings),
-  aggregated by FedAvg (FedIT's rule over dense tensors), under SecAgg+ where on;
+  aggregated by FedAvg (FedIT's rule over dense tensors), under SecAgg+ where on; with
+  ``offsite.lora`` the adapter blocks carry PEFT LoRA (``[lora]``) and only its factors and the
+  head are tuned and travel (the paper's Offsite-Tuning + LoRA), FedIT's rule on them;
 - ``offsite-zo``: FedKSeed on the adapter's tensors, each ZO forward through the emulator;
   the uplink stays at (key, scalar) pairs and the server replays them onto the full
   model's adapter, bit for bit the tensors every client holds.
@@ -43,6 +45,10 @@ class OffsiteConfig:
     # a directory `fedtune emulator` wrote (a distilled emulator, the same plan); empty: every party
     # layer-drops the checkpoint itself, undistilled
     emulator: str = ""
+    # PEFT LoRA (`[lora]`) on the adapter blocks instead of tuning them in full (the paper's
+    # Offsite-Tuning + LoRA): the uplink is the LoRA factors and the head, and the optimizer's
+    # state shrinks with it; the blocks' own weights stay as the owner sent them (`offsite` only)
+    lora: bool = False
 
 
 def plan_for(cfg: Any, model: Any) -> Any:
@@ -92,6 +98,9 @@ def _check(cfg: Any) -> list[str]:
     if c.emulator and not (Path(c.emulator) / "emulator.json").is_file():
         errors.append(f"`offsite.emulator` = {c.emulator!r} holds no emulator (emulator.json and "
                       "emulator.safetensors, as `fedtune emulator` writes them)")
+    if c.lora and cfg.algorithm.name != "offsite":
+        errors.append(f"`offsite.lora = true` is for `algorithm.name = \"offsite\"` (first-order clients); "
+                      f"{cfg.algorithm.name!r} tunes the adapter blocks' own tensors")
     if cfg.model.trainable:
         errors.append("`model.trainable` is not used with Offsite-Tuning: `[offsite]` bottom/top name the "
                       "adapter blocks the clients tune")
@@ -110,6 +119,7 @@ OFFSITE = register(Algorithm(
     client_model=_client_model,
     client_tensors_given=_published,
     tuned=_tuned,
+    adapter_lora=lambda cfg: cfg.section("offsite").lora,
 ))
 
 OFFSITE_ZO = register(Algorithm(

@@ -100,6 +100,9 @@ class Algorithm:
         tuned: the full model's names of the tensors clients tune, given the run config and
             the model (full or the client's); their updates travel under these names. None:
             ``model.trainable``'s selection (or adapters, for LoRA).
+        adapter_lora: with ``tuned``: whether, given the run config, the transformer blocks
+            among the tuned tensors carry PEFT LoRA adapters (``[lora]``) instead of being tuned
+            in full (Offsite-Tuning with ``offsite.lora``); a seq-cls head is still tuned in full.
         check_model: validation that needs the built model, given the run config and the full
             model; returns one line per problem (``fedtune run`` exits 2 on any, before
             anything is written).
@@ -121,6 +124,7 @@ class Algorithm:
     client_model: Callable[[Any, Any], Any] | None = field(default=None, compare=False)
     client_tensors_given: Callable[[Any], bool] | None = field(default=None, compare=False)
     tuned: Callable[[Any, Any], list[str]] | None = field(default=None, compare=False)
+    adapter_lora: Callable[[Any], bool] | None = field(default=None, compare=False)
     check_model: Callable[[Any, Any], list[str]] | None = field(default=None, compare=False)
 
 
@@ -151,6 +155,8 @@ def register(algorithm: Algorithm) -> Algorithm:
                          f"known: {sorted(FEATURES)}")
     if algorithm.rank_pruner is not None and algorithm.client_rank is None:
         raise ValueError(f"algorithm {algorithm.name!r}: `rank_pruner` needs `client_rank` (the ranks it prunes)")
+    if algorithm.adapter_lora is not None and algorithm.tuned is None:
+        raise ValueError(f"algorithm {algorithm.name!r}: `adapter_lora` needs `tuned` (the blocks it adapts)")
     if algorithm.family == "lora" and not algorithm.rule:
         raise ValueError(f"LoRA algorithm {algorithm.name!r} must name the rule that aggregates (`rule`)")
     if (algorithm.section is None) != (not algorithm.section_name):

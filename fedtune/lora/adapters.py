@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 import torch
@@ -32,7 +32,10 @@ log = logging.getLogger(__name__)
 _TASK_TYPES = {"seq-cls": "SEQ_CLS", "causal-lm": "CAUSAL_LM"}
 
 
-def inject_lora(model: torch.nn.Module, lora: LoraConfig, task: str, seed: int) -> torch.nn.Module:
+def inject_lora(
+    model: torch.nn.Module, lora: LoraConfig, task: str, seed: int, *,
+    layers: Sequence[int] | None = None, layers_pattern: str | None = None,
+) -> torch.nn.Module:
     """Wrap ``model`` in a PEFT LoRA model; every party gets bit-identical initial adapters.
 
     ``lora_A`` is drawn by PEFT's Kaiming-uniform init under torch's RNG seeded from
@@ -45,6 +48,9 @@ def inject_lora(model: torch.nn.Module, lora: LoraConfig, task: str, seed: int) 
             architecture, e.g. ``query``/``value`` for BERT, ``q_proj``/``v_proj`` for Llama).
         task: ``"seq-cls"`` or ``"causal-lm"``.
         seed: the run's seed.
+        layers: only the target modules of these blocks (PEFT's ``layers_to_transform``)
+            of the block list named ``layers_pattern`` (``"layer"`` for BERT, ``"layers"`` for
+            Llama); None: every block.
 
     Returns:
         The ``peft.PeftModel``, on ``model``'s device.
@@ -62,6 +68,8 @@ def inject_lora(model: torch.nn.Module, lora: LoraConfig, task: str, seed: int) 
         lora_dropout=lora.dropout,
         target_modules=list(lora.target_modules) or None,
         task_type=_TASK_TYPES[task],
+        layers_to_transform=list(layers) if layers is not None else None,
+        layers_pattern=layers_pattern if layers is not None else None,
     )
     try:
         # New adapter tensors are created and initialised on CPU, then moved next to their base layer.

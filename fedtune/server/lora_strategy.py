@@ -120,7 +120,7 @@ class FederatedLora(RoundLoop):
             log.info(
                 "%s: %s; the adapter's %d tensors (%d parameters) tuned first-order by clients on the "
                 "emulator; %d local %s steps x batch %d, lr %g; %d of %d clients per round",
-                a.name, emu.summary(self.emulator[0], self.model, set(self.state)), len(self.state),
+                a.name, emu.summary(self.emulator[0], self.model, self.emulator[1]), len(self.state),
                 sum(t.numel() for t in self.state.values()),
                 a.local_steps, lo.optimizer, a.batch_size, a.lr, f.clients_per_round, f.num_clients,
             )
@@ -343,7 +343,7 @@ class FederatedLora(RoundLoop):
         (its frozen tensors; in this version every client builds it from the same checkpoint)."""
         setup = centroid_head(self, grid) if self.cfg.model.head_init == "centroids" else {}
         if self.emulator is not None:
-            setup["emulator_bytes_down"] = emu.emulator_bytes(self.emulator[0], set(self.state))
+            setup["emulator_bytes_down"] = emu.emulator_bytes(*self.emulator)
         return setup
 
     def set_state(self, state: dict[str, torch.Tensor]) -> None:

@@ -254,7 +254,7 @@ class FedKSeed(RoundLoop):
         )
         if self._emulator is not None:
             log.info("%s: clients run an emulator: %s", a.name,
-                     emu.summary(self._emulator[0], self.model, {n for n, _ in self.params}))
+                     emu.summary(self._emulator[0], self.model, self._emulator[1]))
         dtype = self.cfg.model.dtype
         lost = lost_fraction([p for _, p in self.params], a.eps) if dtype != "float32" else 0.0
         if lost > LOST_PERTURBATION_WARN:  # legal, but those weights never train (docs/architecture.md)
@@ -462,7 +462,7 @@ class FedKSeed(RoundLoop):
         checkpoint)."""
         if self._emulator is None:
             return {}
-        return {"emulator_bytes_down": emu.emulator_bytes(self._emulator[0], {n for n, _ in self.params})}
+        return {"emulator_bytes_down": emu.emulator_bytes(*self._emulator)}
 
     def evaluate(self) -> dict[str, float]:
         """The global model on the held-out set; where clients run an emulator (Offsite-Tuning)
