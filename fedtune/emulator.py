@@ -220,14 +220,14 @@ def emulator_bytes(model: Any, tuned: Mapping[str, torch.Tensor]) -> int:
 def summary(emulator: torch.nn.Module, full: torch.nn.Module, tuned: Mapping[str, torch.Tensor]) -> str:
     """One line for a run's start: the plan, the emulator's size against the full model's, and
     what it costs each client once (:func:`emulator_bytes`)."""
-    base = (lambda m: sum(p.numel() for n, p in m.named_parameters() if not _is_lora(n)))
-    return (f"{describe(emulator_plan(emulator))} ({base(emulator)} of the full "
-            f"model's {base(full)} parameters; "
+    return (f"{describe(emulator_plan(emulator))} ({_base_parameters(emulator)} of the full "
+            f"model's {_base_parameters(full)} parameters; "
             f"{emulator_bytes(emulator, tuned) / 1e6:.1f} MB shipped to each client once)")
 
 
-def _is_lora(name: str) -> bool:
-    return ".lora_" in name
+def _base_parameters(model: torch.nn.Module) -> int:
+    """The model's parameters, LoRA factors left out (``offsite.lora``)."""
+    return sum(p.numel() for name, p in model.named_parameters() if ".lora_" not in name)
 
 
 @torch.no_grad()
