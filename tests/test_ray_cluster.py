@@ -57,7 +57,9 @@ def test_a_simulation_runs_on_a_running_ray_cluster(small_config, tmp_path, ray_
     address, temp = ray_head
     path = small_config(name="cluster", rounds=2)
 
-    result = run_cli("run", path, "--set", f'simulation.ray_address="{address}"', timeout=300)
+    # the cluster's CPUs are its own: the small config's simulation.num_cpus = 1 goes
+    result = run_cli("run", path, "--set", f'simulation.ray_address="{address}"', "--set", "simulation.num_cpus=0",
+                     timeout=300)
 
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"joining the Ray cluster at {address}" in result.stdout + result.stderr
