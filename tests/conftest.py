@@ -24,12 +24,12 @@ config = "micro-llama"
 num_examples = 400
 eval_examples = 64
 max_length = 24
+[simulation]
+num_cpus = 1
 [federation]
 num_clients = {num_clients}
 clients_per_round = {per_round}
 min_replies = 2
-[simulation]
-num_cpus = 1
 [algorithm]
 name = "{algorithm}"
 local_steps = 4
@@ -51,12 +51,12 @@ source = "topics"
 num_examples = 240
 eval_examples = 32
 max_length = 24
+[simulation]
+num_cpus = 1
 [federation]
 num_clients = {num_clients}
 clients_per_round = 3
 min_replies = 2
-[simulation]
-num_cpus = 1
 [algorithm]
 name = "{rule}"
 local_steps = 3
