@@ -39,7 +39,7 @@ Prints ``name=value`` lines, the headline last: ``offsite_plugin_minus_fedit_acc
 the same ratio for ``offsite-top``; beside them, each Offsite client's peak over a client that
 fine-tunes all the full model's weights (``full_ft``: the paper's baseline for its 5.6x).
 
-    python bench/small_devices.py                        # news, 3 seeds, 4 rounds: ~55 min on 2 cores
+    python bench/small_devices.py                        # news, 3 seeds, 4 rounds: ~65 min on 2 cores
     python bench/small_devices.py --quick                # a smoke test: 1 seed, 1 round, small data
     python bench/small_devices.py --memory-only          # the memory figures alone (a minute)
 """
