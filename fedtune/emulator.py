@@ -33,6 +33,7 @@ import torch
 __all__ = [
     "EmulatorPlan",
     "adapter_names",
+    "block_index",
     "block_stack",
     "describe",
     "distill",
@@ -204,10 +205,19 @@ def full_name(model: torch.nn.Module, name: str) -> str:
     if plan is None:
         return name
     prefix, _ = block_stack(model)
-    if not name.startswith(prefix + "."):
+    index = block_index(prefix, name)
+    if index is None:
         return name
-    index, dot, rest = name[len(prefix) + 1:].partition(".")
-    return f"{prefix}.{plan.kept[int(index)]}{dot}{rest}"
+    _, dot, rest = name[len(prefix) + 1:].partition(".")
+    return f"{prefix}.{plan.kept[index]}{dot}{rest}"
+
+
+def block_index(prefix: str, name: str) -> int | None:
+    """The block a tensor named ``name`` lies in, for a block stack at ``prefix``
+    (:func:`block_stack`); None outside the stack."""
+    if not name.startswith(prefix + "."):
+        return None
+    return int(name[len(prefix) + 1:].partition(".")[0])
 
 
 def emulator_bytes(model: Any, tuned: Mapping[str, torch.Tensor]) -> int:

@@ -17,7 +17,7 @@ import math
 import os
 import shlex
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -282,15 +282,17 @@ class RunWriter:
 
     def records(self) -> list[dict[str, Any]]:
         """The records of metrics.jsonl, in order (a torn line skipped)."""
+        return [record for _, record in self._lines()]
+
+    def _lines(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Each line of metrics.jsonl with its record; a torn line is skipped with a warning."""
         if not self.metrics_path.is_file():
-            return []
-        out = []
+            return
         for line in self.metrics_path.read_text(encoding="utf-8").splitlines():
             try:
-                out.append(json.loads(line))
+                yield line, json.loads(line)
             except json.JSONDecodeError:
-                continue
-        return out
+                log.warning("%s: dropping a torn line", self.metrics_path)
 
     def close(self) -> None:
         """Flush and close the tracker, if any (metrics.jsonl is closed after every line)."""
@@ -337,12 +339,7 @@ class RunWriter:
             return -1
         kept: list[str] = []
         last = -1
-        for line in self.metrics_path.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                log.warning("%s: dropping a torn line", self.metrics_path)
-                continue
+        for line, record in self._lines():
             if record.get("round", 0) <= last_round:
                 kept.append(line)
                 last = max(last, int(record.get("round", 0)))

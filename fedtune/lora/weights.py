@@ -32,7 +32,7 @@ def trains_model_tensors(cfg: Any) -> bool:
 def _adapter_lora(cfg: Any) -> bool:
     """Whether the algorithm's tuned blocks carry LoRA adapters (Offsite-Tuning's ``offsite.lora``)."""
     spec = algorithms.get(cfg.algorithm.name)
-    return spec.tuned is not None and spec.adapter_lora is not None and spec.adapter_lora(cfg)
+    return spec.adapter_lora is not None and spec.adapter_lora(cfg)  # the registry makes it come with `tuned`
 
 
 def _lora_on_tuned_blocks(model: torch.nn.Module, cfg: Any) -> tuple[torch.nn.Module, dict[str, torch.nn.Parameter]]:
@@ -47,8 +47,8 @@ def _lora_on_tuned_blocks(model: torch.nn.Module, cfg: Any) -> tuple[torch.nn.Mo
     wanted = set(spec.tuned(cfg, model))
     full = emu.global_names(model)
     prefix, _ = emu.block_stack(model)
-    blocks = sorted({int(name[len(prefix) + 1:].partition(".")[0]) for name in full
-                     if name.startswith(prefix + ".") and full[name] in wanted})
+    blocks = sorted({index for name in full if full[name] in wanted
+                     and (index := emu.block_index(prefix, name)) is not None})
     wrapped = inject_lora(model, cfg.lora, cfg.model.task, cfg.seed,
                           layers=blocks, layers_pattern=prefix.rpartition(".")[2])
     return wrapped, {emu.full_name(wrapped, name): p for name, p in adapter_parameters(wrapped).items()}
