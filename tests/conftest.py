@@ -9,6 +9,16 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# One thread per process under `pytest -n N`: N tests share the machine's cores, and a torch (OpenMP)
+# process with as many threads as cores, beside another busy one, waits at every parallel region for
+# its descheduled thread. Measured on 2 cores: a small mixed torch/ONNX simulation took 163 s beside a
+# 2-thread torch loop and 57 s beside a 1-thread one (both 1-thread); alone, 47 s. The subprocesses a
+# test starts (`fedtune run`, its Ray workers, SuperNodes) inherit the setting; a value the caller set wins.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if "torch" in sys.modules:  # imported before this file (a plugin): too late for the variable alone
+        sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
 # `simulation.num_cpus = 1`: one Ray worker per simulation. The clients of a round then run one
 # after another, which these micro models do in a fraction of a second, and the suite saves the
 # second worker's imports (torch and transformers: ~10 s of CPU each), which on a 2-core machine
