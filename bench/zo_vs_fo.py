@@ -107,11 +107,8 @@ def run_seed(task: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     train, held = workload.encode(workload.examples[0]), workload.eval_set
     result: dict[str, Any] = {}
 
-    def fresh() -> tuple[TopBlocks, torch.Tensor, torch.Tensor]:
-        model = TopBlocks(workload, seed, args.top)
-        return model, model.cache(train), model.cache(held)
-
-    model, train_h, held_h = fresh()
+    model = TopBlocks(workload, seed, args.top)
+    train_h, held_h = model.cache(train), model.cache(held)  # below the LoRA: the same for every model built
     with torch.no_grad():  # the cached path is the model's own forward
         full = model.inner.features(held["input_ids"][:16], held["attention_mask"][:16])
         pooled = model.features(held_h[:16], held["attention_mask"][:16])
@@ -138,7 +135,7 @@ def run_seed(task: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
 
     step_seed = derive_seed(seed, "zo-vs-fo-directions")
     for lr in args.zo_lrs:
-        model = TopBlocks(workload, seed, args.top)  # the same start as the first-order run
+        model = TopBlocks(workload, seed, args.top)  # the same start as the first-order run (`loss` reads it)
         start = time.perf_counter()
         skipped = 0
         for step in range(args.zo_steps):
@@ -171,7 +168,8 @@ def main(argv: list[str] | None = None) -> None:
     for seed in seeds:
         r = run_seed(args.task, seed, args)
         results.append(r)
-        zo = "  ".join(f"zo@{lr:g} {100 * r[f'zo@{lr:g}']:.1f} % ({r[f'zo@{lr:g}_seconds']:.0f} s)" for lr in args.zo_lrs)
+        zo = "  ".join(f"zo@{lr:g} {100 * r[f'zo@{lr:g}']:.1f} % ({r[f'zo@{lr:g}_seconds']:.0f} s, "
+                       f"{r[f'zo@{lr:g}_skipped']} steps skipped on a non-finite loss)" for lr in args.zo_lrs)
         print(f"seed {seed}: {r['parameters']} weights; zero-shot {100 * r['zero_shot']:.1f} %  "
               f"first-order {100 * r['fo']:.1f} % ({r['fo_seconds']:.0f} s)  {zo}", flush=True)
 

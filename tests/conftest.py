@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 # One thread per process under `pytest -n N`: N tests share the machine's cores, and a torch (OpenMP)
 # process with as many threads as cores, beside another busy one, waits at every parallel region for
 # its descheduled thread. Measured on 2 cores: a small mixed torch/ONNX simulation took 163 s beside a
-# 2-thread torch loop and 57 s beside a 1-thread one (both 1-thread); alone, 47 s. The subprocesses a
+# 2-thread torch loop, 57 s when both ran one thread, 47 s alone. The subprocesses a
 # test starts (`fedtune run`, its Ray workers, SuperNodes) inherit the setting; a value the caller set wins.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
