@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
-import json
 import logging
 import os
 import sys
@@ -24,7 +23,7 @@ import tomllib
 
 from fedtune import algorithms
 from fedtune.config import ConfigError, RunConfig, config_to_dict, load_config
-from fedtune.runs import configure_logging
+from fedtune.runs import configure_logging, read_records
 
 log = logging.getLogger("fedtune")
 
@@ -297,7 +296,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         run_config=run_config,
         verbose_logging=args.verbose,
     )
-    records = _read_metrics(run_dir)
+    records = read_records(run_dir)
     evals = [r for r in records if r.get("eval_loss") is not None]
     if not records or records[-1].get("round") != cfg.rounds:
         log.error("the run stopped before round %d; see the log above", cfg.rounds)
@@ -313,13 +312,6 @@ def cmd_run(args: argparse.Namespace) -> int:
             evals[0]["eval_loss"], evals[-1]["eval_loss"], cfg.rounds, run_dir,
         )
     return 0
-
-
-def _read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def cmd_plot(args: argparse.Namespace) -> int:

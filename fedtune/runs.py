@@ -255,6 +255,28 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+def read_records(run_dir: Path) -> list[dict[str, Any]]:
+    """The records of ``run_dir``'s metrics.jsonl, in order; none if it does not exist.
+
+    A torn line (a process killed while writing it) is skipped with a warning, so a
+    crashed run's history reads up to its last whole round.
+    """
+    return [record for _, record in _metrics_lines(Path(run_dir) / METRICS_FILE)]
+
+
+def _metrics_lines(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Each non-blank line of ``path`` with its record; a torn line skipped with a warning."""
+    if not path.is_file():
+        return
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            yield line, json.loads(line)
+        except json.JSONDecodeError:
+            log.warning("%s: dropping a torn line", path)
+
+
 class RunWriter:
     """Appends per-round records to ``metrics.jsonl`` and prints the progress line.
 
@@ -282,17 +304,11 @@ class RunWriter:
 
     def records(self) -> list[dict[str, Any]]:
         """The records of metrics.jsonl, in order (a torn line skipped)."""
-        return [record for _, record in self._lines()]
+        return read_records(self.run_dir)
 
     def _lines(self) -> Iterator[tuple[str, dict[str, Any]]]:
         """Each line of metrics.jsonl with its record; a torn line is skipped with a warning."""
-        if not self.metrics_path.is_file():
-            return
-        for line in self.metrics_path.read_text(encoding="utf-8").splitlines():
-            try:
-                yield line, json.loads(line)
-            except json.JSONDecodeError:
-                log.warning("%s: dropping a torn line", self.metrics_path)
+        return _metrics_lines(self.metrics_path)
 
     def close(self) -> None:
         """Flush and close the tracker, if any (metrics.jsonl is closed after every line)."""

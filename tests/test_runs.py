@@ -82,3 +82,17 @@ def test_a_non_finite_loss_is_flagged_but_a_round_nobody_answered_is_not(tmp_pat
 
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r.get("diverging") for r in records] == [None, "eval loss is not finite", "train loss is not finite"]
+
+
+def test_a_crashed_runs_torn_last_line_is_skipped_with_a_warning(tmp_path, caplog):
+    """What `fedtune run` reads after its simulation: a server killed mid-line leaves a torn
+    last line, which must read as "stopped before round N", not a JSON traceback."""
+    import logging
+
+    from fedtune.runs import read_records
+
+    assert read_records(tmp_path) == []  # no metrics.jsonl yet
+    (tmp_path / "metrics.jsonl").write_text('{"round": 0, "eval_loss": 2.5}\n\n{"round": 1, "eval_lo')
+    with caplog.at_level(logging.WARNING, logger="fedtune.runs"):
+        assert read_records(tmp_path) == [{"round": 0, "eval_loss": 2.5}]
+    assert "dropping a torn line" in caplog.text
