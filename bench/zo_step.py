@@ -5,11 +5,16 @@ one batch of random token ids with ``labels = input_ids`` (causal-LM loss):
 
 * time (median over ``--steps`` repeats after ``--warmup``, interleaved round-robin in
   this process so that machine drift hits every contender alike):
-  one forward under ``torch.inference_mode``; one :func:`fedtune.zo.mezo.zo_step`; one
+  one forward under ``torch.inference_mode``; one :func:`fedtune.zo.mezo.zo_step`; a step
+  of the ZO client's local loop (:func:`fedtune.zo.fedkseed.local_train` over 4 steps, per
+  step: a step's restore+update shares a pass with the next step's +eps); one
   MeZO-reference step (MeZO's trainer, Malladi et al. 2023, https://arxiv.org/abs/2305.17333:
   ``torch.manual_seed(seed)`` then ``torch.normal`` per parameter, regenerated for each of
   the perturb (+1, -2, +1) passes and once more for the update); one full-model
   perturbation pass of each;
+  each round's step over that round's two forwards gives the ratio's quartiles (how far
+  the machine's noise reaches), and the pass time gives the floor a step cannot go under
+  (3 passes over the weights alone, 2 a step in the local loop);
 * memory: peak RSS of the whole process (interpreter, torch and weights included, which
   is what a user sees) in a fresh subprocess per phase: forward only, fedtune ZO step,
   MeZO-reference step, backprop + ``torch.optim.AdamW``. The peak is reset after the
@@ -54,6 +59,7 @@ from transformers import OPTConfig, OPTForCausalLM
 from fedtune import rng as np_rng
 from fedtune.rng import pure_path
 from fedtune.rng import torch_backend as torch_rng
+from fedtune.zo.fedkseed import local_train
 from fedtune.zo.mezo import NamedParams, apply_direction_, zo_step
 
 _MODELS = {
@@ -73,6 +79,7 @@ _PHASES = ("forward", "zo_step", "mezo_reference", "backprop_adamw")
 _EPS = 1e-3
 _LR = 1e-7
 _RNG_ELEMENTS = 10_000_000
+_LOCAL_STEPS = 4  # consecutive steps of the client's local loop, timed as one call
 _MIB = 1024 * 1024
 
 
@@ -117,8 +124,9 @@ def _mezo_reference_step(
 
 def _time_interleaved(
     fns: dict[str, Callable[[], object]], warmup: int, steps: int
-) -> dict[str, float]:
-    """Median seconds per call of each function, calls interleaved round-robin.
+) -> dict[str, list[float]]:
+    """Seconds of each call of each function, calls interleaved round-robin (one list per
+    function, in round order, so that round ``r``'s figures were measured side by side).
 
     CPU ops are synchronous, so there is no device to synchronise before reading the clock.
     """
@@ -131,6 +139,10 @@ def _time_interleaved(
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
+    return times
+
+
+def _medians(times: dict[str, list[float]]) -> dict[str, float]:
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
@@ -164,9 +176,17 @@ def _time_steps(args: argparse.Namespace, net: OPTForCausalLM, ids: torch.Tensor
         _mezo_perturb(params, seed, _EPS)
         _mezo_perturb(params, seed, -_EPS)
 
-    medians = _time_interleaved(
+    def local_steps() -> None:
+        # the client's loop (fedtune.zo.fedkseed.local_train, as the ZO client runs it): a
+        # step's restore+update shares its pass with the next step's +eps
+        first = next(seeds)
+        local_train(params, lambda step: loss_fn(), keys=range(first, first + _LOCAL_STEPS),
+                    seed_of_key=int, eps=_EPS, lr=_LR)
+
+    times = _time_interleaved(
         {
             "forward_s": forward,
+            "zo_local_steps_s": local_steps,
             "zo_step_s": lambda: zo_step(params, loss_fn, seed=next(seeds), eps=_EPS, lr=_LR),
             "zo_step_s_old": zo_step_old,
             "mezo_reference_step_s": lambda: _mezo_reference_step(params, loss_fn, next(seeds), _EPS, _LR),
@@ -177,6 +197,12 @@ def _time_steps(args: argparse.Namespace, net: OPTForCausalLM, ids: torch.Tensor
         args.warmup,
         args.steps,
     )
+    medians = _medians(times)
+    # each round's step over that round's forward: the spread says how far the machine's
+    # noise reaches (a median ratio is only as good as this)
+    paired = sorted(step / (2 * fwd) for step, fwd in zip(times["zo_step_s"], times["forward_s"]))
+    medians["paired_q1"], medians["paired_q3"] = paired[len(paired) // 4], paired[(3 * len(paired)) // 4]
+    medians["zo_local_step_s"] = medians.pop("zo_local_steps_s") / _LOCAL_STEPS
     medians["zo_perturb_pass_s"] = medians.pop("zo_pass_pair") / 2
     medians["zo_perturb_pass_s_old"] = medians.pop("zo_pass_pair_old") / 2
     medians["mezo_reference_perturb_pass_s"] = medians.pop("mezo_pass_pair") / 2
@@ -198,7 +224,7 @@ def _time_rng(repeats: int, seed: int) -> dict[str, float]:
                 fn()
         return run
 
-    medians = _time_interleaved(
+    medians = _medians(_time_interleaved(
         {
             "rng_bytes_per_second_torch": lambda: torch_rng.add_scaled_(x, seed, "bench.rng", _EPS),
             "rng_bytes_per_second_numpy": lambda: np_rng.add_scaled_(a, seed, "bench.rng", _EPS),
@@ -208,7 +234,7 @@ def _time_rng(repeats: int, seed: int) -> dict[str, float]:
         },
         warmup=1,
         steps=repeats,
-    )
+    ))
     return {name: 4 * _RNG_ELEMENTS / s for name, s in medians.items()}
 
 
@@ -337,7 +363,7 @@ def main(argv: list[str] | None = None) -> None:
     )
 
     t = _time_steps(args, net, ids)
-    for name in ("forward_s", "zo_step_s_old", "zo_step_s", "mezo_reference_step_s"):
+    for name in ("forward_s", "zo_step_s_old", "zo_step_s", "zo_local_step_s", "mezo_reference_step_s"):
         print(f"{name}={t[name]:.4f}")
     # Where a step's time goes beyond its two forwards: its perturbation passes over the
     # whole model (fedtune: +eps, -2 eps, restore+update; MeZO: those and a 4th for z).
@@ -346,6 +372,12 @@ def main(argv: list[str] | None = None) -> None:
     print(f"mezo_reference_perturb_pass_s={t['mezo_reference_perturb_pass_s']:.4f}")
     print(f"zo_step_minus_two_forwards_s={t['zo_step_s'] - 2 * t['forward_s']:.4f}")
     print(f"zo_three_passes_share_of_step={3 * t['zo_perturb_pass_s'] / t['zo_step_s']:.3f}")
+    # the least a step can cost beside its two forwards: its passes over the weights at the
+    # measured pass time (3 for one step alone, 2 a step in the client's local loop)
+    print(f"zo_step_floor_over_two_forwards={1 + 3 * t['zo_perturb_pass_s'] / (2 * t['forward_s']):.3f}")
+    print(f"zo_local_step_floor_over_two_forwards={1 + 2 * t['zo_perturb_pass_s'] / (2 * t['forward_s']):.3f}")
+    print(f"zo_step_over_two_forwards_paired_q1={t['paired_q1']:.3f}")
+    print(f"zo_step_over_two_forwards_paired_q3={t['paired_q3']:.3f}")
     mezo_share = 4 * t["mezo_reference_perturb_pass_s"] / t["mezo_reference_step_s"]
     print(f"mezo_reference_four_passes_share_of_step={mezo_share:.3f}", flush=True)
     del net, ids
@@ -374,6 +406,7 @@ def main(argv: list[str] | None = None) -> None:
 
     print(f"bench_wall_s={time.perf_counter() - started:.0f}")
     print(f"zo_step_over_mezo_reference={t['zo_step_s'] / t['mezo_reference_step_s']:.3f}")
+    print(f"zo_local_step_over_two_forwards={t['zo_local_step_s'] / (2 * t['forward_s']):.3f}")
     print(f"zo_step_over_two_forwards_old={t['zo_step_s_old'] / (2 * t['forward_s']):.3f}")
     print(f"zo_step_over_two_forwards={t['zo_step_s'] / (2 * t['forward_s']):.3f}")
 
