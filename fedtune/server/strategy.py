@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import logging
 import math
+import statistics
 import time
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -59,6 +61,7 @@ CHECKPOINT_DIR = "checkpoints"
 # kernel's (~2e10 per s on 2 cores). The server's own replays replace it until clients report
 # theirs (under DP they never do: the rate is data-independent but withheld with the rest).
 DEFAULT_REPLAY_ELEMENTS_PER_S = 1e9
+OWN_RATE_WINDOW = 9  # the server's own rate: the median of its last this many replays
 # Above this fraction of trainable weights left unmoved by eps (a 16-bit model.dtype), the
 # server warns at start: a few outliers are normal, the norm gains of a whole model are not.
 LOST_PERTURBATION_WARN = 1e-3
@@ -125,6 +128,7 @@ class FedKSeed(RoundLoop):
         self.partitions: dict[int, int] = {}  # node id -> partition id it reported
         self.replay_rate = DEFAULT_REPLAY_ELEMENTS_PER_S
         self._client_rates = False  # whether replay_rate comes from clients' reports yet
+        self._own_rates: deque[float] = deque(maxlen=OWN_RATE_WINDOW)  # the server's recent replays
         self.state_round = 0
         self._digest: str | None = None
         self.run_dir = run_dir
@@ -220,8 +224,8 @@ class FedKSeed(RoundLoop):
         start = time.perf_counter()
         replay_(self.params, update)
         elapsed = time.perf_counter() - start
-        if not self._client_rates and len(update.keys) and elapsed > 0:
-            self.replay_rate = len(update.keys) * self.num_params / elapsed  # the server's own, until clients report
+        if len(update.keys) and elapsed > 0:
+            self._note_own_replay_rate(len(update.keys) * self.num_params / elapsed)
         self._record(update, payload)
         every = self.cfg.federation.checkpoint_every
         if self.run_dir is not None and every and update.round % every == 0:
@@ -400,6 +404,14 @@ class FedKSeed(RoundLoop):
         self._note_replay_rate(metrics)
         self.note_metrics(metrics, weight, stats)
         return Accepted(weight, keys, scalars)
+
+    def _note_own_replay_rate(self, rate: float) -> None:
+        """The server's own replay speed, used until a client reports one: the median of its
+        last few replays, so one preempted replay (a small model's take ~0.1 ms) does not
+        make replay look 100x slower and send a lagging client the whole weights."""
+        self._own_rates.append(rate)
+        if not self._client_rates:
+            self.replay_rate = statistics.median(self._own_rates)
 
     def _note_replay_rate(self, metrics: Any) -> None:
         """A client's reported replay speed: the first replaces the server's own, later ones average in."""

@@ -138,6 +138,22 @@ def test_catch_up_plan_weighs_replay_against_the_weights():
     assert server.catch_up_plan(7)[0] is None  # a state not on the log: weights
 
 
+def test_one_slow_replay_does_not_flip_the_servers_own_rate():
+    server = _server_with_rounds(3)
+    steady = DEFAULT_REPLAY_ELEMENTS_PER_S  # a rate at which replay wins (the test above)
+    server._own_rates.clear()
+    for _ in range(3):
+        server._note_own_replay_rate(steady)
+
+    server._note_own_replay_rate(steady / 100)  # one preempted replay
+    assert server.replay_rate == steady
+    assert server.catch_up_plan(0)[0] == 0  # still replay
+
+    for _ in range(8):  # the machine really is slower now: the estimate follows
+        server._note_own_replay_rate(steady / 100)
+    assert server.replay_rate == steady / 100
+
+
 def test_a_clients_reported_replay_rate_replaces_the_servers_own():
     server = _server_with_rounds(2)
     measured = server.replay_rate
