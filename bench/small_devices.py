@@ -27,7 +27,7 @@ For each: the accuracy of the model the owner ends with (mean ± std over seeds)
 client per round up and down (the real Flower messages, metrics.jsonl; the emulator's one-time
 download reported apart), wall seconds; and, measured once per client kind in fresh
 processes, the **client's peak memory**: the high-water mark of the process's resident set
-(``VmHWM``) during 5 local AdamW steps at the run's batch and sequence length, minus the
+(``VmHWM``) during 5 local AdamW steps (``--memory-steps``) at the run's batch and sequence length, minus the
 resident set after every import and before the model is loaded (memory-mapped from its file:
 the frozen weights count as the pages the steps touch). Each client's model is built
 in another process and handed over as a file, as a device would receive it, so the device
@@ -94,7 +94,7 @@ MEMORY_KINDS: dict[str, list[str]] = {
     **{kind: [s for s in CONTENDERS[kind] if s != DISTILLED] for kind in ("fedit", "offsite", "offsite-top", "offsite-lora")},
     "full-ft": ["algorithm.name=fedit", 'model.trainable=["*"]', "algorithm.lr=1e-4"],
 }
-MEMORY_STEPS = 5
+MEMORY_STEPS = 5  # default; AdamW's state exists from the first step, so 2 already reach the peak
 
 
 def _rss_kib(field: str) -> int:
@@ -121,8 +121,8 @@ def prepare_client(cfg: RunConfig, out: Path) -> None:
     torch.save({"model": model, "trained": indices, "batch": batch}, out)
 
 
-def measure_client(path: Path, lr: float) -> dict[str, float]:
-    """Load a prepared client and take ``MEMORY_STEPS`` AdamW steps; its memory in MB."""
+def measure_client(path: Path, lr: float, steps: int = MEMORY_STEPS) -> dict[str, float]:
+    """Load a prepared client and take ``steps`` AdamW steps; its memory in MB."""
     import peft  # noqa: F401  (every module the unpickling needs, imported before the baseline)
     import transformers.models.bert.modeling_bert
     import transformers.models.llama.modeling_llama  # noqa: F401
@@ -137,7 +137,7 @@ def measure_client(path: Path, lr: float) -> dict[str, float]:
     everything = list(model.parameters())
     params = [everything[i] for i in saved["trained"]]
     loaded = _rss_kib("VmRSS")
-    local_train(model, params, lambda step: batch, MEMORY_STEPS, optimizer="adamw", lr=lr, weight_decay=0.0,
+    local_train(model, params, lambda step: batch, steps, optimizer="adamw", lr=lr, weight_decay=0.0,
                 device=torch.device("cpu"))
     peak = _rss_kib("VmHWM")
     return {
@@ -148,14 +148,14 @@ def measure_client(path: Path, lr: float) -> dict[str, float]:
     }
 
 
-def client_memory(config: Path, overrides: list[str], kind: str) -> dict[str, float]:
+def client_memory(config: Path, overrides: list[str], kind: str, steps: int = MEMORY_STEPS) -> dict[str, float]:
     """:func:`measure_client` of a ``kind`` client of ``config`` + ``overrides`` in fresh
     processes (built in one, measured in another)."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"{kind}.pt"
         sets = [a for s in overrides for a in ("--set", s)]
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-        for step in (["--prepare-client", str(path)], ["--measure-client", str(path)]):
+        for step in (["--prepare-client", str(path)], ["--measure-client", str(path), "--memory-steps", str(steps)]):
             result = subprocess.run([sys.executable, __file__, "--config", str(config), *sets, *step],
                                     cwd=ROOT, env=env, capture_output=True, text=True, check=False)
             if result.returncode != 0:
@@ -198,12 +198,17 @@ def main() -> None:
     parser.add_argument("--only", help="comma-separated contenders (default: all registered)")
     parser.add_argument("--quick", action="store_true", help="1 seed, 1 round, small data: a smoke test")
     parser.add_argument("--memory-only", action="store_true", help="the client memory figures alone")
+    parser.add_argument("--memory-steps", type=int, default=MEMORY_STEPS,
+                        help="local AdamW steps a client's memory is measured over (>= 2: the first allocates AdamW's state)")
     parser.add_argument("--emulator", help="a distilled emulator `fedtune emulator` wrote for this config "
                                            "and task (default: distil one first, a few minutes)")
-    parser.add_argument("--set", action="append", default=[], help=argparse.SUPPRESS)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override for every contender, as `fedtune run --set` (repeatable)")
     parser.add_argument("--prepare-client", help=argparse.SUPPRESS)
     parser.add_argument("--measure-client", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.memory_steps < 2:
+        parser.error(f"--memory-steps must be >= 2 (the first step allocates AdamW's state), got {args.memory_steps}")
     config = Path(args.config).resolve()
     os.chdir(ROOT)
     if args.prepare_client:
@@ -211,13 +216,13 @@ def main() -> None:
         return
     if args.measure_client:
         cfg = load_config(config, args.set)
-        print(json.dumps(measure_client(Path(args.measure_client), cfg.algorithm.lr)))
+        print(json.dumps(measure_client(Path(args.measure_client), cfg.algorithm.lr, args.memory_steps)))
         return
 
     from quality import _mean_std, frozen_baselines, task_sets
 
     seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
-    base = [f"rounds={1 if args.quick else args.rounds}", *task_sets(args.task)]
+    base = [f"rounds={1 if args.quick else args.rounds}", *task_sets(args.task), *args.set]
     if args.quick:
         base += ["data.eval_examples=200", "data.num_examples=400", "algorithm.local_steps=4"]
     names = args.only.split(",") if args.only else list(CONTENDERS)
@@ -232,7 +237,7 @@ def main() -> None:
           f"threads={torch.get_num_threads()}" + (f" (not registered, skipped: {skipped})" if skipped else ""),
           flush=True)
 
-    memory = {kind: client_memory(config, [*base, *sets], kind) for kind, sets in MEMORY_KINDS.items()}
+    memory = {kind: client_memory(config, [*base, *sets], kind, args.memory_steps) for kind, sets in MEMORY_KINDS.items()}
     for kind, m in memory.items():
         key = kind.replace("-", "_")
         print(f"{key}_client_peak_mb={m['peak_mb']:.1f}")
