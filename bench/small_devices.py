@@ -27,8 +27,8 @@ For each: the accuracy of the model the owner ends with (mean ± std over seeds)
 client per round up and down (the real Flower messages, metrics.jsonl; the emulator's one-time
 download reported apart), wall seconds; and, measured once per client kind in fresh
 processes, the **client's peak memory**: the high-water mark of the process's resident set
-(``VmHWM``) during 5 local AdamW steps (``--memory-steps``) at the run's batch and sequence length, minus the
-resident set after every import and before the model is loaded (memory-mapped from its file:
+(``VmHWM``) during 5 local AdamW steps (``--memory-steps``) at the run's batch and sequence
+length, minus the resident set after every import and before the model is loaded (memory-mapped from its file:
 the frozen weights count as the pages the steps touch). Each client's model is built
 in another process and handed over as a file, as a device would receive it, so the device
 never holds the full model.

@@ -306,10 +306,6 @@ class RunWriter:
         """The records of metrics.jsonl, in order (a torn line skipped)."""
         return read_records(self.run_dir)
 
-    def _lines(self) -> Iterator[tuple[str, dict[str, Any]]]:
-        """Each line of metrics.jsonl with its record; a torn line is skipped with a warning."""
-        return _metrics_lines(self.metrics_path)
-
     def close(self) -> None:
         """Flush and close the tracker, if any (metrics.jsonl is closed after every line)."""
         if self.tracker is not None:
@@ -355,7 +351,7 @@ class RunWriter:
             return -1
         kept: list[str] = []
         last = -1
-        for line, record in self._lines():
+        for line, record in _metrics_lines(self.metrics_path):
             if record.get("round", 0) <= last_round:
                 kept.append(line)
                 last = max(last, int(record.get("round", 0)))
